@@ -1,0 +1,7 @@
+"""``python -m powerstrip``."""
+
+import sys
+
+from powerstrip.cli import main
+
+sys.exit(main())

@@ -1,0 +1,189 @@
+"""The ``powerstrip`` command line."""
+
+from __future__ import annotations
+
+import argparse
+import errno
+import grp
+import logging
+import os
+import socket
+import stat
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from powerstrip.addresses import Address, AddressError, parse_address, server_description
+
+log = logging.getLogger("powerstrip")
+
+DEFAULT_LISTEN = "tcp://127.0.0.1:2375"
+DEFAULT_UPSTREAM = "unix:///var/run/docker.sock"
+DEFAULT_CONFIGS = ("./powerstrip.yml", "/etc/powerstrip/adapters.yml")
+SHUTDOWN_GRACE = 5.0
+
+
+class UsageError(Exception):
+    """A command-line or environment setting that cannot be used; the message says why."""
+
+
+def resolve_config(explicit: str | None) -> Path | None:
+    """The configuration file to use: the one given, else the first default that exists.
+
+    No file at all means "no hooks", which is not an error; a file named explicitly must exist.
+    """
+    if explicit:
+        path = Path(explicit)
+        if not path.exists():
+            raise UsageError(f"configuration file {explicit} does not exist")
+        return path
+    for candidate in DEFAULT_CONFIGS:
+        path = Path(candidate)
+        if path.exists():
+            return path
+    return None
+
+
+def prepare_unix_socket(path: str) -> None:
+    """Make way for a unix listener at ``path``.
+
+    A socket file left by a dead process is removed; one that still answers belongs to a live
+    process and is refused rather than stolen.
+    """
+    try:
+        mode = os.stat(path).st_mode
+    except FileNotFoundError:
+        return
+    if not stat.S_ISSOCK(mode):
+        raise UsageError(f"{path} exists and is not a socket; refusing to replace it")
+    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        probe.connect(path)
+    except OSError as exc:
+        if exc.errno in (errno.ECONNREFUSED, errno.ENOENT):
+            os.unlink(path)
+            return
+        raise UsageError(f"cannot check socket {path}: {exc}") from None
+    else:
+        raise UsageError(f"another process is already listening on {path}")
+    finally:
+        probe.close()
+
+
+def _addresses(values: Sequence[str], what: str) -> list[Address]:
+    try:
+        return [parse_address(value) for value in values]
+    except AddressError as exc:
+        raise UsageError(f"{what}: {exc}") from None
+
+
+def serve(args: argparse.Namespace) -> int:
+    """Run the proxy until SIGTERM or SIGINT."""
+    from twisted.internet import defer, reactor
+    from twisted.internet.endpoints import serverFromString
+
+    from powerstrip.proxy import ProxyFactory
+
+    listen_values = args.listen or [
+        item for item in os.environ.get("POWERSTRIP_LISTEN", DEFAULT_LISTEN).split(",") if item
+    ]
+    listens = _addresses(listen_values, "--listen")
+    (upstream,) = _addresses(
+        [args.upstream or os.environ.get("POWERSTRIP_UPSTREAM", DEFAULT_UPSTREAM)], "--upstream"
+    )
+    config = resolve_config(args.config or os.environ.get("POWERSTRIP_CONFIG"))
+    log.info("configuration: %s", config or "none (no hooks)")
+    group_id = None
+    if args.socket_group:
+        try:
+            group_id = grp.getgrnam(args.socket_group).gr_gid
+        except KeyError:
+            raise UsageError(f"--socket-group: no group named {args.socket_group}") from None
+    for address in listens:
+        if address.kind == "unix":
+            prepare_unix_socket(address.path)
+
+    factory = ProxyFactory(reactor, upstream)
+    ports: list = []
+    exit_code = [0]
+
+    @defer.inlineCallbacks
+    def start() -> defer.Generator:
+        try:
+            for address in listens:
+                port = yield serverFromString(reactor, server_description(address)).listen(factory)
+                ports.append(port)
+                if address.kind == "unix" and group_id is not None:
+                    os.chown(address.path, -1, group_id)
+        except Exception as exc:  # noqa: BLE001 - any listen failure ends the command
+            print(f"powerstrip: cannot listen: {exc}", file=sys.stderr, flush=True)
+            exit_code[0] = 1
+            reactor.stop()
+            return
+        first = listens[0]
+        if first.kind == "tcp":
+            first = Address("tcp", host=first.host, port=ports[0].getHost().port)
+        log.info("forwarding to %s", upstream)
+        print(f"export DOCKER_HOST={first.docker_host}", flush=True)
+
+    @defer.inlineCallbacks
+    def stop() -> defer.Generator:
+        for port in ports:
+            yield port.stopListening()
+        yield factory.shutdown(SHUTDOWN_GRACE)
+
+    reactor.callWhenRunning(start)
+    reactor.addSystemEventTrigger("before", "shutdown", stop)
+    reactor.run()
+    return exit_code[0]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser for every subcommand."""
+    parser = argparse.ArgumentParser(
+        prog="powerstrip", description="Docker Engine API proxy with adapter hooks"
+    )
+    parser.add_argument("-v", "--verbose", action="store_true", help="log at debug level")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    serve_parser = commands.add_parser("serve", help="run the proxy")
+    serve_parser.add_argument(
+        "--config",
+        help="adapters file (default ./powerstrip.yml, then /etc/powerstrip/adapters.yml)",
+    )
+    serve_parser.add_argument(
+        "--listen", action="append",
+        help=f"address to listen on, repeatable (default {DEFAULT_LISTEN})",
+    )
+    serve_parser.add_argument(
+        "--upstream", help=f"the Docker daemon's address (default {DEFAULT_UPSTREAM})"
+    )
+    serve_parser.add_argument("--socket-group", help="group owning unix listener sockets")
+    serve_parser.set_defaults(func=serve)
+
+    engine_parser = commands.add_parser("engine", help="a throwaway Docker Engine")
+    engine_parser.add_argument("action", choices=["start", "stop"])
+    engine_parser.add_argument("--root", default="/tmp/powerstrip-engine")
+    engine_parser.set_defaults(func=_engine)
+    return parser
+
+
+def _engine(args: argparse.Namespace) -> int:
+    from powerstrip import engine
+
+    return engine.main([args.action, "--root", args.root])
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``powerstrip`` console script."""
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    try:
+        return args.func(args)
+    except UsageError as exc:
+        print(f"powerstrip: {exc}", file=sys.stderr)
+        return 2

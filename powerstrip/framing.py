@@ -1,0 +1,450 @@
+"""HTTP/1.1 message framing for the proxy, without any I/O.
+
+The proxy forwards bytes exactly as they arrived whenever no hook needs to change them, so the
+readers here report *where* messages begin and end in the raw byte stream rather than re-encoding
+them. llhttp (through httptools) parses and validates request and response heads; the body framing
+of requests (Content-Length and chunked) is tracked here because llhttp does not report byte
+offsets, and offsets are what a pass-through proxy needs to split pipelined requests.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+
+import httptools
+
+#: A request head larger than this is refused: dockerd itself caps headers at 1 MiB, and a head
+#: that never ends must not grow the proxy's memory without bound.
+MAX_HEAD_SIZE = 1024 * 1024
+
+#: A chunk-size line (hex size plus extensions) longer than this is malformed.
+MAX_CHUNK_LINE = 4096
+
+HIJACK_CONTENT_TYPES = (
+    b"application/vnd.docker.raw-stream",
+    b"application/vnd.docker.multiplexed-stream",
+)
+
+
+class FramingError(Exception):
+    """The peer sent bytes that are not valid HTTP/1.1; ``status`` is what to answer."""
+
+    def __init__(self, message: str, status: int = 400) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+class BodyKind(enum.Enum):
+    """How a request body is delimited."""
+
+    NONE = "none"
+    LENGTH = "length"
+    CHUNKED = "chunked"
+
+
+@dataclass(slots=True)
+class RequestHead:
+    """A parsed request head; ``raw`` is the head exactly as the client sent it."""
+
+    method: bytes
+    target: bytes
+    version: str
+    headers: list[tuple[bytes, bytes]]
+    raw: bytes
+    body_kind: BodyKind = BodyKind.NONE
+    content_length: int = 0
+    keep_alive: bool = True
+    upgrade: bool = False
+
+    def header(self, name: bytes) -> bytes | None:
+        """Return the last value of header ``name`` (case-insensitive), or None."""
+        name = name.lower()
+        found = None
+        for key, value in self.headers:
+            if key.lower() == name:
+                found = value
+        return found
+
+    @property
+    def path(self) -> bytes:
+        """The request target without its query string."""
+        return self.target.split(b"?", 1)[0]
+
+    @property
+    def may_hijack(self) -> bool:
+        """Whether the daemon may take over the connection after answering this request.
+
+        That is any request asking for an upgrade, and the two endpoints that dockerd hijacks even
+        without one (attach and exec start), which legacy clients call without an Upgrade header.
+        """
+        if self.upgrade:
+            return True
+        if self.method != b"POST":
+            return False
+        path = self.path
+        return path.endswith(b"/attach") or (b"/exec/" in path and path.endswith(b"/start"))
+
+
+class _HeadCollector:
+    """httptools callback target collecting one request head."""
+
+    __slots__ = ("url", "headers", "done")
+
+    def __init__(self) -> None:
+        self.url = b""
+        self.headers: list[tuple[bytes, bytes]] = []
+        self.done = False
+
+    def on_url(self, url: bytes) -> None:
+        self.url += url
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self.headers.append((name, value))
+
+    def on_headers_complete(self) -> None:
+        self.done = True
+
+
+def parse_request_head(raw: bytes) -> RequestHead:
+    """Parse and validate one complete request head (ending in CRLF CRLF).
+
+    Raises FramingError for anything llhttp refuses (bad request line, bad header syntax,
+    conflicting Content-Length and Transfer-Encoding, ...).
+    """
+    collector = _HeadCollector()
+    parser = httptools.HttpRequestParser(collector)
+    try:
+        parser.feed_data(raw)
+    except httptools.HttpParserUpgrade:
+        pass
+    except httptools.HttpParserError as exc:
+        raise FramingError(f"malformed HTTP request: {exc}") from None
+    if not collector.done:
+        raise FramingError("malformed HTTP request: incomplete head")
+    head = RequestHead(
+        method=parser.get_method(),
+        target=collector.url,
+        version=parser.get_http_version(),
+        headers=collector.headers,
+        raw=raw,
+        keep_alive=parser.should_keep_alive(),
+        upgrade=parser.should_upgrade(),
+    )
+    if not head.target.startswith(b"/"):
+        raise FramingError("malformed HTTP request: the target must be an absolute path")
+    transfer_encoding = head.header(b"transfer-encoding")
+    if transfer_encoding is not None:
+        # llhttp already refused a Transfer-Encoding whose last coding is not chunked.
+        head.body_kind = BodyKind.CHUNKED
+    else:
+        length = head.header(b"content-length")
+        if length is not None:
+            head.content_length = int(length)
+            if head.content_length:
+                head.body_kind = BodyKind.LENGTH
+    return head
+
+
+def find_head_end(buffer: bytes | bytearray, start: int = 0) -> int:
+    """Return the offset just past the CRLF CRLF that ends a head, or -1 if it is not there yet."""
+    end = buffer.find(b"\r\n\r\n", start)
+    return -1 if end < 0 else end + 4
+
+
+class ChunkedTracker:
+    """Finds the end of a chunked body in a raw byte stream, validating its framing.
+
+    It never copies or decodes body data: ``feed`` returns how many of the given bytes belong to
+    the body, so the caller can forward that slice untouched.
+    """
+
+    __slots__ = ("_state", "_remaining", "_line", "done")
+
+    _SIZE, _DATA, _DATA_CR, _DATA_LF, _TRAILER = range(5)
+
+    def __init__(self) -> None:
+        self._state = self._SIZE
+        self._remaining = 0
+        self._line = bytearray()
+        self.done = False
+
+    def feed(self, data: bytes | bytearray, start: int = 0) -> int:
+        """Consume body bytes from ``data[start:]``; return the offset where the body ended or
+        ``len(data)`` if it goes on. Raises FramingError on malformed framing."""
+        pos = start
+        end = len(data)
+        while pos < end and not self.done:
+            state = self._state
+            if state == self._DATA:
+                take = min(self._remaining, end - pos)
+                pos += take
+                self._remaining -= take
+                if not self._remaining:
+                    self._state = self._DATA_CR
+            elif state == self._SIZE or state == self._TRAILER:
+                newline = data.find(b"\n", pos)
+                if newline < 0:
+                    self._line += data[pos:end]
+                    pos = end
+                    if len(self._line) > MAX_CHUNK_LINE:
+                        raise FramingError("malformed chunked body: chunk line too long")
+                    continue
+                self._line += data[pos:newline + 1]
+                pos = newline + 1
+                line = bytes(self._line)
+                self._line.clear()
+                if len(line) > MAX_CHUNK_LINE or not line.endswith(b"\r\n"):
+                    raise FramingError("malformed chunked body: bad line ending")
+                if state == self._SIZE:
+                    self._start_chunk(line[:-2])
+                elif line == b"\r\n":
+                    self.done = True
+            elif state == self._DATA_CR:
+                if data[pos] != 13:
+                    raise FramingError("malformed chunked body: chunk data not followed by CRLF")
+                pos += 1
+                self._state = self._DATA_LF
+            else:
+                if data[pos] != 10:
+                    raise FramingError("malformed chunked body: chunk data not followed by CRLF")
+                pos += 1
+                self._state = self._SIZE
+        return pos
+
+    def _start_chunk(self, line: bytes) -> None:
+        size_text = line.split(b";", 1)[0].strip(b" \t")
+        if not size_text or len(size_text) > 16 or any(
+            c not in b"0123456789abcdefABCDEF" for c in size_text
+        ):
+            raise FramingError(f"malformed chunked body: bad chunk size {size_text[:20]!r}")
+        size = int(size_text, 16)
+        if size:
+            self._remaining = size
+            self._state = self._DATA
+        else:
+            self._state = self._TRAILER
+
+
+class Head:
+    """Event: a request head was parsed."""
+
+    __slots__ = ("head",)
+
+    def __init__(self, head: RequestHead) -> None:
+        self.head = head
+
+
+class Body:
+    """Event: raw body bytes of the current request, framing included."""
+
+    __slots__ = ("data",)
+
+    def __init__(self, data: bytes) -> None:
+        self.data = data
+
+
+class End:
+    """Event: the current request is complete."""
+
+    __slots__ = ()
+
+
+END = End()
+
+Event = Head | Body | End
+
+
+class RequestReader:
+    """Splits a client's byte stream into requests, one at a time.
+
+    After each complete request the reader holds: ``feed`` only buffers until ``next_request``
+    is called, because the proxy answers pipelined requests strictly in order, and because a
+    request that may be hijacked must not have the bytes that follow it parsed as HTTP until the
+    daemon's answer shows whether the connection switched protocols.
+    """
+
+    def __init__(self, max_head: int = MAX_HEAD_SIZE) -> None:
+        self._buffer = bytearray()
+        self._max_head = max_head
+        self._in_body = False
+        self._remaining = 0
+        self._chunked: ChunkedTracker | None = None
+        self.waiting = False
+
+    @property
+    def buffered(self) -> int:
+        """How many received bytes are held, not yet turned into events."""
+        return len(self._buffer)
+
+    def feed(self, data: bytes) -> list[Event]:
+        """Take bytes from the client; return the events they complete."""
+        if self.waiting:
+            self._buffer += data
+            return []
+        if not self._buffer and self._in_body and self._chunked is None:
+            # Fast path for large Content-Length bodies: no copying into the buffer.
+            return self._length_body(data)
+        self._buffer += data
+        return self._drain()
+
+    def next_request(self) -> list[Event]:
+        """Let the reader go on to the next request after the current one completed."""
+        self.waiting = False
+        return self._drain()
+
+    def take_rest(self) -> bytes:
+        """Give up HTTP on this connection (it was hijacked): return and forget the held bytes."""
+        rest = bytes(self._buffer)
+        self._buffer.clear()
+        return rest
+
+    def _length_body(self, data: bytes) -> list[Event]:
+        take = self._remaining
+        if len(data) < take:
+            self._remaining -= len(data)
+            return [Body(data)]
+        self._in_body = False
+        self._remaining = 0
+        self.waiting = True
+        events: list[Event] = [Body(data[:take]), END] if take else [END]
+        if take < len(data):
+            self._buffer += data[take:]
+        return events
+
+    def _drain(self) -> list[Event]:
+        events: list[Event] = []
+        buffer = self._buffer
+        while buffer and not self.waiting:
+            if self._in_body:
+                if self._chunked is not None:
+                    end = self._chunked.feed(buffer)
+                    events.append(Body(bytes(buffer[:end])))
+                    del buffer[:end]
+                    if self._chunked.done:
+                        self._chunked = None
+                        self._finish(events)
+                    continue
+                data = bytes(buffer)
+                buffer.clear()
+                events.extend(self._length_body(data))
+                continue
+            # Clients may send stray CRLFs between requests (RFC 9112 2.2).
+            while buffer[:2] == b"\r\n":
+                del buffer[:2]
+            end = find_head_end(buffer)
+            if end < 0:
+                if len(buffer) > self._max_head:
+                    raise FramingError("request head too large", 431)
+                break
+            head = parse_request_head(bytes(buffer[:end]))
+            del buffer[:end]
+            events.append(Head(head))
+            if head.body_kind is BodyKind.LENGTH:
+                self._in_body = True
+                self._remaining = head.content_length
+            elif head.body_kind is BodyKind.CHUNKED:
+                self._in_body = True
+                self._chunked = ChunkedTracker()
+            else:
+                self._finish(events)
+        return events
+
+    def _finish(self, events: list[Event]) -> None:
+        self._in_body = False
+        self.waiting = True
+        events.append(END)
+
+
+@dataclass(slots=True)
+class ResponseHead:
+    """The parsed head of a daemon response."""
+
+    status: int
+    headers: list[tuple[bytes, bytes]] = field(default_factory=list)
+    keep_alive: bool = True
+
+    def header(self, name: bytes) -> bytes | None:
+        """Return the last value of header ``name`` (case-insensitive), or None."""
+        name = name.lower()
+        found = None
+        for key, value in self.headers:
+            if key.lower() == name:
+                found = value
+        return found
+
+    @property
+    def content_type(self) -> bytes | None:
+        """The media type without parameters, or None."""
+        value = self.header(b"content-type")
+        return None if value is None else value.split(b";", 1)[0].strip().lower()
+
+
+class ResponseReader:
+    """Follows one daemon response through the raw byte stream.
+
+    The proxy forwards the daemon's bytes unchanged; this reader only tells it when the head is
+    complete, when the response is complete, and whether the connection switched protocols.
+    ``feed`` returns the offset in ``data`` where the response (and so the HTTP part of the
+    stream) ended, or None while it goes on.
+    """
+
+    def __init__(self, request_method: bytes = b"GET") -> None:
+        self._head_only = request_method == b"HEAD"
+        self._parser = httptools.HttpResponseParser(self)
+        self._headers: list[tuple[bytes, bytes]] = []
+        self.head: ResponseHead | None = None
+        self.complete = False
+        self.upgraded = False
+        self._final = False
+
+    # httptools callbacks
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self._headers.append((name, value))
+
+    def on_headers_complete(self) -> None:
+        status = self._parser.get_status_code()
+        if 100 <= status < 200 and status != 101:
+            # An interim response (100 Continue): the final one follows.
+            self._headers = []
+            return
+        self._final = True
+        self.head = ResponseHead(status, self._headers, self._parser.should_keep_alive())
+        if self._head_only:
+            self.complete = True
+
+    def on_message_complete(self) -> None:
+        if self._final:
+            self.complete = True
+
+    def feed(self, data: bytes) -> None:
+        """Take bytes from the daemon. Raises FramingError if they are not HTTP."""
+        if self.complete:
+            return
+        try:
+            self._parser.feed_data(data)
+        except httptools.HttpParserUpgrade:
+            self.upgraded = True
+            self.complete = True
+        except httptools.HttpParserCallbackError:
+            raise
+        except httptools.HttpParserError as exc:
+            if self.complete:
+                # Bytes after a HEAD response's head: the parser saw them as a body.
+                return
+            raise FramingError(f"malformed HTTP response from the daemon: {exc}", 502) from None
+
+    @property
+    def hijacked(self) -> bool:
+        """Whether the daemon took the connection over (101, or a legacy 200 raw stream)."""
+        if self.upgraded:
+            return True
+        head = self.head
+        return (
+            head is not None
+            and head.status == 200
+            and head.content_type in HIJACK_CONTENT_TYPES
+            and head.header(b"content-length") is None
+            and head.header(b"transfer-encoding") is None
+        )

@@ -1,0 +1,417 @@
+"""The Twisted side of the proxy: client connections, daemon connections and flow control.
+
+Each client connection gets its own daemon connection, opened on its first request and kept for
+as long as the client keeps its own. That mirrors the client's connection state exactly: keep-alive,
+``Connection: close`` and hijacking (attach, exec start, BuildKit's h2c) need no translation, and
+ordering of pipelined requests follows from answering them one at a time.
+
+Bytes are forwarded as they arrived. The framing readers only watch the stream to learn where each
+request and response ends and when a connection stops being HTTP.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+
+from twisted.internet import defer, interfaces
+from twisted.internet.endpoints import clientFromString, connectProtocol
+from twisted.internet.protocol import Factory, Protocol
+from twisted.python.failure import Failure
+from zope.interface import implementer
+
+from powerstrip.addresses import Address, client_description
+from powerstrip.errors import error_response
+from powerstrip.framing import (
+    END,
+    Body,
+    FramingError,
+    Head,
+    RequestHead,
+    RequestReader,
+    ResponseReader,
+)
+
+log = logging.getLogger("powerstrip.proxy")
+
+#: Bytes of pipelined requests held before the proxy stops reading from the client.
+PIPELINE_HIGH_WATER = 256 * 1024
+
+
+@implementer(interfaces.IPushProducer)
+class Pauser:
+    """Pauses a transport's reading for several independent reasons at once.
+
+    A transport's own pause/resume is a single flag; the proxy pauses the same client for flow
+    control, while a daemon connection is being opened and while pipelined requests wait, and
+    each of those must not undo the others.
+    """
+
+    __slots__ = ("transport", "reasons")
+
+    def __init__(self, transport: interfaces.IPushProducer) -> None:
+        self.transport = transport
+        self.reasons: set[str] = set()
+
+    def pause(self, reason: str) -> None:
+        """Stop reading until ``resume(reason)`` (and every other reason is gone)."""
+        if not self.reasons:
+            self.transport.pauseProducing()
+        self.reasons.add(reason)
+
+    def resume(self, reason: str) -> None:
+        """Drop one reason to pause; read again once none is left."""
+        if reason in self.reasons:
+            self.reasons.discard(reason)
+            if not self.reasons:
+                self.transport.resumeProducing()
+
+    def pauseProducing(self) -> None:  # noqa: N802 - Twisted's interface
+        """The consumer's write buffer is full."""
+        self.pause("flow")
+
+    def resumeProducing(self) -> None:  # noqa: N802 - Twisted's interface
+        """The consumer's write buffer drained."""
+        self.resume("flow")
+
+    def stopProducing(self) -> None:  # noqa: N802 - Twisted's interface
+        """The consumer went away; the connection objects handle that themselves."""
+
+
+class Exchange:
+    """One request and its response on a client connection."""
+
+    __slots__ = ("head", "response", "request_done", "response_done", "forwarded")
+
+    def __init__(self, head: RequestHead) -> None:
+        self.head = head
+        self.response = ResponseReader(head.method)
+        self.request_done = False
+        self.response_done = False
+        #: Whether any response byte has been sent to the client.
+        self.forwarded = False
+
+
+@implementer(interfaces.IHalfCloseableProtocol)
+class DaemonConnection(Protocol):
+    """The proxy's connection to the Docker daemon on behalf of one client connection."""
+
+    def __init__(self, client: ClientConnection) -> None:
+        self.client = client
+        self.pauser: Pauser | None = None
+
+    def connectionMade(self) -> None:  # noqa: N802
+        self.pauser = Pauser(self.transport)
+        _no_delay(self.transport)
+
+    def dataReceived(self, data: bytes) -> None:  # noqa: N802
+        self.client.daemon_data(data)
+
+    def readConnectionLost(self) -> None:  # noqa: N802
+        self.client.daemon_eof(self)
+
+    def writeConnectionLost(self) -> None:  # noqa: N802
+        pass
+
+    def connectionLost(self, reason: Failure = None) -> None:  # noqa: N802
+        self.client.daemon_lost(self)
+
+
+@implementer(interfaces.IHalfCloseableProtocol)
+class ClientConnection(Protocol):
+    """A connection from a Docker client (the CLI, an SDK, compose)."""
+
+    factory: ProxyFactory
+
+    def __init__(self) -> None:
+        self.reader = RequestReader()
+        self.daemon: DaemonConnection | None = None
+        self.connecting: defer.Deferred | None = None
+        #: Bytes for the daemon while no connection to it is ready.
+        self.pending: list[bytes] = []
+        self.exchange: Exchange | None = None
+        self.raw = False
+        self.client_eof = False
+        self.daemon_eof_seen = False
+        self.closing = False
+
+    # Client side
+
+    def connectionMade(self) -> None:  # noqa: N802
+        self.pauser = Pauser(self.transport)
+        _no_delay(self.transport)
+        self.factory.connections.add(self)
+
+    def dataReceived(self, data: bytes) -> None:  # noqa: N802
+        if self.raw:
+            self._to_daemon(data)
+            return
+        if self.closing:
+            return
+        try:
+            events = self.reader.feed(data)
+        except FramingError as exc:
+            self._refuse(exc.status, str(exc))
+            return
+        if events:
+            self._handle(events)
+        elif self.reader.waiting and self.reader.buffered > PIPELINE_HIGH_WATER:
+            self.pauser.pause("pipeline")
+
+    def _handle(self, events: list) -> None:
+        for event in events:
+            kind = event.__class__
+            if kind is Body:
+                self._to_daemon(event.data)
+            elif kind is Head:
+                self._start(event.head)
+            elif event is END:
+                exchange = self.exchange
+                exchange.request_done = True
+                if exchange.response_done:
+                    self._finish_exchange()
+                    return
+
+    def _start(self, head: RequestHead) -> None:
+        self.exchange = Exchange(head)
+        self._to_daemon(head.raw)
+
+    def _to_daemon(self, data: bytes) -> None:
+        daemon = self.daemon
+        if daemon is not None and not self.pending:
+            daemon.transport.write(data)
+            return
+        self.pending.append(data)
+        if daemon is None and self.connecting is None:
+            self._connect()
+
+    def _connect(self) -> None:
+        self.pauser.pause("connecting")
+        self.connecting = connectProtocol(self.factory.upstream_endpoint, DaemonConnection(self))
+        self.connecting.addCallbacks(self._connected, self._connect_failed)
+
+    def _connected(self, daemon: DaemonConnection) -> None:
+        self.connecting = None
+        if self.closing or self.transport.disconnected:
+            daemon.transport.loseConnection()
+            return
+        self.daemon = daemon
+        daemon.transport.registerProducer(self.pauser, True)
+        self.transport.registerProducer(daemon.pauser, True)
+        pending, self.pending = self.pending, []
+        daemon.transport.writeSequence(pending)
+        self.pauser.resume("connecting")
+
+    def _connect_failed(self, failure: Failure) -> None:
+        self.connecting = None
+        self.pending = []
+        reason = failure.getErrorMessage()
+        log.warning("cannot reach the Docker daemon at %s: %s", self.factory.upstream, reason)
+        self._refuse(502, f"cannot reach the Docker daemon at {self.factory.upstream}: {reason}")
+
+    def readConnectionLost(self) -> None:  # noqa: N802
+        self.client_eof = True
+        if self.raw:
+            # The client closed stdin (docker run -i): the daemon must see EOF too.
+            self._to_daemon_eof()
+            if self.daemon_eof_seen:
+                self._close()
+        elif self.exchange is None and not self.reader.buffered:
+            self._close()
+
+    def writeConnectionLost(self) -> None:  # noqa: N802
+        pass
+
+    def connectionLost(self, reason: Failure = None) -> None:  # noqa: N802
+        self.closing = True
+        self.factory.connections.discard(self)
+        if self.daemon is not None:
+            self.daemon.transport.loseConnection()
+        elif self.connecting is not None:
+            self.connecting.cancel()
+
+    def _to_daemon_eof(self) -> None:
+        if self.daemon is not None:
+            self.daemon.transport.loseWriteConnection()
+
+    # Daemon side
+
+    def daemon_data(self, data: bytes) -> None:
+        """Bytes from the daemon: forward them, watching for the end of the response."""
+        if self.raw:
+            self.transport.write(data)
+            return
+        exchange = self.exchange
+        if exchange is None or exchange.response_done:
+            log.warning("the Docker daemon sent %d bytes nobody asked for; closing", len(data))
+            self._close()
+            return
+        response = exchange.response
+        had_head = response.head is not None
+        try:
+            response.feed(data)
+        except FramingError as exc:
+            if exchange.forwarded:
+                self.transport.abortConnection()
+            else:
+                self._refuse(exc.status, str(exc))
+            return
+        exchange.forwarded = True
+        self.transport.write(data)
+        if not had_head and response.head is not None and (
+            response.upgraded or (exchange.head.may_hijack and response.hijacked)
+        ):
+            self._hijack()
+        elif response.complete:
+            exchange.response_done = True
+            if exchange.request_done:
+                self._finish_exchange()
+
+    def _hijack(self) -> None:
+        """The daemon took the connection over: from now on, bytes flow raw both ways."""
+        self.raw = True
+        self.exchange = None
+        rest = self.reader.take_rest()
+        if rest:
+            self._to_daemon(rest)
+        self.pauser.resume("pipeline")
+        if self.client_eof:
+            self._to_daemon_eof()
+
+    def _finish_exchange(self) -> None:
+        self.exchange = None
+        if self.closing:
+            return
+        try:
+            events = self.reader.next_request()
+        except FramingError as exc:
+            self._refuse(exc.status, str(exc))
+            return
+        if events:
+            self._handle(events)
+            return
+        self.pauser.resume("pipeline")
+        if self.client_eof and not self.reader.buffered:
+            self._close()
+
+    def daemon_eof(self, daemon: DaemonConnection) -> None:
+        """The daemon closed its side of the connection."""
+        if daemon is not self.daemon:
+            return
+        self.daemon_eof_seen = True
+        if self.raw:
+            self.transport.loseWriteConnection()
+            if self.client_eof:
+                self._close()
+            return
+        daemon.transport.loseConnection()
+
+    def daemon_lost(self, daemon: DaemonConnection) -> None:
+        """The daemon connection is gone; end the client's exchange accordingly."""
+        if daemon is not self.daemon:
+            return
+        self.daemon = None
+        if not self.transport.disconnected:
+            self.transport.unregisterProducer()
+        self.pauser.resume("flow")
+        if self.closing:
+            return
+        if self.raw:
+            self._close()
+            return
+        exchange = self.exchange
+        if exchange is None:
+            if self.client_eof:
+                self._close()
+            # An idle keep-alive connection the daemon dropped: the next request opens another.
+            return
+        if exchange.response.head is None:
+            self._refuse(
+                502,
+                f"the Docker daemon at {self.factory.upstream} closed the connection "
+                "without answering",
+            )
+        elif exchange.response.head.header(b"content-length") is None and (
+            exchange.response.head.header(b"transfer-encoding") is None
+        ):
+            # A response delimited by the end of the connection: complete now.
+            self._close()
+        else:
+            log.warning(
+                "the Docker daemon closed the connection in the middle of %s %s",
+                exchange.head.method.decode(), exchange.head.target.decode("latin-1"),
+            )
+            # Closing (not resetting) delivers what did arrive; the client sees the short body.
+            self._close()
+
+    # Ending
+
+    def _refuse(self, status: int, message: str) -> None:
+        """Answer with a Docker-style error and close: nothing more is read from this client."""
+        self.closing = True
+        self.pauser.pause("closing")
+        if not self.transport.disconnected:
+            self.transport.write(error_response(status, message))
+        self._close()
+
+    def _close(self) -> None:
+        self.closing = True
+        self.transport.loseConnection()
+        if self.daemon is not None:
+            self.daemon.transport.loseConnection()
+
+    def shutdown(self) -> None:
+        """Close once idle; called when the proxy stops."""
+        self.client_eof = True
+        if self.raw:
+            return
+        if self.exchange is None and not self.reader.buffered:
+            self._close()
+
+
+class ProxyFactory(Factory):
+    """Builds a ClientConnection per accepted client; all of them share one upstream."""
+
+    protocol = ClientConnection
+    noisy = False
+
+    def __init__(self, reactor: object, upstream: Address) -> None:
+        self.reactor = reactor
+        self.upstream = upstream
+        self.upstream_endpoint = clientFromString(reactor, client_description(upstream))
+        self.connections: set[ClientConnection] = set()
+
+    def buildProtocol(self, addr: object) -> ClientConnection:  # noqa: N802
+        protocol = ClientConnection()
+        protocol.factory = self
+        return protocol
+
+    def shutdown(self, grace: float, clock: Callable[[], object] | None = None) -> defer.Deferred:
+        """Let open requests finish for up to ``grace`` seconds, then drop what is left."""
+        for connection in list(self.connections):
+            connection.shutdown()
+        done: defer.Deferred = defer.Deferred()
+        deadline = self.reactor.seconds() + grace
+
+        def check() -> None:
+            if not self.connections:
+                done.callback(None)
+            elif self.reactor.seconds() >= deadline:
+                for connection in list(self.connections):
+                    connection.transport.abortConnection()
+                done.callback(None)
+            else:
+                self.reactor.callLater(0.05, check)
+
+        check()
+        return done
+
+
+def _no_delay(transport: object) -> None:
+    # Small request/response pairs must not wait for Nagle's algorithm; unix sockets have none.
+    set_no_delay = getattr(transport, "setTcpNoDelay", None)
+    if set_no_delay is not None:
+        try:
+            set_no_delay(True)
+        except OSError:
+            pass

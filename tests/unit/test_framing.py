@@ -1,0 +1,227 @@
+"""Request and response framing, without sockets."""
+
+from __future__ import annotations
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from powerstrip.framing import (
+    END,
+    Body,
+    BodyKind,
+    ChunkedTracker,
+    FramingError,
+    Head,
+    RequestReader,
+    ResponseReader,
+    parse_request_head,
+)
+
+
+def chunked(parts: list[bytes]) -> bytes:
+    out = b"".join(b"%x\r\n%s\r\n" % (len(p), p) for p in parts if p)
+    return out + b"0\r\n\r\n"
+
+
+def split_at(data: bytes, cuts: list[int]) -> list[bytes]:
+    points = sorted({c % (len(data) + 1) for c in cuts})
+    pieces, last = [], 0
+    for point in points:
+        pieces.append(data[last:point])
+        last = point
+    pieces.append(data[last:])
+    return pieces
+
+
+def run_reader(stream: bytes, cuts: list[int]) -> list[tuple[bytes, bytes, bytes]]:
+    """Feed ``stream`` in pieces; return (method, raw head, raw body) per request."""
+    reader = RequestReader()
+    requests: list[list] = []
+
+    def take(events: list) -> bool:
+        for event in events:
+            if isinstance(event, Head):
+                requests.append([event.head.method, event.head.raw, b""])
+            elif isinstance(event, Body):
+                requests[-1][2] += event.data
+            else:
+                assert event is END
+                return True
+        return False
+
+    for piece in split_at(stream, cuts):
+        if take(reader.feed(piece)):
+            while take(reader.next_request()):
+                pass
+    return [tuple(r) for r in requests]
+
+
+bodies = st.lists(st.binary(max_size=300), max_size=5)
+
+
+@settings(max_examples=300)
+@given(
+    body_a=st.binary(max_size=2000),
+    parts_b=bodies,
+    cuts=st.lists(st.integers(min_value=0, max_value=10_000), max_size=8),
+)
+def test_pipelined_requests_split_exactly_wherever_the_reads_fall(body_a, parts_b, cuts):
+    head_a = b"POST /v1.41/build HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n\r\n" % len(body_a)
+    head_b = b"POST /images/load HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n"
+    head_c = b"HEAD /_ping HTTP/1.1\r\nHost: api.moby.localhost\r\n\r\n"
+    body_b = chunked(parts_b)
+    stream = head_a + body_a + head_b + body_b + b"\r\n" + head_c
+    got = run_reader(stream, cuts)
+    assert got == [(b"POST", head_a, body_a), (b"POST", head_b, body_b), (b"HEAD", head_c, b"")]
+    # Pass-through is exact: concatenating what the reader reports rebuilds the stream
+    # (less the stray CRLF between requests, which is not part of any request).
+    assert b"".join(h + b for _, h, b in got) == stream.replace(body_b + b"\r\n", body_b)
+
+
+@given(parts=bodies, trailer=st.booleans(), cuts=st.lists(st.integers(0, 5000), max_size=6))
+def test_chunked_tracker_finds_the_end_and_nothing_past_it(parts, trailer, cuts):
+    body = chunked(parts)
+    if trailer:
+        body = body[:-2] + b"X-Trailer: 1\r\n\r\n"
+    stream = body + b"NEXT"
+    tracker = ChunkedTracker()
+    consumed = 0
+    for piece in split_at(stream, cuts):
+        end = tracker.feed(piece)
+        consumed += end
+        if tracker.done:
+            break
+    assert tracker.done
+    assert consumed == len(body)
+
+
+@pytest.mark.parametrize(
+    "body",
+    [b"zz\r\nab\r\n0\r\n\r\n", b"2\r\nabXY0\r\n\r\n", b"2\nab\r\n0\r\n\r\n", b"-1\r\n"],
+)
+def test_chunked_tracker_refuses_malformed_framing(body):
+    with pytest.raises(FramingError):
+        ChunkedTracker().feed(body)
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        b"GARBAGE\r\n\r\n",
+        b"GET x HTTP/1.1\r\n\r\n",
+        b"GET /x HTTP/1.1\r\nContent-Length: 3\r\nContent-Length: 4\r\n\r\n",
+        b"GET /x HTTP/1.1\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n",
+        b"GET /x HTTP/1.1\r\nBad Header: 1\r\n\r\n",
+        b"GET /x HTTP/1.1\r\nContent-Length: -1\r\n\r\n",
+        b"GET /x HTTP/1.1\r\nTransfer-Encoding: gzip\r\n\r\n",
+        b"GET http://evil/x HTTP/1.1\r\n\r\n",
+    ],
+)
+def test_malformed_requests_are_refused_with_400(raw):
+    with pytest.raises(FramingError) as info:
+        RequestReader().feed(raw)
+    assert info.value.status == 400
+
+
+def test_an_endless_head_is_refused_before_it_grows_without_bound():
+    reader = RequestReader(max_head=1000)
+    reader.feed(b"GET / HTTP/1.1\r\n")
+    with pytest.raises(FramingError) as info:
+        reader.feed(b"X-Pad: " + b"a" * 2000)
+    assert info.value.status == 431
+
+
+def test_head_fields():
+    head = parse_request_head(
+        b"POST /v1.41/exec/abc/start HTTP/1.1\r\nHost: api.moby.localhost\r\n"
+        b"Connection: Upgrade\r\nUpgrade: tcp\r\nContent-Type: application/json\r\n"
+        b"Content-Length: 27\r\n\r\n"
+    )
+    assert head.method == b"POST"
+    assert head.path == b"/v1.41/exec/abc/start"
+    assert head.body_kind is BodyKind.LENGTH and head.content_length == 27
+    assert head.upgrade and head.may_hijack
+    assert head.header(b"host") == b"api.moby.localhost"
+
+
+@pytest.mark.parametrize(
+    ("raw", "hijack"),
+    [
+        (b"POST /containers/x/attach?stream=1 HTTP/1.1\r\n\r\n", True),
+        (b"POST /v1.24/exec/x/start HTTP/1.1\r\n\r\n", True),
+        (b"GET /containers/x/attach/ws HTTP/1.1\r\n\r\n", False),
+        (b"POST /containers/x/start HTTP/1.1\r\n\r\n", False),
+        (b"GET /containers/json HTTP/1.1\r\n\r\n", False),
+    ],
+)
+def test_which_requests_may_be_hijacked(raw, hijack):
+    assert parse_request_head(raw).may_hijack is hijack
+
+
+def test_reader_holds_bytes_after_a_request_until_told_to_go_on():
+    reader = RequestReader()
+    events = reader.feed(
+        b"POST /exec/a/start HTTP/1.1\r\nConnection: Upgrade\r\nUpgrade: tcp\r\n"
+        b"Content-Length: 2\r\n\r\n{}stdin-bytes"
+    )
+    assert [type(e) for e in events] == [Head, Body, type(END)]
+    assert reader.feed(b" more") == []
+    assert reader.take_rest() == b"stdin-bytes more"
+
+
+def test_response_reader_docker_upgrade():
+    reader = ResponseReader(b"POST")
+    reader.feed(
+        b"HTTP/1.1 101 UPGRADED\r\nContent-Type: application/vnd.docker.raw-stream\r\n"
+        b"Connection: Upgrade\r\nUpgrade: tcp\r\n\r\n\x01\x00\x00\x00"
+    )
+    assert reader.head.status == 101 and reader.upgraded and reader.hijacked
+
+
+def test_response_reader_legacy_hijack():
+    reader = ResponseReader(b"POST")
+    reader.feed(b"HTTP/1.1 200 OK\r\nContent-Type: application/vnd.docker.raw-stream\r\n\r\nout")
+    assert reader.hijacked and not reader.complete
+
+
+def test_response_reader_chunked_stream_is_not_a_hijack():
+    reader = ResponseReader(b"GET")
+    reader.feed(
+        b"HTTP/1.1 200 OK\r\nContent-Type: application/vnd.docker.multiplexed-stream\r\n"
+        b"Transfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n"
+    )
+    assert not reader.hijacked and not reader.complete
+    reader.feed(b"0\r\n\r\n")
+    assert reader.complete
+
+
+def test_response_to_head_ends_with_its_head():
+    reader = ResponseReader(b"HEAD")
+    reader.feed(b"HTTP/1.1 200 OK\r\nApi-Version: 1.41\r\nContent-Length: 2\r\n\r\n")
+    assert reader.complete and reader.head.header(b"api-version") == b"1.41"
+
+
+def test_interim_100_continue_is_not_the_response():
+    reader = ResponseReader(b"POST")
+    reader.feed(b"HTTP/1.1 100 Continue\r\n\r\n")
+    assert reader.head is None and not reader.complete
+    reader.feed(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n")
+    assert reader.head.status == 200 and reader.complete
+
+
+@given(body=st.binary(max_size=3000), cuts=st.lists(st.integers(0, 4000), max_size=6))
+def test_response_reader_completes_exactly_at_the_end(body, cuts):
+    raw = b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % len(body) + body
+    reader = ResponseReader(b"GET")
+    pieces = split_at(raw, cuts)
+    for index, piece in enumerate(pieces):
+        reader.feed(piece)
+        rest = b"".join(pieces[index + 1:])
+        assert reader.complete == (not rest)
+
+
+def test_garbage_from_the_daemon_is_a_502():
+    with pytest.raises(FramingError) as info:
+        ResponseReader(b"GET").feed(b"SSH-2.0-OpenSSH\r\n\r\n")
+    assert info.value.status == 502
