@@ -12,4 +12,4 @@ bench:
 	scripts/bootstrap && .venv/bin/python bench/bench.py
 
 lint:
-	scripts/bootstrap && .venv/bin/ruff check powerstrip adapters tests bench
+	scripts/bootstrap && .venv/bin/ruff check .

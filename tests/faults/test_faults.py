@@ -98,9 +98,8 @@ def read_response(sock: socket.socket) -> tuple[bytes, bytes]:
         assert chunk, f"connection closed before a response head: {data!r}"
         data += chunk
     head, body = data.split(b"\r\n\r\n", 1)
-    length = int(next(
-        line.split(b":")[1] for line in head.split(b"\r\n") if line.lower().startswith(b"content-length")
-    ))
+    lines = head.split(b"\r\n")
+    length = next(int(line[15:]) for line in lines if line.lower().startswith(b"content-length:"))
     while len(body) < length:
         chunk = sock.recv(65536)
         assert chunk
