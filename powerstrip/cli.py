@@ -79,6 +79,10 @@ def _addresses(values: Sequence[str], what: str) -> list[Address]:
 
 def serve(args: argparse.Namespace) -> int:
     """Run the proxy until SIGTERM or SIGINT."""
+    if "twisted.internet.reactor" not in sys.modules:
+        from powerstrip.reactor import install
+
+        install()
     from twisted.internet import defer, reactor
     from twisted.internet.endpoints import serverFromString
 

@@ -380,6 +380,16 @@ class ResponseHead:
         return None if value is None else value.split(b";", 1)[0].strip().lower()
 
 
+class _FramingOnly:
+    """httptools callback target that ignores headers, for responses nobody inspects."""
+
+    __slots__ = ("on_headers_complete", "on_message_complete")
+
+    def __init__(self, reader: ResponseReader) -> None:
+        self.on_headers_complete = reader.on_headers_complete
+        self.on_message_complete = reader.on_message_complete
+
+
 class ResponseReader:
     """Follows one daemon response through the raw byte stream.
 
@@ -389,9 +399,11 @@ class ResponseReader:
     stream) ended, or None while it goes on.
     """
 
-    def __init__(self, request_method: bytes = b"GET") -> None:
+    def __init__(self, request_method: bytes = b"GET", *, headers: bool = True) -> None:
         self._head_only = request_method == b"HEAD"
-        self._parser = httptools.HttpResponseParser(self)
+        # Without an on_header callback llhttp still frames the message but spares a Python
+        # call per header; a plain pass-through needs only the status and the framing.
+        self._parser = httptools.HttpResponseParser(self if headers else _FramingOnly(self))
         self._headers: list[tuple[bytes, bytes]] = []
         self.head: ResponseHead | None = None
         self.complete = False
