@@ -323,9 +323,9 @@ class ClientConnection(Protocol):
             return
         exchange = self.exchange
         if exchange is None:
-            if self.client_eof:
-                self._close()
-            # An idle keep-alive connection the daemon dropped: the next request opens another.
+            # The daemon ended the connection between requests (after "Connection: close", or
+            # idle): the client sees its connection end, exactly as it would direct.
+            self._close()
             return
         if exchange.response.head is None:
             self._refuse(

@@ -269,3 +269,17 @@ def test_stale_unix_socket_is_replaced_and_a_live_one_refused(proxy_factory, tmp
     )
     assert second.returncode != 0
     assert "already listening" in second.stderr
+
+
+def test_connection_close_from_the_daemon_reaches_the_client(proxy_factory, tmp_path):
+    def handle(conn: socket.socket) -> None:
+        conn.recv(65536)
+        conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\nOK")
+        conn.close()
+
+    daemon = FakeDaemon(tmp_path / "d.sock", handle)
+    proxy = proxy_factory(daemon.host)
+    sock = proxy.connect()
+    sock.sendall(b"GET /_ping HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+    assert read_response(sock)[1] == b"OK"
+    assert sock.recv(10) == b""
