@@ -1,0 +1,139 @@
+"""The adapter wire format, protocol version 1, exactly as the 2015 Powerstrip spoke it.
+
+Every hook call is an HTTP POST of a JSON document to the adapter; the adapter answers with a JSON
+document carrying the (possibly modified) request or response. Facts original adapters rely on:
+``Request`` is the raw path with its query string; ``Body`` is the body as a JSON *string* (text),
+or null when there is none to show; an empty response body is ``""``; a missing response
+Content-Type is null.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any
+
+PROTOCOL_VERSION = 1
+
+_TOKEN = frozenset("!#$%&'*+-.^_`|~0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz")
+
+
+class AnswerError(ValueError):
+    """An adapter's answer that does not follow the protocol; the message says what is wrong."""
+
+
+@dataclass(frozen=True, slots=True)
+class ClientRequest:
+    """The request as hooks see it: ``body`` is text, or None when there is none to show."""
+
+    method: str
+    request: str
+    body: str | None
+
+    def to_wire(self) -> dict[str, Any]:
+        """The ``ClientRequest`` object of a hook call."""
+        return {"Method": self.method, "Request": self.request, "Body": self.body}
+
+
+@dataclass(frozen=True, slots=True)
+class ServerResponse:
+    """The daemon's response as post-hooks see it."""
+
+    content_type: str | None
+    body: str | None
+    code: int
+
+    def to_wire(self) -> dict[str, Any]:
+        """The ``ServerResponse`` object of a post-hook call."""
+        return {"ContentType": self.content_type, "Body": self.body, "Code": self.code}
+
+
+def pre_hook_call(request: ClientRequest) -> bytes:
+    """The JSON document POSTed to an adapter for a pre-hook."""
+    return json.dumps({
+        "PowerstripProtocolVersion": PROTOCOL_VERSION,
+        "Type": "pre-hook",
+        "ClientRequest": request.to_wire(),
+    }).encode()
+
+
+def post_hook_call(request: ClientRequest, response: ServerResponse) -> bytes:
+    """The JSON document POSTed to an adapter for a post-hook."""
+    return json.dumps({
+        "PowerstripProtocolVersion": PROTOCOL_VERSION,
+        "Type": "post-hook",
+        "ClientRequest": request.to_wire(),
+        "ServerResponse": response.to_wire(),
+    }).encode()
+
+
+def _answer_object(data: bytes, key: str) -> dict[str, Any]:
+    try:
+        document = json.loads(data)
+    except (UnicodeDecodeError, ValueError) as exc:
+        snippet = data[:80].decode("utf-8", "replace")
+        raise AnswerError(f"answer is not JSON ({exc}): {snippet!r}") from None
+    if not isinstance(document, dict):
+        raise AnswerError(f"answer is a JSON {type(document).__name__}, not an object")
+    version = document.get("PowerstripProtocolVersion", PROTOCOL_VERSION)
+    if version != PROTOCOL_VERSION:
+        raise AnswerError(f"answer speaks PowerstripProtocolVersion {version!r}, not 1")
+    inner = document.get(key)
+    if not isinstance(inner, dict):
+        raise AnswerError(f"answer has no {key} object")
+    return inner
+
+
+def _field(
+    inner: dict[str, Any], key: str, name: str, kinds: tuple[type, ...], default: Any
+) -> Any:
+    if name not in inner:
+        return default
+    value = inner[name]
+    if not isinstance(value, kinds) or isinstance(value, bool):
+        wanted = " or ".join("null" if k is type(None) else k.__name__ for k in kinds)
+        raise AnswerError(f"{key}.{name} must be {wanted}, not {json.dumps(value)[:60]}")
+    return value
+
+
+def parse_pre_hook_answer(data: bytes, sent: ClientRequest) -> ClientRequest:
+    """Read a pre-hook's answer. A field the adapter left out keeps the value it was sent."""
+    key = "ModifiedClientRequest"
+    inner = _answer_object(data, key)
+    method = _field(inner, key, "Method", (str,), sent.method)
+    request = _field(inner, key, "Request", (str,), sent.request)
+    body = _field(inner, key, "Body", (str, type(None)), sent.body)
+    if not method or not set(method) <= _TOKEN:
+        raise AnswerError(f"{key}.Method is not an HTTP method: {method!r}")
+    if not request.startswith("/") or any(c in request for c in " \r\n\t\x00"):
+        raise AnswerError(f"{key}.Request is not a request path: {request[:80]!r}")
+    return ClientRequest(method, request, body)
+
+
+def parse_post_hook_answer(data: bytes, sent: ServerResponse) -> ServerResponse:
+    """Read a post-hook's answer. A field the adapter left out keeps the value it was sent."""
+    key = "ModifiedServerResponse"
+    inner = _answer_object(data, key)
+    content_type = _field(inner, key, "ContentType", (str, type(None)), sent.content_type)
+    body = _field(inner, key, "Body", (str, type(None)), sent.body)
+    code = _field(inner, key, "Code", (int,), sent.code)
+    if not 100 <= code <= 599:
+        raise AnswerError(f"{key}.Code is not an HTTP status: {code}")
+    if content_type is not None and any(c in content_type for c in "\r\n\x00"):
+        raise AnswerError(f"{key}.ContentType is not a header value: {content_type[:80]!r}")
+    return ServerResponse(content_type, body, code)
+
+
+def refusal_message(body: bytes) -> str:
+    """An adapter's own words from a refusal's body: a JSON ``message`` (or ``error``), else
+    the text itself."""
+    text = body.decode("utf-8", "replace").strip()
+    try:
+        document = json.loads(text)
+    except ValueError:
+        return text
+    if isinstance(document, dict):
+        for key in ("message", "Message", "error", "Error"):
+            if isinstance(document.get(key), str):
+                return document[key]
+    return text
