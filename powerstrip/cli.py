@@ -165,21 +165,20 @@ def build_parser() -> argparse.ArgumentParser:
     serve_parser.add_argument("--socket-group", help="group owning unix listener sockets")
     serve_parser.set_defaults(func=serve)
 
-    engine_parser = commands.add_parser("engine", help="a throwaway Docker Engine")
-    engine_parser.add_argument("action", choices=["start", "stop"])
-    engine_parser.add_argument("--root", default="/tmp/powerstrip-engine")
-    engine_parser.set_defaults(func=_engine)
+    commands.add_parser(
+        "engine", help="a throwaway Docker Engine: start|stop [--root DIR] [--remove]"
+    )
     return parser
-
-
-def _engine(args: argparse.Namespace) -> int:
-    from powerstrip import engine
-
-    return engine.main([args.action, "--root", args.root])
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``powerstrip`` console script."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["engine"]:
+        # The engine has its own parser; hand it everything, --help included.
+        from powerstrip import engine
+
+        return engine.main(argv[1:])
     args = build_parser().parse_args(argv)
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO,

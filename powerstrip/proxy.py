@@ -134,6 +134,9 @@ class ClientConnection(Protocol):
         self.exchange: Exchange | None = None
         self.raw = False
         self.client_eof = False
+        #: The client's end of input has been passed on to the daemon (or will be, on connect).
+        self.eof_forwarded = False
+        self.draining = False
         self.daemon_eof_seen = False
         self.closing = False
 
@@ -202,6 +205,8 @@ class ClientConnection(Protocol):
         self.transport.registerProducer(daemon.pauser, True)
         pending, self.pending = self.pending, []
         daemon.transport.writeSequence(pending)
+        if self.eof_forwarded:
+            daemon.transport.loseWriteConnection()
         self.pauser.resume("connecting")
 
     def _connect_failed(self, failure: Failure) -> None:
@@ -213,13 +218,30 @@ class ClientConnection(Protocol):
 
     def readConnectionLost(self) -> None:  # noqa: N802
         self.client_eof = True
+        self._forward_eof()
+
+    def _forward_eof(self) -> None:
+        """Pass the client's end of input on to the daemon once everything before it has gone.
+
+        The daemon hears the client's half-close as it would direct: on a hijacked connection
+        that is the end of stdin (``echo hi | docker run -i``); during a response it is how
+        dockerd learns that nobody reads an ``events`` or ``logs -f`` stream any more.
+        """
+        if not self.client_eof or self.eof_forwarded or self.closing:
+            return
         if self.raw:
-            # The client closed stdin (docker run -i): the daemon must see EOF too.
-            self._to_daemon_eof()
+            self.eof_forwarded = True
+            self.daemon.transport.loseWriteConnection()
             if self.daemon_eof_seen:
                 self._close()
-        elif self.exchange is None and not self.reader.buffered:
+        elif self.reader.buffered:
+            return  # pipelined requests are still to be sent first
+        elif self.exchange is None:
             self._close()
+        else:
+            self.eof_forwarded = True
+            if self.daemon is not None:
+                self.daemon.transport.loseWriteConnection()
 
     def writeConnectionLost(self) -> None:  # noqa: N802
         pass
@@ -231,10 +253,6 @@ class ClientConnection(Protocol):
             self.daemon.transport.loseConnection()
         elif self.connecting is not None:
             self.connecting.cancel()
-
-    def _to_daemon_eof(self) -> None:
-        if self.daemon is not None:
-            self.daemon.transport.loseWriteConnection()
 
     # Daemon side
 
@@ -277,8 +295,8 @@ class ClientConnection(Protocol):
         if rest:
             self._to_daemon(rest)
         self.pauser.resume("pipeline")
-        if self.client_eof:
-            self._to_daemon_eof()
+        self.eof_forwarded = False
+        self._forward_eof()
 
     def _finish_exchange(self) -> None:
         self.exchange = None
@@ -293,8 +311,10 @@ class ClientConnection(Protocol):
             self._handle(events)
             return
         self.pauser.resume("pipeline")
-        if self.client_eof and not self.reader.buffered:
+        if self.draining:
             self._close()
+        else:
+            self._forward_eof()
 
     def daemon_eof(self, daemon: DaemonConnection) -> None:
         """The daemon closed its side of the connection."""
@@ -357,7 +377,7 @@ class ClientConnection(Protocol):
 
     def shutdown(self) -> None:
         """Close once idle; called when the proxy stops."""
-        self.client_eof = True
+        self.draining = True
         if self.raw:
             return
         if self.exchange is None and not self.reader.buffered:

@@ -1,0 +1,299 @@
+"""Powerstrip's overhead against the direct socket, measured in one run.
+
+Starts a Powerstrip (and, when installed, an HAProxy in TCP mode for comparison) in front of a
+Docker Engine — the one at --docker-host, else a throwaway engine — and measures each workload
+alternately direct and through each proxy, printing ratios to direct:
+
+- latency of GET /_ping and GET /v1.41/containers/json on one keep-alive connection (median);
+- wall time of ``docker run --rm busybox true``;
+- throughput of a 256 MiB response (container logs) and a 256 MiB request body (images/load);
+- the proxy's peak RSS (VmHWM) after those transfers.
+
+Usage: python bench/bench.py [--docker-host unix:///path] [--rounds N] [--size-mib 256]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+
+from powerstrip import engine as engine_mod
+
+DOCKER = shutil.which("docker") or "/usr/local/bin/docker"
+
+
+class Target:
+    """Somewhere to send Docker API requests: the daemon itself or a proxy in front of it."""
+
+    def __init__(self, name: str, docker_host: str) -> None:
+        self.name = name
+        self.docker_host = docker_host
+
+    def connect(self) -> socket.socket:
+        if self.docker_host.startswith("unix://"):
+            sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            sock.connect(self.docker_host[len("unix://"):])
+        else:
+            host, port = self.docker_host[len("tcp://"):].rsplit(":", 1)
+            sock = socket.create_connection((host, int(port)))
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        return sock
+
+
+def read_response(sock: socket.socket, buffer: bytearray) -> None:
+    """Read one complete response (Content-Length or chunked) from a keep-alive connection."""
+    while b"\r\n\r\n" not in buffer:
+        buffer += sock.recv(65536)
+    head_end = buffer.index(b"\r\n\r\n") + 4
+    head = bytes(buffer[:head_end]).lower()
+    del buffer[:head_end]
+    if b"content-length:" in head:
+        length = int(head.split(b"content-length:")[1].split(b"\r\n")[0])
+        while len(buffer) < length:
+            buffer += sock.recv(65536)
+        del buffer[:length]
+    else:
+        while not buffer.endswith(b"0\r\n\r\n"):
+            buffer += sock.recv(65536)
+        buffer.clear()
+
+
+def latency(targets: list[Target], path: str, rounds: int, per_round: int = 200) -> dict:
+    """Median round trip per target, measured in interleaved blocks."""
+    request = f"GET {path} HTTP/1.1\r\nHost: api.moby.localhost\r\n\r\n".encode()
+    socks = {t.name: t.connect() for t in targets}
+    samples: dict[str, list[float]] = {t.name: [] for t in targets}
+    buffer = bytearray()
+    for _ in range(rounds):
+        for target in targets:
+            sock = socks[target.name]
+            for _ in range(per_round):
+                started = time.perf_counter()
+                sock.sendall(request)
+                read_response(sock, buffer)
+                samples[target.name].append(time.perf_counter() - started)
+    for sock in socks.values():
+        sock.close()
+    return {name: statistics.median(values) for name, values in samples.items()}
+
+
+def docker_run_wall(targets: list[Target], rounds: int) -> dict:
+    samples: dict[str, list[float]] = {t.name: [] for t in targets}
+    for _ in range(rounds):
+        for target in targets:
+            started = time.perf_counter()
+            subprocess.run(
+                [DOCKER, "run", "--rm", "busybox", "true"], check=True,
+                env={**os.environ, "DOCKER_HOST": target.docker_host},
+                stdout=subprocess.DEVNULL,
+            )
+            samples[target.name].append(time.perf_counter() - started)
+    return {name: statistics.median(values) for name, values in samples.items()}
+
+
+def read_all(sock: socket.socket) -> int:
+    total = 0
+    buf = bytearray(1 << 20)
+    while True:
+        n = sock.recv_into(buf)
+        if not n:
+            return total
+        total += n
+
+
+def logs_throughput(targets: list[Target], container: str, rounds: int) -> dict:
+    """MiB/s reading a container's whole log (a 256 MiB response)."""
+    request = (
+        f"GET /v1.41/containers/{container}/logs?stdout=1 HTTP/1.1\r\n"
+        "Host: api.moby.localhost\r\nConnection: close\r\n\r\n"
+    ).encode()
+    samples: dict[str, list[float]] = {t.name: [] for t in targets}
+    for _ in range(rounds):
+        for target in targets:
+            sock = target.connect()
+            started = time.perf_counter()
+            sock.sendall(request)
+            size = read_all(sock)
+            elapsed = time.perf_counter() - started
+            sock.close()
+            samples[target.name].append(size / elapsed / 2**20)
+    return {name: statistics.median(values) for name, values in samples.items()}
+
+
+def load_throughput(targets: list[Target], tarball: Path, rounds: int) -> dict:
+    """MiB/s sending an image tarball to images/load (a 256 MiB request body)."""
+    size = tarball.stat().st_size
+    head = (
+        "POST /v1.41/images/load?quiet=1 HTTP/1.1\r\nHost: api.moby.localhost\r\n"
+        f"Content-Type: application/x-tar\r\nContent-Length: {size}\r\nConnection: close\r\n\r\n"
+    ).encode()
+    samples: dict[str, list[float]] = {t.name: [] for t in targets}
+    for _ in range(rounds):
+        for target in targets:
+            sock = target.connect()
+            started = time.perf_counter()
+            sock.sendall(head)
+            with tarball.open("rb") as body:
+                sock.sendfile(body)
+            answer = b""
+            while True:
+                chunk = sock.recv(65536)
+                if not chunk:
+                    break
+                answer += chunk
+            elapsed = time.perf_counter() - started
+            sock.close()
+            if b" 200 " not in answer.split(b"\r\n", 1)[0]:
+                raise RuntimeError(f"images/load via {target.name} failed: {answer[:300]!r}")
+            samples[target.name].append(size / elapsed / 2**20)
+    return {name: statistics.median(values) for name, values in samples.items()}
+
+
+def peak_rss_mib(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    raise RuntimeError("no VmHWM")
+
+
+def start_powerstrip(upstream: str) -> tuple[subprocess.Popen, str]:
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "powerstrip", "serve", "--listen", "tcp://127.0.0.1:0",
+         "--upstream", upstream],
+        stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, cwd="/",
+        env={**os.environ, "POWERSTRIP_CONFIG": ""},
+    )
+    line = proc.stdout.readline().strip()
+    if not line.startswith("export DOCKER_HOST="):
+        proc.kill()
+        raise RuntimeError(f"powerstrip did not start: {line!r}")
+    return proc, line.split("=", 1)[1]
+
+
+def start_haproxy(socket_path: str, workdir: Path) -> tuple[subprocess.Popen, str] | None:
+    binary = shutil.which("haproxy")
+    if binary is None:
+        return None
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    config = workdir / "haproxy.cfg"
+    config.write_text(
+        "global\n  maxconn 1000\ndefaults\n  mode tcp\n  timeout connect 5s\n"
+        "  timeout client 1h\n  timeout server 1h\n"
+        f"listen docker\n  bind 127.0.0.1:{port}\n  server d {socket_path}\n"
+    )
+    proc = subprocess.Popen([binary, "-f", str(config), "-db"], stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    for _ in range(100):
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.1).close()
+            return proc, f"tcp://127.0.0.1:{port}"
+        except OSError:
+            time.sleep(0.05)
+    proc.kill()
+    return None
+
+
+def docker(host: str, *args: str, input: bytes | None = None) -> bytes:
+    return subprocess.run(
+        [DOCKER, *args], check=True, input=input, capture_output=True,
+        env={**os.environ, "DOCKER_HOST": host},
+    ).stdout
+
+
+def prepare_payloads(host: str, size_mib: int, workdir: Path) -> tuple[str, Path]:
+    """A container whose log is ``size_mib`` MiB, and an image tarball of about that size."""
+    name = f"bench-logs-{uuid.uuid4().hex[:8]}"
+    # 3 bytes of random data become 4 of base64 (plus newlines): size the source to match.
+    source = size_mib * 2**20 * 3 // 4
+    docker(host, "run", "--name", name, "busybox", "sh", "-c",
+           f"head -c {source} /dev/urandom | base64")
+    rootfs = workdir / "rootfs"
+    rootfs.mkdir()
+    with (rootfs / "blob").open("wb") as blob:
+        blob.write(os.urandom(size_mib * 2**20))
+    tag = f"bench-load:{uuid.uuid4().hex[:8]}"
+    archive = subprocess.run(["tar", "-C", str(rootfs), "-c", "."], check=True,
+                             capture_output=True).stdout
+    docker(host, "import", "-", tag, input=archive)
+    tarball = workdir / "image.tar"
+    docker(host, "save", "-o", str(tarball), tag)
+    shutil.rmtree(rootfs)
+    return name, tarball
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--docker-host", help="a running daemon (unix://...); default: throwaway")
+    parser.add_argument("--rounds", type=int, default=20, help="latency rounds (200 requests each)")
+    parser.add_argument("--transfer-rounds", type=int, default=3)
+    parser.add_argument("--size-mib", type=int, default=256)
+    parser.add_argument("--no-haproxy", action="store_true")
+    args = parser.parse_args()
+
+    workdir = Path(tempfile.mkdtemp(prefix="ps-bench-"))
+    throwaway = None
+    host = args.docker_host
+    if host is None:
+        engine_mod.ensure_packages()
+        throwaway = engine_mod.Engine(workdir / "engine")
+        throwaway.start()
+        throwaway.ensure_image()
+        host = throwaway.host
+    processes: list[subprocess.Popen] = []
+    try:
+        powerstrip, powerstrip_host = start_powerstrip(host)
+        processes.append(powerstrip)
+        targets = [Target("direct", host), Target("powerstrip", powerstrip_host)]
+        if not args.no_haproxy:
+            started = start_haproxy(host[len("unix://"):], workdir)
+            if started is not None:
+                processes.append(started[0])
+                targets.append(Target("haproxy", started[1]))
+
+        results: list[tuple[str, dict, str]] = []
+        for path in ("/_ping", "/v1.41/containers/json"):
+            results.append((f"GET {path} latency", latency(targets, path, args.rounds), "us"))
+        results.append(("docker run --rm wall time", docker_run_wall(targets, 5), "s"))
+        container, tarball = prepare_payloads(host, args.size_mib, workdir)
+        results.append((f"{args.size_mib} MiB response (logs)",
+                        logs_throughput(targets, container, args.transfer_rounds), "MiB/s"))
+        results.append((f"{args.size_mib} MiB request body (images/load)",
+                        load_throughput(targets, tarball, args.transfer_rounds), "MiB/s"))
+        rss = peak_rss_mib(powerstrip.pid)
+        docker(host, "rm", "-f", container)
+
+        names = [t.name for t in targets]
+        print(f"{'workload':40}{'unit':>7}" + "".join(f"{n:>12}" for n in names)
+              + "".join(f"{n + '/direct':>19}" for n in names[1:]))
+        for label, values, unit in results:
+            scale = 1e6 if unit == "us" else 1
+            cells = "".join(f"{values[n] * scale:>12.1f}" for n in names)
+            ratios = "".join(f"{values[n] / values['direct']:>18.2f}x" for n in names[1:])
+            print(f"{label:40}{unit:>7}{cells}{ratios}")
+        print(f"{'powerstrip peak RSS':40}{'MiB':>7}{rss:>12.1f}")
+        return 0
+    finally:
+        for proc in processes:
+            proc.terminate()
+            try:
+                proc.wait(10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+        if throwaway is not None:
+            throwaway.stop(remove=True)
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

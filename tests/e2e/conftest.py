@@ -1,0 +1,383 @@
+"""Fixtures for the end-to-end suite: a throwaway Docker Engine, the real proxy in front of it, and
+helpers to run docker clients against either.
+
+Everything here runs real processes. The engine is started once per session and must start: if
+it cannot, the suite fails rather than skips, so a broken CI machine is never mistaken for a
+passing one.
+"""
+
+from __future__ import annotations
+
+import atexit
+import os
+import pty
+import re
+import select
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+
+from powerstrip.engine import Engine, ensure_packages
+
+REPO = Path(__file__).resolve().parents[2]
+HERE = Path(__file__).resolve().parent
+# A current CLI (28 here): the one whose API negotiation, 101 upgrades and wait-before-start the
+# proxy must get right. Machines without it fall back to whatever docker is on PATH.
+DOCKER_CLI = (
+    "/usr/local/bin/docker" if os.access("/usr/local/bin/docker", os.X_OK)
+    else shutil.which("docker") or "/usr/bin/docker"
+)
+# Debian's 20.10 CLI: the one whose DOCKER_BUILDKIT=1 build talks to the daemon's own BuildKit
+# over /session and /grpc (newer CLIs hand builds to buildx instead).
+LEGACY_CLI = "/usr/bin/docker"
+PROXY_START_TIMEOUT = 15.0
+PROXY_STOP_TIMEOUT = 10.0
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Mark every test under tests/e2e with ``e2e``, so ``-m "not e2e"`` skips the slow suite."""
+    # This hook sees the whole session's items, not just this directory's.
+    for item in items:
+        if HERE in Path(item.path).parents:
+            item.add_marker(pytest.mark.e2e)
+
+
+# -- engine and proxy ---------------------------------------------------------------------
+
+
+def _short_tmpdir(prefix: str) -> str:
+    # The engine's socket path must stay under the 108-byte unix socket limit.
+    base = tempfile.gettempdir()
+    return tempfile.mkdtemp(prefix=prefix, dir=base if len(base) <= 40 else "/tmp")
+
+
+@pytest.fixture(scope="session")
+def engine() -> Iterator[Engine]:
+    """A dockerd of its own for the whole session, with ``busybox:latest`` imported."""
+    ensure_packages()
+    eng = Engine(_short_tmpdir("ps-"))
+    eng.start()
+    try:
+        eng.ensure_image()
+        yield eng
+    finally:
+        eng.stop(remove=True)
+
+
+@dataclass
+class ProxyProcess:
+    """The proxy under test, running as ``python -m powerstrip serve``."""
+
+    host: str
+    port: int
+    proc: subprocess.Popen
+    stderr_path: Path
+
+    def stderr(self) -> str:
+        """Everything the proxy has logged so far."""
+        try:
+            return self.stderr_path.read_text(errors="replace")
+        except OSError:
+            return ""
+
+
+@pytest.fixture(scope="session")
+def proxy(engine: Engine) -> Iterator[ProxyProcess]:
+    """The real proxy, with no adapters configured, forwarding to ``engine``.
+
+    It listens on port 0 and the test reads the port from the ``export DOCKER_HOST=`` line, so no
+    port is ever raced for. At teardown it must exit 0 within 10 s of SIGTERM.
+    """
+    workdir = Path(tempfile.mkdtemp(prefix="ps-proxy-"))
+    stdout_path, stderr_path = workdir / "stdout", workdir / "stderr"
+    env = dict(os.environ)
+    # No configuration file means no hooks; an empty cwd keeps ./powerstrip.yml out of reach.
+    env.pop("POWERSTRIP_CONFIG", None)
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
+    with open(stdout_path, "wb") as out, open(stderr_path, "wb") as err:
+        # Files, not pipes: a pipe nobody drains would eventually block the proxy's logging.
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "powerstrip", "serve",
+             "--listen", "tcp://127.0.0.1:0", "--upstream", engine.host],
+            stdin=subprocess.DEVNULL, stdout=out, stderr=err, env=env, cwd=workdir,
+        )
+    deadline = time.monotonic() + PROXY_START_TIMEOUT
+    host = None
+    while host is None:
+        for line in stdout_path.read_text(errors="replace").splitlines():
+            if line.startswith("export DOCKER_HOST="):
+                host = line.split("=", 1)[1].strip()
+                break
+        else:
+            if proc.poll() is not None or time.monotonic() > deadline:
+                proc.kill()
+                proc.wait()
+                pytest.fail(
+                    f"proxy did not print its export line within {PROXY_START_TIMEOUT:g} s "
+                    f"(exit status {proc.returncode})\nstdout: {stdout_path.read_text()}\n"
+                    f"stderr: {stderr_path.read_text(errors='replace')}"
+                )
+            time.sleep(0.05)
+    match = re.fullmatch(r"tcp://127\.0\.0\.1:(\d+)", host)
+    assert match, f"unexpected proxy address {host!r}"
+    running = ProxyProcess(host, int(match.group(1)), proc, stderr_path)
+    try:
+        yield running
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            code = proc.wait(PROXY_STOP_TIMEOUT)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+            pytest.fail(f"proxy ignored SIGTERM for {PROXY_STOP_TIMEOUT:g} s\n{running.stderr()}")
+        log_text = running.stderr()
+        shutil.rmtree(workdir, ignore_errors=True)
+        assert code == 0, f"proxy exited {code} after SIGTERM\n{log_text}"
+        assert "Traceback" not in log_text, log_text
+
+
+@pytest.fixture(scope="session")
+def targets(engine: Engine, proxy: ProxyProcess) -> dict[str, str]:
+    """The same daemon reached two ways, in the order scenarios run: direct first, then proxied."""
+    return {"direct": engine.host, "proxy": proxy.host}
+
+
+# -- docker clients -----------------------------------------------------------------------
+
+_DOCKER_CONFIG = tempfile.mkdtemp(prefix="ps-cfg-")
+atexit.register(shutil.rmtree, _DOCKER_CONFIG, ignore_errors=True)
+# Variables that would point the CLI elsewhere or change its behaviour behind a test's back.
+_SCRUBBED = ("DOCKER_HOST", "DOCKER_CONTEXT", "DOCKER_TLS_VERIFY", "DOCKER_CERT_PATH",
+             "DOCKER_CONFIG", "DOCKER_BUILDKIT", "DOCKER_API_VERSION", "BUILDKIT_PROGRESS")
+
+
+def docker_env(host: str, env_extra: Mapping[str, str] | None = None) -> dict[str, str]:
+    """The environment for a docker client talking to ``host`` with an empty config directory."""
+    env = {k: v for k, v in os.environ.items() if k not in _SCRUBBED}
+    env.update(DOCKER_HOST=host, DOCKER_CONFIG=_DOCKER_CONFIG, DOCKER_CLI_HINTS="false")
+    env.update(env_extra or {})
+    return env
+
+
+def docker(
+    host: str,
+    *args: str,
+    input: bytes | None = None,
+    timeout: float = 60,
+    cli: str = DOCKER_CLI,
+    env_extra: Mapping[str, str] | None = None,
+    cwd: str | Path | None = None,
+) -> subprocess.CompletedProcess[bytes]:
+    """Run the docker CLI against ``host`` and capture stdout and stderr separately, as bytes."""
+    return subprocess.run(
+        [cli, *args], input=input, capture_output=True, timeout=timeout,
+        env=docker_env(host, env_extra), cwd=cwd,
+        stdin=None if input is not None else subprocess.DEVNULL,
+    )
+
+
+def ok(result: subprocess.CompletedProcess[bytes]) -> bytes:
+    """``result``'s stdout, after asserting the command succeeded (its stderr in the message)."""
+    assert result.returncode == 0, (
+        f"{' '.join(map(str, result.args))} exited {result.returncode}\n"
+        f"stderr: {result.stderr.decode(errors='replace')}"
+    )
+    return result.stdout
+
+
+def unique(prefix: str) -> str:
+    """A name no other test or earlier run uses."""
+    return f"ps-{prefix}-{uuid.uuid4().hex[:10]}"
+
+
+# Things that legitimately differ between two runs of the same command a moment apart.
+_NORMALISERS = [
+    (re.compile(r"sha256:[0-9a-f]{64}"), "<ID>"),
+    (re.compile(r"\b[0-9a-f]{64}\b"), "<ID>"),
+    (re.compile(r"\b[0-9a-f]{12}\b"), "<ID>"),
+    (re.compile(r"\d{4}-\d\d-\d\d[T ]\d\d:\d\d:\d\d(?:\.\d+)?"
+                r"(?: ?(?:Z|[+-]\d\d:?\d\d))?(?: [A-Z]{3,5})?"), "<TIME>"),
+    (re.compile(r"(?:About an?|Less than an?|\d+) (?:second|minute|hour|day|week|month|year)s?"),
+     "<DURATION>"),
+    (re.compile(r"\b\d+(?:\.\d+)?\s?(?:[kKMGT]i?)?B\b"), "<SIZE>"),
+    # Column widths follow the longest cell, which the substitutions above change.
+    (re.compile(r"[ \t]+"), " "),
+]
+
+
+def normalise(output: bytes | str) -> str:
+    """``output`` with IDs, times, durations and sizes replaced by placeholders."""
+    text = output.decode(errors="replace") if isinstance(output, bytes) else output
+    for pattern, replacement in _NORMALISERS:
+        text = pattern.sub(replacement, text)
+    return text
+
+
+@dataclass
+class Scratch:
+    """Names handed out to a test, and removal of whatever was created under them."""
+
+    host: str
+    names: list[str] = field(default_factory=list)
+
+    def name(self, prefix: str) -> str:
+        """A fresh unique name, remembered for cleanup."""
+        name = unique(prefix)
+        self.names.append(name)
+        return name
+
+    def cleanup(self) -> None:
+        """Remove containers, images, volumes and networks named by this test; ignore misses."""
+        if not self.names:
+            return
+        for args in (("rm", "-f", "-v"), ("rmi", "-f"), ("volume", "rm", "-f"), ("network", "rm")):
+            docker(self.host, *args, *self.names, timeout=60)
+
+
+@pytest.fixture
+def scratch(engine: Engine) -> Iterator[Scratch]:
+    """Unique names for the test's containers and images, removed (directly) afterwards."""
+    made = Scratch(engine.host)
+    try:
+        yield made
+    finally:
+        made.cleanup()
+
+
+def wait_for(predicate: Callable[[], object], timeout: float, interval: float = 0.05) -> bool:
+    """Poll ``predicate()`` until it is true or ``timeout`` seconds pass."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(interval)
+    return bool(predicate())
+
+
+# -- terminals and streams ----------------------------------------------------------------
+
+
+class PtyProcess:
+    """A process whose stdin, stdout and stderr are a real pseudo-terminal."""
+
+    def __init__(self, argv: Sequence[str], env: Mapping[str, str]) -> None:
+        self.master, slave = pty.openpty()
+        self.proc = subprocess.Popen(
+            list(argv), stdin=slave, stdout=slave, stderr=slave, env=dict(env),
+            start_new_session=True,
+        )
+        os.close(slave)
+        self.output = bytearray()
+        self.closed = False
+
+    def _read(self, timeout: float) -> bool:
+        if self.closed:
+            return False
+        ready, _, _ = select.select([self.master], [], [], max(timeout, 0))
+        if not ready:
+            return True
+        try:
+            chunk = os.read(self.master, 65536)
+        except OSError:  # EIO once the last slave descriptor is closed
+            chunk = b""
+        if not chunk:
+            self.closed = True
+            return False
+        self.output += chunk
+        return True
+
+    def read_until(self, needle: bytes, timeout: float) -> bool:
+        """Read until ``needle`` has appeared in the output; False on timeout or end of output."""
+        deadline = time.monotonic() + timeout
+        while needle not in self.output:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0 or not self._read(remaining):
+                return needle in self.output
+        return True
+
+    def write(self, data: bytes) -> None:
+        """Type ``data`` into the terminal."""
+        os.write(self.master, data)
+
+    def finish(self, timeout: float) -> int:
+        """Read to the end of output, then return the exit status; kill it on timeout."""
+        deadline = time.monotonic() + timeout
+        while self._read(deadline - time.monotonic()) and time.monotonic() < deadline:
+            pass
+        try:
+            return self.proc.wait(max(deadline - time.monotonic(), 0.1))
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+            raise
+        finally:
+            os.close(self.master)
+
+
+class LineReader:
+    """Incremental, deadline-bound reading of a running process's stdout."""
+
+    def __init__(self, proc: subprocess.Popen) -> None:
+        self.proc = proc
+        self.buffer = b""
+        self.fd = proc.stdout.fileno()
+
+    def readline(self, timeout: float) -> bytes | None:
+        """The next complete line, or None if none arrives within ``timeout`` seconds."""
+        deadline = time.monotonic() + timeout
+        while b"\n" not in self.buffer:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return None
+            ready, _, _ = select.select([self.fd], [], [], remaining)
+            if ready:
+                chunk = os.read(self.fd, 65536)
+                if not chunk:
+                    return None
+                self.buffer += chunk
+        line, self.buffer = self.buffer.split(b"\n", 1)
+        return line + b"\n"
+
+    def wait_for_line(self, needle: bytes, timeout: float) -> bytes | None:
+        """The first line containing ``needle`` within ``timeout`` seconds, else None."""
+        deadline = time.monotonic() + timeout
+        while True:
+            line = self.readline(deadline - time.monotonic())
+            if line is None or needle in line:
+                return line
+
+
+def popen_docker(host: str, *args: str, env_extra: Mapping[str, str] | None = None,
+                 cli: str = DOCKER_CLI, stdin: bool = False) -> subprocess.Popen:
+    """Start a long-running docker command whose stdout the test reads as it comes.
+
+    With ``stdin`` the test gets a pipe to write to, else the command reads /dev/null.
+    """
+    return subprocess.Popen(
+        [cli, *args], stdin=subprocess.PIPE if stdin else subprocess.DEVNULL,
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=docker_env(host, env_extra),
+    )
+
+
+def end(proc: subprocess.Popen) -> None:
+    """Stop a long-running command started by a test and reap it."""
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(5)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+    for stream in (proc.stdin, proc.stdout, proc.stderr):
+        if stream is not None:
+            stream.close()

@@ -1,0 +1,256 @@
+"""HTTP-level behaviour of the proxy against the real daemon, on raw sockets: keep-alive,
+pipelining, chunked and large request bodies, /wait, legacy hijacks, headers, memory."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tarfile
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.e2e.conftest import REPO, docker, ok
+
+pytestmark = pytest.mark.timeout(120)
+
+
+def connect(host: str) -> socket.socket:
+    if host.startswith("unix://"):
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock.connect(host[len("unix://"):])
+    else:
+        address, port = host[len("tcp://"):].rsplit(":", 1)
+        sock = socket.create_connection((address, int(port)))
+    sock.settimeout(30)
+    return sock
+
+
+class Reader:
+    """Reads HTTP/1.1 responses off a socket, one at a time."""
+
+    def __init__(self, sock: socket.socket) -> None:
+        self.sock = sock
+        self.buffer = b""
+
+    def _more(self) -> None:
+        chunk = self.sock.recv(65536)
+        if not chunk:
+            raise EOFError(f"connection closed; have {self.buffer[:200]!r}")
+        self.buffer += chunk
+
+    def head(self) -> tuple[int, dict[str, str]]:
+        while b"\r\n\r\n" not in self.buffer:
+            self._more()
+        raw, self.buffer = self.buffer.split(b"\r\n\r\n", 1)
+        lines = raw.decode("latin-1").split("\r\n")
+        headers = {}
+        for line in lines[1:]:
+            name, value = line.split(":", 1)
+            headers[name.strip().lower()] = value.strip()
+        return int(lines[0].split()[1]), headers
+
+    def body(self, headers: dict[str, str]) -> bytes:
+        if "content-length" in headers:
+            length = int(headers["content-length"])
+            while len(self.buffer) < length:
+                self._more()
+            body, self.buffer = self.buffer[:length], self.buffer[length:]
+            return body
+        if headers.get("transfer-encoding") == "chunked":
+            out = b""
+            while True:
+                while b"\r\n" not in self.buffer:
+                    self._more()
+                size_line, self.buffer = self.buffer.split(b"\r\n", 1)
+                size = int(size_line.split(b";")[0], 16)
+                while len(self.buffer) < size + 2:
+                    self._more()
+                out, self.buffer = out + self.buffer[:size], self.buffer[size + 2:]
+                if size == 0:
+                    return out
+        return b""
+
+    def response(self) -> tuple[int, dict[str, str], bytes]:
+        status, headers = self.head()
+        return status, headers, self.body(headers)
+
+
+def test_keep_alive_and_pipelined_requests_are_answered_in_order(proxy):
+    sock = connect(proxy.host)
+    reader = Reader(sock)
+    for _ in range(3):  # keep-alive: one connection, several exchanges
+        sock.sendall(b"GET /_ping HTTP/1.1\r\nHost: api.moby.localhost\r\n\r\n")
+        assert reader.response()[2] == b"OK"
+    # Pipelined: three requests in one write, the middle one with a body.
+    body = b'{"Image": "no-such-image-anywhere", "Cmd": ["true"]}'
+    sock.sendall(
+        b"GET /v1.41/version HTTP/1.1\r\nHost: x\r\n\r\n"
+        b"POST /v1.41/containers/create HTTP/1.1\r\nHost: x\r\n"
+        b"Content-Type: application/json\r\nContent-Length: %d\r\n\r\n%s"
+        b"GET /v1.41/_ping HTTP/1.1\r\nHost: x\r\n\r\n" % (len(body), body)
+    )
+    status, _, version = reader.response()
+    assert status == 200 and "ApiVersion" in json.loads(version)
+    status, _, error = reader.response()
+    assert status == 404 and "no-such-image-anywhere" in json.loads(error)["message"]
+    status, _, ping = reader.response()
+    assert status == 200 and ping == b"OK"
+
+
+def test_ping_headers_reach_the_client_unchanged(engine, proxy):
+    def head_ping(host: str) -> dict[str, str]:
+        sock = connect(host)
+        sock.sendall(b"HEAD /_ping HTTP/1.1\r\nHost: api.moby.localhost\r\n\r\n")
+        status, headers = Reader(sock).head()
+        assert status == 200
+        sock.close()
+        return headers
+
+    direct, proxied = head_ping(engine.host), head_ping(proxy.host)
+    for name in ("api-version", "ostype", "docker-experimental", "server", "builder-version"):
+        assert proxied.get(name) == direct.get(name), name
+    assert direct["api-version"] == "1.41"
+
+
+def busybox_tar(engine) -> bytes:
+    result = docker(engine.host, "save", "busybox:latest", timeout=60)
+    return ok(result)
+
+
+def test_chunked_request_body_is_forwarded(engine, proxy):
+    """docker-java and testcontainers send bodies chunked; images/load must accept them."""
+    image = busybox_tar(engine)
+    sock = connect(proxy.host)
+    sock.sendall(
+        b"POST /v1.41/images/load?quiet=1 HTTP/1.1\r\nHost: x\r\n"
+        b"Content-Type: application/x-tar\r\nTransfer-Encoding: chunked\r\n\r\n"
+    )
+    for start in range(0, len(image), 40_000):
+        piece = image[start:start + 40_000]
+        sock.sendall(b"%x\r\n%s\r\n" % (len(piece), piece))
+    sock.sendall(b"0\r\n\r\n")
+    status, _, body = Reader(sock).response()
+    assert status == 200, body
+    assert b"Loaded image" in body
+
+
+def test_wait_headers_arrive_before_the_container_exits(engine, proxy, scratch):
+    name = scratch.name("wait")
+    ok(docker(engine.host, "create", "--name", name, "busybox", "sh", "-c", "sleep 3; exit 7"))
+    sock = connect(proxy.host)
+    sock.sendall(
+        f"POST /v1.41/containers/{name}/wait?condition=next-exit HTTP/1.1\r\n"
+        "Host: x\r\nContent-Length: 0\r\n\r\n".encode()
+    )
+    reader = Reader(sock)
+    started = time.monotonic()
+    status, headers = reader.head()
+    assert status == 200
+    assert time.monotonic() - started < 2, "wait's headers were held back"
+    ok(docker(engine.host, "start", name))
+    assert json.loads(reader.body(headers))["StatusCode"] == 7
+    assert time.monotonic() - started >= 2.5
+
+
+def test_legacy_hijack_without_upgrade_header(engine, proxy, scratch):
+    """Old clients call exec start without Upgrade and get 200 then a raw stream."""
+    name = scratch.name("legacy")
+    ok(docker(engine.host, "run", "-d", "--name", name, "busybox", "sleep", "60"))
+    sock = connect(proxy.host)
+    body = json.dumps({"AttachStdin": True, "AttachStdout": True, "Tty": False,
+                       "Cmd": ["sh", "-c", "read line; echo got:$line"]}).encode()
+    sock.sendall(
+        f"POST /v1.41/containers/{name}/exec HTTP/1.1\r\nHost: x\r\n"
+        f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n".encode() + body
+    )
+    reader = Reader(sock)
+    status, _, answer = reader.response()
+    assert status == 201
+    exec_id = json.loads(answer)["Id"]
+    start = b'{"Detach": false, "Tty": false}'
+    sock.sendall(
+        f"POST /v1.41/exec/{exec_id}/start HTTP/1.1\r\nHost: x\r\n"
+        f"Content-Type: application/json\r\nContent-Length: {len(start)}\r\n\r\n".encode() + start
+    )
+    status, headers = reader.head()
+    assert status == 200
+    assert headers["content-type"] == "application/vnd.docker.raw-stream"
+    sock.sendall(b"hello\n")
+    sock.shutdown(socket.SHUT_WR)  # stdin ends with a half-close
+    out = reader.buffer
+    while True:
+        chunk = sock.recv(65536)
+        if not chunk:
+            break
+        out += chunk
+    # Stream frames: 8-byte header then the payload.
+    assert out[8:] == b"got:hello\n" and out[0] == 1
+
+
+def rss_peak_mib(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    raise AssertionError("no VmHWM")
+
+
+@pytest.fixture
+def fresh_proxy(engine) -> Iterator[tuple[subprocess.Popen, str]]:
+    """A proxy of its own, so its peak memory belongs to one test."""
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "powerstrip", "serve", "--listen", "tcp://127.0.0.1:0",
+         "--upstream", engine.host],
+        stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, cwd=tempfile.gettempdir(),
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+    )
+    line = proc.stdout.readline()
+    assert line.startswith("export DOCKER_HOST="), line
+    try:
+        yield proc, line.strip().split("=", 1)[1]
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(10) == 0
+
+
+def test_large_bodies_stream_both_ways_in_bounded_memory(engine, fresh_proxy, scratch):
+    """300 MiB into a container and back out through the proxy; its memory stays small."""
+    proc, host = fresh_proxy
+    name = scratch.name("big")
+    ok(docker(engine.host, "run", "-d", "--name", name, "busybox", "sleep", "300"))
+    size = 300 * 2**20
+    payload = io.BytesIO()
+    with tarfile.open(fileobj=payload, mode="w") as archive:
+        info = tarfile.TarInfo("big.bin")
+        info.size = size
+        archive.addfile(info, io.BytesIO(os.urandom(1 << 20) * 300))
+    data = payload.getvalue()
+    sock = connect(host)
+    sock.sendall(
+        f"PUT /v1.41/containers/{name}/archive?path=/tmp HTTP/1.1\r\nHost: x\r\n"
+        f"Content-Type: application/x-tar\r\nContent-Length: {len(data)}\r\n\r\n".encode()
+    )
+    sock.sendall(data)
+    reader = Reader(sock)
+    status, _, body = reader.response()
+    assert status == 200, body
+    sock.sendall(f"GET /v1.41/containers/{name}/archive?path=/tmp/big.bin HTTP/1.1\r\n"
+                 "Host: x\r\nConnection: close\r\n\r\n".encode())
+    status, _ = reader.head()
+    assert status == 200
+    # Read slowly at first, so the proxy has to hold the daemon back rather than buffer.
+    time.sleep(2)
+    received = len(reader.buffer)
+    chunk = bytearray(1 << 20)
+    while n := sock.recv_into(chunk):
+        received += n
+    assert received > size
+    assert rss_peak_mib(proc.pid) < 100
