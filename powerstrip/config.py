@@ -1,0 +1,636 @@
+"""The adapters file: the 2015 Powerstrip ``adapters.yml`` format, read and checked.
+
+An original file loads verbatim::
+
+    version: 1
+    endpoints:
+      "POST /*/containers/create":
+        pre: [flocker, weave]
+        post: [weave]
+    adapters:
+      flocker: http://flocker/flocker-adapter
+      weave: http://weave/extension
+
+On top of that an adapter may be a mapping (``url``, ``timeout``, ``on_error``), its URL may name
+a unix socket, and ``max_body`` bounds the bodies buffered for hooks. Every problem is reported as
+``PATH:LINE: message`` and all of them are reported at once, so one run of ``powerstrip check``
+shows everything to fix.
+"""
+
+from __future__ import annotations
+
+import difflib
+import math
+import os
+import re
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from decimal import Decimal
+from pathlib import Path
+from urllib.parse import unquote, urlsplit
+
+import yaml
+from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
+
+DEFAULT_TIMEOUT = 10.0
+DEFAULT_MAX_BODY = 4 * 1024 * 1024
+ON_ERROR_CHOICES = ("fail", "skip")
+
+_TOP_KEYS = ("version", "endpoints", "adapters", "max_body")
+_ENDPOINT_KEYS = ("pre", "post")
+_ADAPTER_KEYS = ("url", "timeout", "on_error")
+_URL_FORMS = "http://HOST/PATH, https://HOST/PATH, unix:///SOCKET:/PATH or http+unix://%2FSOCKET/PATH"
+
+_TAG = "tag:yaml.org,2002:"
+_STR = _TAG + "str"
+_NULL = _TAG + "null"
+_BOOL = _TAG + "bool"
+_INT = _TAG + "int"
+_FLOAT = _TAG + "float"
+_MERGE = _TAG + "merge"
+
+_METHOD = re.compile(r"\*|[A-Z]+")
+_SIZE = re.compile(r"(\d+(?:\.\d+)?)\s*([A-Za-z]*)")
+_SIZE_UNITS = {
+    "": 1, "b": 1,
+    "kb": 10**3, "mb": 10**6, "gb": 10**9, "tb": 10**12,
+    "kib": 2**10, "mib": 2**20, "gib": 2**30, "tib": 2**40,
+}
+
+
+class ConfigError(Exception):
+    """A configuration that cannot be used; ``errors`` holds one ``PATH:LINE: message`` each."""
+
+    def __init__(self, errors: list[str]) -> None:
+        # The list itself is the only argument, so the exception pickles and copies intact.
+        super().__init__(list(errors))
+        self.errors: list[str] = list(errors)
+
+    def __str__(self) -> str:
+        return "\n".join(self.errors)
+
+
+@dataclass(frozen=True)
+class AdapterTarget:
+    """Where hook calls for an adapter are POSTed.
+
+    ``kind`` is "http", "https" or "unix". For http and https ``url`` is the URL as written; for
+    a unix socket it is ``http://localhost`` followed by ``http_path``, and ``socket_path`` is the
+    socket to connect to. ``http_path`` is the path, with its query string if any, to POST to.
+    """
+
+    kind: str
+    url: str
+    socket_path: str | None
+    http_path: str
+
+
+@dataclass(frozen=True)
+class Adapter:
+    """A named adapter: where to reach it, how long to wait, and what a failed call means.
+
+    ``on_error`` is "fail" (the client gets an error) or "skip" (the hook is passed over).
+    ``line`` is where the adapter is defined, for messages that point back at the file.
+    """
+
+    name: str
+    url: str
+    target: AdapterTarget
+    timeout: float = DEFAULT_TIMEOUT
+    on_error: str = "fail"
+    line: int = 0
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    """One ``"METHOD PATH-GLOB"`` entry and the adapters it runs before and after the daemon."""
+
+    key: str
+    method: str
+    pattern: str
+    pre: tuple[str, ...]
+    post: tuple[str, ...]
+    line: int
+
+
+@dataclass(frozen=True)
+class Config:
+    """A checked configuration.
+
+    ``endpoints`` keep file order, because the hook lists of endpoints matching one request
+    concatenate in it. ``source`` is the file it came from, None for the built-in empty
+    configuration.
+    """
+
+    endpoints: tuple[Endpoint, ...]
+    adapters: dict[str, Adapter]
+    source: str | None = None
+    max_body: int = DEFAULT_MAX_BODY
+
+
+EMPTY = Config(endpoints=(), adapters={}, source=None)
+
+
+def load_config(path: str | os.PathLike[str]) -> Config:
+    """Read and check the configuration file at ``path``; raise ConfigError on any problem."""
+    source = os.fspath(path)
+    try:
+        text = Path(source).read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError([f"{source}: cannot read: {exc.strerror or exc}"]) from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError(
+            [f"{source}: cannot read: not UTF-8 text (bad byte at offset {exc.start})"]
+        ) from None
+    return parse_config(text, source)
+
+
+def parse_config(text: str, source: str = "<string>") -> Config:
+    """Check the configuration ``text``; ``source`` names it in messages.
+
+    Raises ConfigError listing every problem found, each as ``SOURCE:LINE: message``.
+    """
+    problems: list[tuple[int, str]] = []
+
+    def report(where: Node | int, message: str) -> None:
+        line = where if isinstance(where, int) else where.start_mark.line + 1
+        problems.append((line, message))
+
+    try:
+        loader = _Loader(text, report)
+    except yaml.reader.ReaderError as exc:
+        line = text.count("\n", 0, exc.position) + 1
+        code = exc.character if isinstance(exc.character, int) else ord(exc.character)
+        raise ConfigError(
+            [f"{source}:{line}: YAML syntax error: unacceptable character #x{code:04x}: "
+             f"{exc.reason}"]
+        ) from None
+    try:
+        try:
+            root = loader.get_single_node()
+        except yaml.MarkedYAMLError as exc:
+            raise ConfigError([f"{source}:{_syntax_error(exc, text)}"]) from None
+        except RecursionError:
+            raise ConfigError([f"{source}:1: YAML syntax error: nested too deeply"]) from None
+        config = _Checker(source, loader, report).config(root)
+    finally:
+        loader.dispose()
+    if problems or config is None:
+        raise ConfigError(_messages(source, problems))
+    return config
+
+
+def _syntax_error(exc: yaml.MarkedYAMLError, text: str) -> str:
+    """``LINE: message`` for a YAML syntax error, at the point where the parser gave up."""
+    mark = exc.problem_mark or exc.context_mark
+    line = mark.line + 1 if mark is not None else 1
+    # "End of stream" is marked past the final newline, on a line editors do not show.
+    line = max(1, min(line, len(text.splitlines())))
+    parts = []
+    if exc.context:
+        where = f" on line {exc.context_mark.line + 1}" if exc.context_mark is not None else ""
+        parts.append(f"{exc.context}{where}")
+    if exc.problem:
+        parts.append(exc.problem)
+    return f"{line}: YAML syntax error: {', '.join(parts) or 'cannot parse'}"
+
+
+def _messages(source: str, problems: list[tuple[int, str]]) -> list[str]:
+    # Sorted by line so the list reads top to bottom like the file; an anchored node used twice
+    # would otherwise report the same fault twice.
+    out: list[str] = []
+    for line, message in sorted(problems, key=lambda problem: problem[0]):
+        text = f"{source}:{line}: {message}"
+        if text not in out:
+            out.append(text)
+    return out
+
+
+class _Loader(yaml.SafeLoader):
+    """A SafeLoader read as a node tree, so every key and value keeps the line it is on.
+
+    PyYAML's own mapping construction keeps the last of two identical keys without a word (the
+    original Powerstrip lost a user's pre-hook that way); ``entries`` reports them instead.
+    """
+
+    def __init__(self, text: str, report: Callable[[Node | int, str], None]) -> None:
+        super().__init__(text)
+        self.report = report
+        self._merging: set[int] = set()
+
+    def entries(self, node: MappingNode) -> list[tuple[str, Node, Node]]:
+        """The ``(key, key node, value node)`` entries of a mapping, in file order.
+
+        Keys must be strings; duplicates are reported and kept, so each value is still checked.
+        Entries merged in with ``<<`` come first, unless the mapping sets the same key itself.
+        """
+        own: list[tuple[str, Node, Node]] = []
+        first_line: dict[str, int] = {}
+        merged: list[tuple[str, Node, Node]] = []
+        for key, value in node.value:
+            if key.tag == _MERGE:
+                merged.extend(self._merged(value))
+                continue
+            if not (isinstance(key, ScalarNode) and key.tag == _STR):
+                hint = "; quote it" if isinstance(key, ScalarNode) else ""
+                self.report(key, f"keys must be strings, got {_describe(key)}{hint}")
+                continue
+            line = key.start_mark.line + 1
+            if key.value in first_line:
+                self.report(
+                    key,
+                    f"duplicate key {key.value!r}: it is also on line {first_line[key.value]}; "
+                    "YAML would silently keep only the last one",
+                )
+            else:
+                first_line[key.value] = line
+            own.append((key.value, key, value))
+        # As in PyYAML: the mapping's own keys override merged ones, and among merged mappings
+        # the first one listed wins.
+        kept: dict[str, tuple[str, Node, Node]] = {}
+        for entry in merged:
+            if entry[0] not in first_line:
+                kept.setdefault(entry[0], entry)
+        return list(kept.values()) + own
+
+    def _merged(self, value: Node) -> list[tuple[str, Node, Node]]:
+        sources = value.value if isinstance(value, SequenceNode) else [value]
+        out: list[tuple[str, Node, Node]] = []
+        for source in sources:
+            if not isinstance(source, MappingNode):
+                self.report(source, f"'<<' merges mappings only, got {_describe(source)}")
+            elif id(source) in self._merging:
+                self.report(source, "'<<' merges a mapping into itself")
+            else:
+                self._merging.add(id(source))
+                try:
+                    out.extend(self.entries(source))
+                finally:
+                    self._merging.discard(id(source))
+        return out
+
+    def scalar(self, node: Node) -> object:
+        """The Python value of a null, boolean, number or string node; other nodes give ``node``."""
+        if isinstance(node, ScalarNode):
+            if node.tag == _STR:
+                return node.value
+            if node.tag in (_NULL, _BOOL, _INT, _FLOAT):
+                return self.construct_object(node)
+        return node
+
+
+def _describe(node: Node) -> str:
+    """How a message names what was found where something else belongs."""
+    if isinstance(node, MappingNode):
+        return "a mapping"
+    if isinstance(node, SequenceNode):
+        return "a list"
+    if node.tag == _NULL:
+        return "null"
+    if node.tag == _BOOL:
+        return f"the boolean {node.value}"
+    if node.tag in (_INT, _FLOAT):
+        return f"the number {node.value}"
+    if node.tag == _STR:
+        return f"the string {node.value!r}"
+    if node.tag == _TAG + "timestamp":
+        return f"the date {node.value}"
+    return f"a value tagged {node.tag}"
+
+
+def _is_null(node: Node) -> bool:
+    return isinstance(node, ScalarNode) and node.tag == _NULL
+
+
+def _is_str(node: Node) -> bool:
+    return isinstance(node, ScalarNode) and node.tag == _STR
+
+
+def _did_you_mean(name: str, choices: Iterable[str]) -> str:
+    close = difflib.get_close_matches(name, list(choices), n=1)
+    return f"; did you mean {close[0]!r}?" if close else ""
+
+
+class _Checker:
+    """Walks the node tree of one file, building the Config and reporting every fault."""
+
+    def __init__(
+        self, source: str, loader: _Loader, report: Callable[[Node | int, str], None]
+    ) -> None:
+        self.source = source
+        self.loader = loader
+        self.report = report
+
+    def unknown(self, key: Node, name: str, known: tuple[str, ...], where: str) -> None:
+        self.report(
+            key,
+            f"unknown key {name!r} {where} (expected {', '.join(known)})"
+            + _did_you_mean(name, known),
+        )
+
+    def config(self, root: Node | None) -> Config | None:
+        if root is None or _is_null(root):
+            self.report(1, "the file is empty: it needs 'endpoints' and 'adapters' "
+                           "(write {} for none)")
+            return None
+        if not isinstance(root, MappingNode):
+            self.report(root, "the top level must be a mapping with 'endpoints' and 'adapters', "
+                              f"got {_describe(root)}")
+            return None
+        sections: dict[str, list[tuple[Node, Node]]] = {}
+        for name, key, value in self.loader.entries(root):
+            if name in _TOP_KEYS:
+                sections.setdefault(name, []).append((key, value))
+            else:
+                self.unknown(key, name, _TOP_KEYS, "at the top level")
+        for required in ("endpoints", "adapters"):
+            if required not in sections:
+                self.report(1, f"missing '{required}' (write '{required}: {{}}' for none)")
+
+        adapters: dict[str, Adapter] = {}
+        defined: set[str] | None = set() if "adapters" in sections else None
+        for key, value in sections.get("adapters", []):
+            names = self.adapters(key, value, adapters)
+            if names is None:
+                defined = None
+            elif defined is not None:
+                defined |= names
+
+        endpoints: list[Endpoint] = []
+        uses: list[tuple[Node, str, str]] = []
+        for key, value in sections.get("endpoints", []):
+            endpoints.extend(self.endpoints(key, value, uses))
+        # Without a readable 'adapters' section every name would look undefined: noise.
+        if defined is not None:
+            for node, name, where in uses:
+                if name not in defined:
+                    self.report(
+                        node,
+                        f"adapter {name!r} ({where}) is not defined under 'adapters'"
+                        + _did_you_mean(name, defined),
+                    )
+
+        max_body = DEFAULT_MAX_BODY
+        for key, value in sections.get("max_body", []):
+            max_body = self.max_body(key, value)
+        for key, value in sections.get("version", []):
+            self.version(key, value)
+        return Config(tuple(endpoints), adapters, self.source, max_body)
+
+    def version(self, key: Node, value: Node) -> None:
+        found = self.loader.scalar(value)
+        if _is_null(value):
+            self.report(key, "'version' is empty (null); write 'version: 1' or leave it out")
+        elif type(found) is not int or found != 1:
+            self.report(value, f"'version' must be 1, got {_describe(value)}")
+
+    def max_body(self, key: Node, value: Node) -> int:
+        found = self.loader.scalar(value)
+        size: int | None = None
+        if _is_null(value):
+            self.report(key, "'max_body' is empty (null); give a size such as 4MiB, "
+                             "or leave it out for the default")
+            return DEFAULT_MAX_BODY
+        if type(found) is int:
+            size = found
+        elif isinstance(found, str):
+            size = _parse_size(found)
+        if size is None:
+            self.report(value, "'max_body' must be a number of bytes or a size such as 4MiB, "
+                               f"512KiB or 1MB, got {_describe(value)}")
+        elif size <= 0:
+            self.report(value, f"'max_body' must be more than 0 bytes, got {value.value}")
+        else:
+            return size
+        return DEFAULT_MAX_BODY
+
+    def adapters(self, key: Node, value: Node, out: dict[str, Adapter]) -> set[str] | None:
+        """Check the 'adapters' section into ``out``; the names it defines, None if unreadable."""
+        if _is_null(value):
+            self.report(key, "'adapters' is empty (null); write 'adapters: {}' for none")
+            return None
+        if not isinstance(value, MappingNode):
+            self.report(value, "'adapters' must be a mapping of names to URLs, "
+                               f"got {_describe(value)}")
+            return None
+        names: set[str] = set()
+        for name, name_node, spec in self.loader.entries(value):
+            names.add(name)
+            adapter = self.adapter(name, name_node, spec)
+            if adapter is not None:
+                out[name] = adapter
+        return names
+
+    def adapter(self, name: str, key: Node, spec: Node) -> Adapter | None:
+        line = key.start_mark.line + 1
+        if not name:
+            self.report(key, "adapter names must not be empty")
+        if _is_null(spec):
+            self.report(key, f"adapter {name!r} has no URL")
+            return None
+        if _is_str(spec):
+            target = self.target(name, spec)
+            if target is None:
+                return None
+            return Adapter(name, spec.value, target, line=line)
+        if not isinstance(spec, MappingNode):
+            self.report(spec, f"adapter {name!r} must be a URL or a mapping with 'url', "
+                              f"got {_describe(spec)}")
+            return None
+
+        url: str | None = None
+        target: AdapterTarget | None = None
+        timeout = DEFAULT_TIMEOUT
+        on_error = "fail"
+        ok = True
+        seen_url = False
+        for field, field_key, value in self.loader.entries(spec):
+            if field not in _ADAPTER_KEYS:
+                self.unknown(field_key, field, _ADAPTER_KEYS, f"in adapter {name!r}")
+                ok = False
+            elif _is_null(value):
+                self.report(field_key, f"{field!r} of adapter {name!r} is empty (null)")
+                ok = False
+                seen_url = seen_url or field == "url"
+            elif field == "url":
+                seen_url = True
+                if not _is_str(value):
+                    self.report(value, f"'url' of adapter {name!r} must be a string, "
+                                       f"got {_describe(value)}")
+                    ok = False
+                else:
+                    url = value.value
+                    target = self.target(name, value)
+                    ok = ok and target is not None
+            elif field == "timeout":
+                found = self.loader.scalar(value)
+                if type(found) not in (int, float):
+                    self.report(value, f"'timeout' of adapter {name!r} must be a number of "
+                                       f"seconds, got {_describe(value)}")
+                    ok = False
+                elif not (math.isfinite(found) and found > 0):
+                    self.report(value, f"'timeout' of adapter {name!r} must be a finite number "
+                                       f"of seconds above 0, got {value.value}")
+                    ok = False
+                else:
+                    timeout = float(found)
+            else:
+                if not (_is_str(value) and value.value in ON_ERROR_CHOICES):
+                    self.report(value, f"'on_error' of adapter {name!r} must be 'fail' or "
+                                       f"'skip', got {_describe(value)}")
+                    ok = False
+                else:
+                    on_error = value.value
+        if not seen_url:
+            self.report(key, f"adapter {name!r} has no 'url'")
+            return None
+        if not ok or url is None or target is None:
+            return None
+        return Adapter(name, url, target, timeout=timeout, on_error=on_error, line=line)
+
+    def target(self, name: str, node: ScalarNode) -> AdapterTarget | None:
+        try:
+            return _parse_target(node.value)
+        except ValueError as exc:
+            self.report(node, f"adapter {name!r}: {exc}")
+            return None
+
+    def endpoints(
+        self, key: Node, value: Node, uses: list[tuple[Node, str, str]]
+    ) -> list[Endpoint]:
+        """Check the 'endpoints' section; adapter names used are appended to ``uses``."""
+        if _is_null(value):
+            self.report(key, "'endpoints' is empty (null); write 'endpoints: {}' for none")
+            return []
+        if not isinstance(value, MappingNode):
+            self.report(value, "'endpoints' must be a mapping of \"METHOD PATH-GLOB\" keys, "
+                               f"got {_describe(value)}")
+            return []
+        out: list[Endpoint] = []
+        for text, key_node, spec in self.loader.entries(value):
+            endpoint = self.endpoint(text, key_node, spec, uses)
+            if endpoint is not None:
+                out.append(endpoint)
+        return out
+
+    def endpoint(
+        self, text: str, key: Node, spec: Node, uses: list[tuple[Node, str, str]]
+    ) -> Endpoint | None:
+        try:
+            method, pattern = _parse_endpoint_key(text)
+        except ValueError as exc:
+            self.report(key, f"endpoint {text!r}: {exc}")
+            method, pattern = "", ""
+        if _is_null(spec):
+            self.report(key, f"endpoint {text!r} is empty (null); give it 'pre' and/or 'post' "
+                             "lists, or write {}")
+            return None
+        if not isinstance(spec, MappingNode):
+            self.report(spec, f"endpoint {text!r} must be a mapping with 'pre' and/or 'post', "
+                              f"got {_describe(spec)}")
+            return None
+        hooks: dict[str, tuple[str, ...]] = {"pre": (), "post": ()}
+        for field, field_key, value in self.loader.entries(spec):
+            if field not in _ENDPOINT_KEYS:
+                self.unknown(field_key, field, _ENDPOINT_KEYS, f"in endpoint {text!r}")
+                continue
+            where = f"{field!r} of endpoint {text!r}"
+            if _is_null(value):
+                self.report(field_key, f"{where} is empty (null); list adapter names, "
+                                       "or write [] for none")
+            elif not isinstance(value, SequenceNode):
+                hint = f"; write [{value.value}]" if _is_str(value) else ""
+                self.report(value, f"{where} must be a list of adapter names, "
+                                   f"got {_describe(value)}{hint}")
+            else:
+                names: list[str] = []
+                for item in value.value:
+                    if _is_str(item):
+                        names.append(item.value)
+                        uses.append((item, item.value, f"in {where}"))
+                    else:
+                        self.report(item, f"{where}: list items must be adapter names "
+                                          f"(strings), got {_describe(item)}")
+                hooks[field] = tuple(names)
+        line = key.start_mark.line + 1
+        return Endpoint(text, method, pattern, hooks["pre"], hooks["post"], line)
+
+
+def _parse_endpoint_key(text: str) -> tuple[str, str]:
+    """Split ``"METHOD PATH-GLOB"``; raise ValueError saying what is wrong."""
+    form = "write it as \"METHOD PATH-GLOB\", e.g. \"POST /*/containers/create\""
+    if text.count(" ") != 1 or any(ch.isspace() and ch != " " for ch in text):
+        raise ValueError(f"a method and a path glob separated by exactly one space; {form}")
+    method, pattern = text.split(" ")
+    if not _METHOD.fullmatch(method):
+        if _METHOD.fullmatch(method.upper()):
+            raise ValueError(f"methods are written in capitals: {method.upper()!r}")
+        raise ValueError(f"method {method!r} must be * or an HTTP method such as POST; {form}")
+    if not (pattern == "*" or pattern.startswith("/")):
+        raise ValueError(f"path glob {pattern!r} must start with '/' (or be '*'); {form}")
+    return method, pattern
+
+
+def _parse_target(url: str) -> AdapterTarget:
+    """Where an adapter URL points; raise ValueError saying what is wrong."""
+    if not url or any(ch.isspace() for ch in url):
+        raise ValueError(f"URL {url!r} is empty or contains whitespace")
+    scheme, sep, rest = url.partition("://")
+    scheme = scheme.lower()
+    if not sep:
+        raise ValueError(f"URL {url!r} has no scheme; write {_URL_FORMS}")
+    if scheme == "unix":
+        return _unix_target(url, rest)
+    if scheme not in ("http", "https", "http+unix"):
+        raise ValueError(f"URL {url!r}: unsupported scheme {scheme!r}; write {_URL_FORMS}")
+    parts = urlsplit(url)
+    if parts.fragment:
+        raise ValueError(f"URL {url!r} has a #fragment, which is never sent; remove it")
+    http_path = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+    if scheme == "http+unix":
+        socket_path = unquote(parts.netloc)
+        if not socket_path.startswith("/"):
+            raise ValueError(
+                f"URL {url!r}: the socket path must be absolute, with its slashes written "
+                "as %2F: http+unix://%2Frun%2Fadapter.sock/PATH"
+            )
+        return AdapterTarget("unix", "http://localhost" + http_path, socket_path, http_path)
+    if not parts.hostname:
+        raise ValueError(f"URL {url!r} has no host")
+    try:
+        port = parts.port
+    except ValueError:
+        raise ValueError(f"URL {url!r} has a bad port") from None
+    if port == 0:
+        raise ValueError(f"URL {url!r} has a bad port")
+    return AdapterTarget(scheme, url, None, http_path)
+
+
+def _unix_target(url: str, rest: str) -> AdapterTarget:
+    # The socket path runs to the first ":/"; what follows is the HTTP path, as in
+    # unix:///run/plugins/flocker.sock:/flocker-adapter.
+    if not rest.startswith("/"):
+        raise ValueError(
+            f"URL {url!r}: the socket path must be absolute: unix:///run/adapter.sock:/PATH"
+        )
+    cut = rest.find(":/")
+    socket_path, http_path = (rest, "/") if cut < 0 else (rest[:cut], rest[cut + 1:])
+    if socket_path.endswith("/"):
+        raise ValueError(f"URL {url!r}: the socket path {socket_path!r} names a directory")
+    if socket_path.endswith(":"):
+        raise ValueError(
+            f"URL {url!r}: the socket path ends with ':'; an HTTP path is written "
+            f"unix://{socket_path}/PATH"
+        )
+    return AdapterTarget("unix", "http://localhost" + http_path, socket_path, http_path)
+
+
+def _parse_size(text: str) -> int | None:
+    """Bytes in ``4MiB``, ``512KiB``, ``1MB`` or ``4096``; None if not a whole number of bytes."""
+    match = _SIZE.fullmatch(text.strip())
+    if not match or match.group(2).lower() not in _SIZE_UNITS:
+        return None
+    size = Decimal(match.group(1)) * _SIZE_UNITS[match.group(2).lower()]
+    if size != size.to_integral_value():
+        return None
+    return int(size)
