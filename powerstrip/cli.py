@@ -95,8 +95,16 @@ def serve(args: argparse.Namespace) -> int:
     (upstream,) = _addresses(
         [args.upstream or os.environ.get("POWERSTRIP_UPSTREAM", DEFAULT_UPSTREAM)], "--upstream"
     )
-    config = resolve_config(args.config or os.environ.get("POWERSTRIP_CONFIG"))
-    log.info("configuration: %s", config or "none (no hooks)")
+    config_path = resolve_config(args.config or os.environ.get("POWERSTRIP_CONFIG"))
+    from powerstrip.config import ConfigError
+    from powerstrip.live import LiveConfig, describe
+
+    try:
+        hooks = LiveConfig.from_file(reactor, config_path)
+    except ConfigError as exc:
+        raise UsageError(f"invalid configuration, not starting:\n{exc}") from None
+    log.info("configuration: %s (%d endpoints, %d adapters)", describe(config_path),
+             len(hooks.config.endpoints), len(hooks.config.adapters))
     group_id = None
     if args.socket_group:
         try:
@@ -107,7 +115,7 @@ def serve(args: argparse.Namespace) -> int:
         if address.kind == "unix":
             prepare_unix_socket(address.path)
 
-    factory = ProxyFactory(reactor, upstream)
+    factory = ProxyFactory(reactor, upstream, hooks)
     ports: list = []
     exit_code = [0]
 
@@ -128,6 +136,7 @@ def serve(args: argparse.Namespace) -> int:
         if first.kind == "tcp":
             first = Address("tcp", host=first.host, port=ports[0].getHost().port)
         log.info("forwarding to %s", upstream)
+        hooks.watch()
         print(f"export DOCKER_HOST={first.docker_host}", flush=True)
 
     @defer.inlineCallbacks
@@ -135,11 +144,32 @@ def serve(args: argparse.Namespace) -> int:
         for port in ports:
             yield port.stopListening()
         yield factory.shutdown(SHUTDOWN_GRACE)
+        hooks.stop()
 
     reactor.callWhenRunning(start)
     reactor.addSystemEventTrigger("before", "shutdown", stop)
     reactor.run()
     return exit_code[0]
+
+
+def check(args: argparse.Namespace) -> int:
+    """Validate the configuration file; print every error with its file and line."""
+    from powerstrip.config import ConfigError, load_config
+    from powerstrip.live import stream_warnings
+
+    path = resolve_config(args.config or os.environ.get("POWERSTRIP_CONFIG"))
+    if path is None:
+        print("no configuration file found: no hooks")
+        return 0
+    try:
+        config = load_config(path)
+    except ConfigError as exc:
+        print(exc)
+        return 1
+    for line in stream_warnings(config):
+        print(f"{path}: note: {line}")
+    print(f"{path}: ok: {len(config.endpoints)} endpoints, {len(config.adapters)} adapters")
+    return 0
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -164,6 +194,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     serve_parser.add_argument("--socket-group", help="group owning unix listener sockets")
     serve_parser.set_defaults(func=serve)
+
+    check_parser = commands.add_parser("check", help="validate the adapters file")
+    check_parser.add_argument("--config", help="adapters file (found as serve finds it)")
+    check_parser.set_defaults(func=check)
 
     commands.add_parser(
         "engine", help="a throwaway Docker Engine: start|stop [--root DIR] [--remove]"

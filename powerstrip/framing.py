@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass, field
+from http import HTTPStatus
 
 import httptools
 
@@ -460,3 +461,73 @@ class ResponseReader:
             and head.header(b"content-length") is None
             and head.header(b"transfer-encoding") is None
         )
+
+
+class CollectingResponseReader(ResponseReader):
+    """A ResponseReader that also keeps the decoded body, for post-hooks."""
+
+    def __init__(self, request_method: bytes = b"GET") -> None:
+        super().__init__(request_method, headers=True)
+        self.body = bytearray()
+
+    def on_body(self, data: bytes) -> None:
+        self.body += data
+
+
+def decode_chunked(raw: bytes) -> bytes:
+    """The payload of a complete chunked body (trailers dropped)."""
+    out = bytearray()
+    pos = 0
+    while True:
+        line_end = raw.index(b"\r\n", pos)
+        size = int(raw[pos:line_end].split(b";", 1)[0].strip(), 16)
+        if size == 0:
+            return bytes(out)
+        start = line_end + 2
+        out += raw[start:start + size]
+        pos = start + size + 2
+
+
+_FRAMING_HEADERS = (b"content-length", b"transfer-encoding")
+
+
+def build_request_head(
+    method: bytes, target: bytes, headers: list[tuple[bytes, bytes]],
+    body_length: int | None,
+) -> bytes:
+    """A request head with a new request line; with ``body_length`` the body framing headers
+    are replaced by a Content-Length (the body was rewritten), else they are kept as they are."""
+    lines = [method + b" " + target + b" HTTP/1.1"]
+    for name, value in headers:
+        if body_length is not None and name.lower() in _FRAMING_HEADERS:
+            continue
+        lines.append(name + b": " + value)
+    if body_length is not None and (body_length or method not in (b"GET", b"HEAD")):
+        lines.append(b"Content-Length: %d" % body_length)
+    return b"\r\n".join(lines) + b"\r\n\r\n"
+
+
+def build_response(
+    status: int, headers: list[tuple[bytes, bytes]], content_type: bytes | None, body: bytes,
+    *, head_only: bool = False,
+) -> bytes:
+    """A complete response with a Content-Length, from the daemon's headers and a new
+    status, Content-Type and body."""
+    try:
+        reason = HTTPStatus(status).phrase.encode()
+    except ValueError:
+        reason = b"Unknown"
+    lines = [b"HTTP/1.1 %d %s" % (status, reason)]
+    for name, value in headers:
+        if name.lower() in _FRAMING_HEADERS or name.lower() == b"content-type":
+            continue
+        lines.append(name + b": " + value)
+    if content_type is not None:
+        lines.append(b"Content-Type: " + content_type)
+    if status in (204, 304):
+        # These never carry a body (RFC 9110); a client would read the bytes as the next
+        # response.
+        body = b""
+    else:
+        lines.append(b"Content-Length: %d" % len(body))
+    return b"\r\n".join(lines) + b"\r\n\r\n" + (b"" if head_only else body)

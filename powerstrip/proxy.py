@@ -26,12 +26,22 @@ from powerstrip.errors import error_response
 from powerstrip.framing import (
     END,
     Body,
+    BodyKind,
+    CollectingResponseReader,
     FramingError,
     Head,
     RequestHead,
     RequestReader,
     ResponseReader,
+    build_request_head,
+    build_response,
+    decode_chunked,
 )
+from powerstrip.hooks import HookError
+from powerstrip.live import LiveConfig
+from powerstrip.matching import SpellingError
+from powerstrip.plans import Plan, is_json, is_stream, is_text
+from powerstrip.wire import ClientRequest, ServerResponse
 
 log = logging.getLogger("powerstrip.proxy")
 
@@ -82,15 +92,35 @@ class Pauser:
 class Exchange:
     """One request and its response on a client connection."""
 
-    __slots__ = ("head", "response", "request_done", "response_done", "forwarded")
+    __slots__ = (
+        "head", "response", "request_done", "response_done", "forwarded", "plan", "held",
+        "held_size", "buffer_json", "hooked_request", "collect", "response_raw",
+    )
 
-    def __init__(self, head: RequestHead) -> None:
+    def __init__(self, head: RequestHead, plan: Plan | None = None) -> None:
         self.head = head
-        self.response = ResponseReader(head.method, headers=head.may_hijack)
         self.request_done = False
         self.response_done = False
         #: Whether any response byte has been sent to the client.
         self.forwarded = False
+        self.plan = plan
+        #: Raw request body bytes held back while pre-hooks run; None once forwarding.
+        self.held: list[bytes] | None = None
+        self.held_size = 0
+        #: The body is JSON that pre-hooks are shown: held whole, until the request ends.
+        self.buffer_json = False
+        #: The request as the last pre-hook left it, for post-hooks.
+        self.hooked_request: ClientRequest | None = None
+        #: Post-hooks see this response: it is held whole instead of forwarded as it comes.
+        self.collect = False
+        self.response_raw: list[bytes] = []
+        if plan is not None and plan.post and not head.may_hijack:
+            path, _, query = head.target.decode("latin-1").partition("?")
+            self.collect = not is_stream(path, query)
+        if self.collect:
+            self.response: ResponseReader = CollectingResponseReader(head.method)
+        else:
+            self.response = ResponseReader(head.method, headers=head.may_hijack)
 
 
 @implementer(interfaces.IHalfCloseableProtocol)
@@ -167,19 +197,136 @@ class ClientConnection(Protocol):
         for event in events:
             kind = event.__class__
             if kind is Body:
-                self._to_daemon(event.data)
+                exchange = self.exchange
+                if exchange.held is None:
+                    self._to_daemon(event.data)
+                else:
+                    self._hold(exchange, event.data)
             elif kind is Head:
-                self._start(event.head)
+                if not self._start(event.head):
+                    return
             elif event is END:
                 exchange = self.exchange
                 exchange.request_done = True
-                if exchange.response_done:
+                if exchange.buffer_json and exchange.held is not None:
+                    self._run_pre_hooks(exchange)
+                elif exchange.response_done:
                     self._finish_exchange()
                     return
 
-    def _start(self, head: RequestHead) -> None:
-        self.exchange = Exchange(head)
-        self._to_daemon(head.raw)
+    def _start(self, head: RequestHead) -> bool:
+        """Begin an exchange; False if the request was refused and the connection is ending."""
+        hooks = self.factory.hooks
+        if hooks is None or not hooks.active:
+            self.exchange = Exchange(head)
+            self._to_daemon(head.raw)
+            return True
+        try:
+            plan = hooks.plan(head.method, head.target)
+        except SpellingError as exc:
+            self.exchange = Exchange(head)
+            self._refuse(400, f"refused {head.method.decode()} {_text(head.target)}: {exc}")
+            return False
+        exchange = self.exchange = Exchange(head, plan)
+        if plan is None or not plan.pre:
+            self._to_daemon(head.raw)
+            return True
+        exchange.held = []
+        if head.body_kind is not BodyKind.NONE and is_json(head.header(b"content-type")):
+            limit = plan.config.max_body
+            if head.body_kind is BodyKind.LENGTH and head.content_length > limit:
+                self._too_large(exchange, head.content_length)
+                return False
+            exchange.buffer_json = True
+        else:
+            # Body: null for the hooks; whatever body there is waits, unread, for their answer.
+            self.pauser.pause("hooks")
+            self._run_pre_hooks(exchange)
+        return True
+
+    def _hold(self, exchange: Exchange, data: bytes) -> None:
+        exchange.held.append(data)
+        exchange.held_size += len(data)
+        if exchange.buffer_json and exchange.held_size > exchange.plan.config.max_body + 1024:
+            # Chunked framing adds a few bytes; the payload is checked exactly when it is whole.
+            self._too_large(exchange, exchange.held_size)
+        elif exchange.held_size > PIPELINE_HIGH_WATER:
+            self.pauser.pause("hooks")
+
+    def _too_large(self, exchange: Exchange, size: int) -> None:
+        head = exchange.head
+        self._refuse(
+            413,
+            f"request body of {size} bytes exceeds the {exchange.plan.config.max_body}-byte "
+            f"limit for hooks (max_body) on {head.method.decode()} {_text(head.target)} "
+            f"(endpoint {exchange.plan.endpoints})",
+        )
+
+    def _run_pre_hooks(self, exchange: Exchange) -> None:
+        head = exchange.head
+        body_text = None
+        if exchange.buffer_json:
+            raw = b"".join(exchange.held)
+            payload = decode_chunked(raw) if head.body_kind is BodyKind.CHUNKED else raw
+            if len(payload) > exchange.plan.config.max_body:
+                self._too_large(exchange, len(payload))
+                return
+            try:
+                body_text = payload.decode("utf-8")
+            except UnicodeDecodeError:
+                exchange.buffer_json = False  # not text after all: shown as null, sent as is
+        request = ClientRequest(head.method.decode("latin-1"), _text(head.target), body_text)
+        exchange.hooked_request = request
+        done = self.factory.hooks.adapters.run_pre(exchange.plan.pre, request)
+        done.addCallbacks(self._pre_hooks_done, self._hooks_failed,
+                          callbackArgs=(exchange, request), errbackArgs=(exchange,))
+
+    def _pre_hooks_done(
+        self, changed: ClientRequest, exchange: Exchange, sent: ClientRequest
+    ) -> None:
+        if exchange is not self.exchange or self.closing:
+            return
+        head = exchange.head
+        exchange.hooked_request = changed
+        held, exchange.held = exchange.held, None
+        if changed == sent:
+            out = [head.raw, *held]
+        else:
+            method, target = changed.method.encode("latin-1"), changed.request.encode("latin-1")
+            if exchange.buffer_json or (head.body_kind is BodyKind.NONE and changed.body):
+                body = (changed.body or "").encode("utf-8")
+                headers = head.headers
+                if head.body_kind is BodyKind.NONE and head.header(b"content-type") is None:
+                    headers = [*headers, (b"Content-Type", b"application/json")]
+                out = [build_request_head(method, target, headers, len(body)), body]
+            else:
+                if changed.body != sent.body:
+                    log.warning("adapters changed the body of %s %s, which is not JSON: "
+                                "it is passed on unchanged", changed.method, changed.request)
+                out = [build_request_head(method, target, head.headers, None), *held]
+        for data in out:
+            self._to_daemon(data)
+        self.pauser.resume("hooks")
+
+    def _hooks_failed(self, failure: Failure, exchange: Exchange) -> None:
+        if exchange is not self.exchange or self.closing:
+            return
+        if failure.check(HookError):
+            status, message = failure.value.status, failure.value.message
+        else:
+            log.error("hook chain failed: %s", failure.getTraceback())
+            status, message = 502, f"calling adapters failed: {failure.getErrorMessage()}"
+        if not exchange.request_done or exchange.forwarded:
+            self._refuse(status, message)
+            return
+        # The whole request was read and no answer was sent yet: the connection stays usable
+        # for the client's next request.
+        exchange.held = None
+        exchange.forwarded = True
+        send(self.transport, error_response(status, message, close=False))
+        exchange.response_done = True
+        self.pauser.resume("hooks")
+        self._finish_exchange()
 
     def _to_daemon(self, data: bytes) -> None:
         daemon = self.daemon
@@ -276,6 +423,9 @@ class ClientConnection(Protocol):
             else:
                 self._refuse(exc.status, str(exc))
             return
+        if exchange.collect:
+            self._collect(exchange, data)
+            return
         exchange.forwarded = True
         send(self.transport, data)
         if not had_head and response.head is not None and (
@@ -286,6 +436,74 @@ class ClientConnection(Protocol):
             exchange.response_done = True
             if exchange.request_done:
                 self._finish_exchange()
+
+    def _collect(self, exchange: Exchange, data: bytes) -> None:
+        """Hold a response for post-hooks; let it through instead if it turns out to be one
+        they cannot see (a hijack, a body that is neither JSON nor text)."""
+        response = exchange.response
+        exchange.response_raw.append(data)
+        head = response.head
+        if head is None:
+            return
+        if response.upgraded or response.hijacked or not (
+            is_text(head.content_type) or response.complete and not response.body
+        ):
+            exchange.collect = False
+            raw, exchange.response_raw = exchange.response_raw, []
+            exchange.forwarded = True
+            for piece in raw:
+                send(self.transport, piece)
+            if response.upgraded or (exchange.head.may_hijack and response.hijacked):
+                self._hijack()
+            elif response.complete:
+                exchange.response_done = True
+                if exchange.request_done:
+                    self._finish_exchange()
+            return
+        if len(response.body) > exchange.plan.config.max_body:
+            self._refuse(502, f"the daemon's response to {exchange.head.method.decode()} "
+                              f"{_text(exchange.head.target)} exceeds the "
+                              f"{exchange.plan.config.max_body}-byte limit for post-hooks "
+                              f"(max_body) on endpoint {exchange.plan.endpoints}")
+            return
+        if not response.complete:
+            return
+        head_only = exchange.head.method == b"HEAD"
+        content_type = head.header(b"content-type")
+        sent = ServerResponse(
+            None if content_type is None else content_type.decode("latin-1"),
+            response.body.decode("utf-8", "replace"),
+            head.status,
+        )
+        request = exchange.hooked_request or ClientRequest(
+            exchange.head.method.decode("latin-1"), _text(exchange.head.target), None)
+        self.pauser.pause("hooks")
+        done = self.factory.hooks.adapters.run_post(exchange.plan.post, request, sent)
+        done.addCallbacks(self._post_hooks_done, self._hooks_failed,
+                          callbackArgs=(exchange, sent, head_only), errbackArgs=(exchange,))
+
+    def _post_hooks_done(
+        self, changed: ServerResponse, exchange: Exchange, sent: ServerResponse, head_only: bool
+    ) -> None:
+        if exchange is not self.exchange or self.closing:
+            return
+        raw, exchange.response_raw = exchange.response_raw, []
+        if changed == sent:
+            out = b"".join(raw)
+        else:
+            head = exchange.response.head
+            out = build_response(
+                changed.code, head.headers,
+                None if changed.content_type is None else changed.content_type.encode("latin-1"),
+                (changed.body or "").encode("utf-8"), head_only=head_only,
+            )
+        exchange.forwarded = True
+        exchange.collect = False
+        send(self.transport, out)
+        exchange.response_done = True
+        self.pauser.resume("hooks")
+        if exchange.request_done:
+            self._finish_exchange()
 
     def _hijack(self) -> None:
         """The daemon took the connection over: from now on, bytes flow raw both ways."""
@@ -347,7 +565,7 @@ class ClientConnection(Protocol):
             # idle): the client sees its connection end, exactly as it would direct.
             self._close()
             return
-        if exchange.response.head is None:
+        if exchange.response.head is None or (exchange.collect and not exchange.forwarded):
             self._refuse(
                 502,
                 f"the Docker daemon at {self.factory.upstream} closed the connection "
@@ -390,9 +608,10 @@ class ProxyFactory(Factory):
     protocol = ClientConnection
     noisy = False
 
-    def __init__(self, reactor: object, upstream: Address) -> None:
+    def __init__(self, reactor: object, upstream: Address, hooks: LiveConfig | None = None) -> None:
         self.reactor = reactor
         self.upstream = upstream
+        self.hooks = hooks
         self.upstream_endpoint = clientFromString(reactor, client_description(upstream))
         self.connections: set[ClientConnection] = set()
 
@@ -450,6 +669,10 @@ def send(transport: interfaces.ITransport, data: bytes) -> None:
         return
     if sent < len(data):
         transport.write(data[sent:])
+
+
+def _text(target: bytes) -> str:
+    return target.decode("latin-1")
 
 
 def _plain_reads(transport: object) -> None:

@@ -1,0 +1,240 @@
+"""Calling adapters: hook chains over pooled keep-alive HTTP, with timeouts and clear failures.
+
+This is the Twisted side of hooks. What to call is decided from the configuration and the
+matcher (pure code); the wire format is ``powerstrip.wire``. Every way an adapter call can end
+maps to one outcome: an answer, a refusal (the adapter's own non-2xx status), or a failure
+(502 unreachable or bad answer, 504 timeout) whose message names the adapter, the request, the
+endpoint and the cause.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Sequence
+from urllib.parse import quote
+
+import treq
+from twisted.internet import defer, error
+from twisted.internet.endpoints import HostnameEndpoint, UNIXClientEndpoint, wrapClientTLS
+from twisted.internet.ssl import optionsForClientTLS
+from twisted.web.client import Agent, HTTPConnectionPool, ResponseFailed
+from twisted.web.iweb import IAgentEndpointFactory
+from zope.interface import implementer
+
+from powerstrip.config import Adapter
+from powerstrip.plans import Hook
+from powerstrip.wire import (
+    AnswerError,
+    ClientRequest,
+    ServerResponse,
+    parse_post_hook_answer,
+    parse_pre_hook_answer,
+    post_hook_call,
+    pre_hook_call,
+    refusal_message,
+)
+
+log = logging.getLogger("powerstrip.hooks")
+
+#: An adapter's answer larger than this is a bad answer: it can only be the request or response
+#: it was sent, which are themselves limited by ``max_body``.
+ANSWER_SLACK = 64 * 1024
+
+
+class HookError(Exception):
+    """A hook chain ended without an answer to pass on; ``status`` and ``message`` are what the
+    client gets."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+
+
+class _NoDelay:
+    """A client endpoint whose TCP connections send at once (TCP_NODELAY).
+
+    Twisted writes a request's head and its body in separate writes; with Nagle's algorithm the
+    body then waits for the adapter's delayed ACK, some 40 ms on every call.
+    """
+
+    def __init__(self, inner: object) -> None:
+        self.inner = inner
+
+    def connect(self, factory: object) -> defer.Deferred:
+        def no_delay(protocol: object) -> object:
+            transport = protocol.transport
+            while transport is not None:
+                setter = getattr(transport, "setTcpNoDelay", None)
+                if setter is not None:
+                    setter(True)
+                    break
+                transport = getattr(transport, "transport", None)
+            return protocol
+
+        return self.inner.connect(factory).addCallback(no_delay)
+
+
+@implementer(IAgentEndpointFactory)
+class _Endpoints:
+    """Endpoints for adapter URLs: TCP (with TLS for https) without Nagle, and unix sockets.
+
+    A unix socket gets a distinct host name (the quoted path), so the connection pool, which is
+    keyed by host, never hands one adapter's connection to another.
+    """
+
+    def __init__(self, reactor: object) -> None:
+        self.reactor = reactor
+        self.paths: dict[bytes, str] = {}
+
+    def host_for(self, path: str) -> str:
+        host = "unix-" + quote(path, safe="").replace("%", "_").lower()
+        self.paths[host.encode()] = path
+        return host
+
+    def endpointForURI(self, uri: object) -> object:  # noqa: N802 - Twisted's name
+        path = self.paths.get(uri.host)
+        if path is not None:
+            return UNIXClientEndpoint(self.reactor, path)
+        host = uri.host.decode("idna")
+        endpoint = HostnameEndpoint(self.reactor, host, uri.port)
+        if uri.scheme == b"https":
+            endpoint = wrapClientTLS(optionsForClientTLS(host), endpoint)
+        return _NoDelay(endpoint)
+
+
+class AdapterClient:
+    """Posts hook calls to adapters over a shared pool of persistent connections."""
+
+    def __init__(self, reactor: object, max_body: int = 4 * 1024 * 1024) -> None:
+        self.reactor = reactor
+        self.pool = HTTPConnectionPool(reactor, persistent=True)
+        self.pool.maxPersistentPerHost = 8
+        self.pool.retryAutomatically = False
+        self._endpoints = _Endpoints(reactor)
+        self._client = treq.client.HTTPClient(
+            Agent.usingEndpointFactory(reactor, self._endpoints, pool=self.pool)
+        )
+        self.max_body = max_body
+
+    def _url(self, adapter: Adapter) -> str:
+        target = adapter.target
+        if target.kind == "unix":
+            return f"http://{self._endpoints.host_for(target.socket_path)}{target.http_path}"
+        return target.url
+
+    @defer.inlineCallbacks
+    def post(self, hook: Hook, payload: bytes, what: str) -> defer.Generator:
+        """POST ``payload`` to the hook's adapter; return the answer's body on a 2xx.
+
+        Raises HookError for a refusal (the adapter's status) and for any failure (502/504).
+        ``what`` describes the request for messages, e.g. ``POST /v1.41/containers/create``.
+        """
+        adapter = hook.adapter
+        url = self._url(adapter)
+        started = time.monotonic()
+        outcome = "error"
+        try:
+            call = self._client.post(
+                url, data=payload,
+                headers={b"Content-Type": [b"application/json"]},
+                unbuffered=True,
+            )
+            call.addCallback(self._read, len(payload))
+            call.addTimeout(adapter.timeout, self.reactor)
+            try:
+                status, body = yield call
+            except defer.TimeoutError:
+                outcome = "timeout"
+                raise HookError(504, self._describe(
+                    hook, what, f"timed out after {adapter.timeout:g} s")) from None
+            except AnswerError as exc:
+                outcome = "bad answer"
+                raise HookError(502, self._describe(hook, what, f"bad answer: {exc}")) from None
+            except (error.ConnectError, error.DNSLookupError, ResponseFailed,
+                    error.ConnectionLost, OSError) as exc:
+                outcome = "unreachable"
+                raise HookError(502, self._describe(
+                    hook, what, f"unreachable: {_reason(exc)}")) from None
+            if not 200 <= status < 300:
+                outcome = f"refused {status}"
+                message = refusal_message(body) or f"refused with status {status}"
+                raise HookError(status, f"adapter {adapter.name} refused {what} "
+                                        f"(endpoint \"{hook.endpoint}\"): {message}")
+            outcome = str(status)
+            return body
+        finally:
+            log.info("adapter %s %s (endpoint \"%s\"): %s in %.1f ms", adapter.name, what,
+                     hook.endpoint, outcome, (time.monotonic() - started) * 1000)
+
+    def _read(self, response: object, sent: int) -> defer.Deferred:
+        limit = sent + self.max_body + ANSWER_SLACK
+        received: list[bytes] = []
+        size = [0]
+
+        def collect(data: bytes) -> None:
+            size[0] += len(data)
+            if size[0] > limit:
+                raise AnswerError(f"answer larger than {limit} bytes")
+            received.append(data)
+
+        done = treq.collect(response, collect)
+        done.addCallback(lambda _: (response.code, b"".join(received)))
+        return done
+
+    @staticmethod
+    def _describe(hook: Hook, what: str, cause: str) -> str:
+        adapter = hook.adapter
+        return (f"adapter {adapter.name} ({adapter.url}) {cause} on {what} "
+                f"(endpoint \"{hook.endpoint}\")")
+
+    @defer.inlineCallbacks
+    def run_pre(self, hooks: Sequence[Hook], request: ClientRequest) -> defer.Generator:
+        """Run pre-hooks in order, each seeing what the one before returned."""
+        for hook in hooks:
+            what = f"pre-hook for {request.method} {request.request}"
+            try:
+                answer = yield self.post(hook, pre_hook_call(request), what)
+                request = parse_pre_hook_answer(answer, request)
+            except AnswerError as exc:
+                raise HookError(502, self._describe(hook, what, f"bad answer: {exc}")) from None
+            except HookError as exc:
+                if exc.status in (502, 504) and hook.adapter.on_error == "skip":
+                    log.warning("skipping adapter %s (on_error: skip): %s",
+                                hook.adapter.name, exc.message)
+                    continue
+                raise
+        return request
+
+    @defer.inlineCallbacks
+    def run_post(
+        self, hooks: Sequence[Hook], request: ClientRequest, response: ServerResponse
+    ) -> defer.Generator:
+        """Run post-hooks in order, each seeing the response the one before returned."""
+        for hook in hooks:
+            what = f"post-hook for {request.method} {request.request}"
+            try:
+                answer = yield self.post(hook, post_hook_call(request, response), what)
+                response = parse_post_hook_answer(answer, response)
+            except AnswerError as exc:
+                raise HookError(502, self._describe(hook, what, f"bad answer: {exc}")) from None
+            except HookError as exc:
+                if exc.status in (502, 504) and hook.adapter.on_error == "skip":
+                    log.warning("skipping adapter %s (on_error: skip): %s",
+                                hook.adapter.name, exc.message)
+                    continue
+                raise
+        return response
+
+    def close(self) -> defer.Deferred:
+        """Close the pooled connections."""
+        return self.pool.closeCachedConnections()
+
+
+def _reason(exc: BaseException) -> str:
+    if isinstance(exc, ResponseFailed):
+        reasons = [r.getErrorMessage() for r in exc.reasons]
+        return "; ".join(reasons) or "the connection failed"
+    text = str(exc).strip()
+    return text or type(exc).__name__

@@ -1,0 +1,128 @@
+"""The configuration in force: what requests are matched against, and its hot reload.
+
+The file is polled about once a second and reloaded on SIGHUP. A new file that fails validation
+changes nothing but the log. Each request takes a ``Plan`` from the configuration in force when
+its head arrives, so requests in flight finish with the configuration they began with.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+
+from twisted.internet.task import LoopingCall
+
+from powerstrip.config import EMPTY, Config, ConfigError, load_config
+from powerstrip.hooks import AdapterClient
+from powerstrip.matching import Matcher
+from powerstrip.plans import STREAM_SAMPLES, Plan, make_plan
+
+log = logging.getLogger("powerstrip.config")
+
+POLL_INTERVAL = 1.0
+
+
+def _stamp(path: Path) -> tuple[int, int, int, int] | None:
+    try:
+        info = path.stat()
+    except OSError:
+        return None
+    return (info.st_ino, info.st_size, info.st_mtime_ns, info.st_ctime_ns)
+
+
+def stream_warnings(config: Config) -> list[str]:
+    """One line per endpoint whose post-hooks will not see some responses' bodies."""
+    lines = []
+    for endpoint in config.endpoints:
+        if not endpoint.post:
+            continue
+        matcher = Matcher([endpoint])
+        streams = [f"{method} {path}" for method, path in STREAM_SAMPLES
+                   if matcher.match(method, path)]
+        if streams:
+            lines.append(
+                f'post-hooks {list(endpoint.post)} on "{endpoint.key}" (line {endpoint.line}) '
+                f"are not called for streaming or hijacked responses, which pass through "
+                f"unbuffered; this endpoint covers some: {', '.join(streams)}"
+            )
+    return lines
+
+
+class LiveConfig:
+    """The configuration in force, its matcher, and the client that calls its adapters."""
+
+    def __init__(self, reactor: object, path: Path | None, config: Config = EMPTY) -> None:
+        self.reactor = reactor
+        self.path = path
+        self.adapters = AdapterClient(reactor, config.max_body)
+        self._stamp = _stamp(path) if path is not None else None
+        self._watch: LoopingCall | None = None
+        self._apply(config)
+
+    @classmethod
+    def from_file(cls, reactor: object, path: Path | None) -> LiveConfig:
+        """Load ``path`` (None: no hooks); raises ConfigError if it is invalid."""
+        config = load_config(path) if path is not None else EMPTY
+        return cls(reactor, path, config)
+
+    def _apply(self, config: Config) -> None:
+        self.config = config
+        self.matcher = Matcher(config.endpoints)
+        self.active = bool(config.endpoints)
+        self.adapters.max_body = config.max_body
+        for line in stream_warnings(config):
+            log.warning("%s", line)
+
+    def plan(self, method: bytes, target: bytes) -> Plan | None:
+        """The hooks for a request, from the configuration in force now."""
+        config = self.config
+        matches = self.matcher.match(method.decode("latin-1"), target.decode("latin-1"))
+        return make_plan(config, matches) if matches else None
+
+    def reload(self, why: str) -> bool:
+        """Load the file again; keep the running configuration if the new one is invalid."""
+        if self.path is None:
+            return False
+        self._stamp = _stamp(self.path)
+        try:
+            config = load_config(self.path)
+        except ConfigError as exc:
+            log.error("configuration %s not reloaded (%s), keeping the running one:\n%s",
+                      self.path, why, exc)
+            return False
+        self._apply(config)
+        log.info("configuration %s reloaded (%s): %d endpoints, %d adapters",
+                 self.path, why, len(config.endpoints), len(config.adapters))
+        return True
+
+    def _poll(self) -> None:
+        if self.path is not None and _stamp(self.path) != self._stamp:
+            self.reload("file changed")
+
+    def watch(self, interval: float = POLL_INTERVAL) -> None:
+        """Reload when the file changes (polled) and on SIGHUP."""
+        if self.path is None:
+            return
+        self._watch = LoopingCall(self._poll)
+        self._watch.clock = self.reactor
+        self._watch.start(interval, now=False)
+        if hasattr(self.reactor, "callFromThread"):
+            import signal
+
+            # The handler runs between bytecodes; hand the work to the reactor's own thread.
+            signal.signal(
+                signal.SIGHUP,
+                lambda *_: self.reactor.callFromThread(self.reload, "SIGHUP"),
+            )
+
+    def stop(self) -> None:
+        """Stop watching and close pooled adapter connections."""
+        if self._watch is not None and self._watch.running:
+            self._watch.stop()
+        self.adapters.close()
+
+
+def describe(path: Path | None) -> str:
+    """How the log names a configuration source."""
+    return os.fspath(path) if path is not None else "none (no hooks)"
