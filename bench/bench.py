@@ -56,6 +56,8 @@ def read_response(sock: socket.socket, buffer: bytearray) -> None:
     head_end = buffer.index(b"\r\n\r\n") + 4
     head = bytes(buffer[:head_end]).lower()
     del buffer[:head_end]
+    if head.startswith((b"http/1.1 204", b"http/1.1 304")):
+        return
     if b"content-length:" in head:
         length = int(head.split(b"content-length:")[1].split(b"\r\n")[0])
         while len(buffer) < length:
@@ -165,10 +167,11 @@ def peak_rss_mib(pid: int) -> float:
     raise RuntimeError("no VmHWM")
 
 
-def start_powerstrip(upstream: str) -> tuple[subprocess.Popen, str]:
+def start_powerstrip(upstream: str, config: Path | None = None) -> tuple[subprocess.Popen, str]:
+    extra = ["--config", str(config)] if config is not None else []
     proc = subprocess.Popen(
         [sys.executable, "-m", "powerstrip", "serve", "--listen", "tcp://127.0.0.1:0",
-         "--upstream", upstream],
+         "--upstream", upstream, *extra],
         stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, cwd="/",
         env={**os.environ, "POWERSTRIP_CONFIG": ""},
     )
@@ -232,6 +235,82 @@ def prepare_payloads(host: str, size_mib: int, workdir: Path) -> tuple[str, Path
     return name, tarball
 
 
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def hook_cost(host: str, workdir: Path, rounds: int, processes: list) -> dict[str, dict]:
+    """Median time of POST /containers/create with 0, 1 and 3 null pre-hooks (a real adapter
+    process on loopback), for a real create (each container removed directly afterwards) and
+    for a create the daemon refuses at once (no such image), where the daemon's own time does
+    not drown the hooks' cost."""
+    port = free_port()
+    adapter = subprocess.Popen(
+        [sys.executable, str(Path(__file__).resolve().parent.parent / "adapters" /
+                             "null_adapter.py"), "--listen", f"127.0.0.1:{port}"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )
+    processes.append(adapter)
+    for _ in range(100):
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.1).close()
+            break
+        except OSError:
+            time.sleep(0.05)
+    targets = [Target("direct", host)]
+    for count in (0, 1, 3):
+        config = workdir / f"hooks-{count}.yml"
+        names = ", ".join(f"null{i}" for i in range(count))
+        adapters = "".join(f"  null{i}: http://127.0.0.1:{port}/\n" for i in range(count))
+        config.write_text(
+            f'endpoints:\n  "POST /*/containers/create":\n    pre: [{names}]\n'
+            + (f"adapters:\n{adapters}" if adapters else "adapters: {}\n")
+        )
+        proc, proxy_host = start_powerstrip(host, config)
+        processes.append(proc)
+        targets.append(Target(f"{count} hooks", proxy_host))
+    socks = {t.name: t.connect() for t in targets}
+    cleanup = targets[0].connect()
+    results = {}
+    for image, count in (("busybox", rounds), ("no-such-image", rounds * 10)):
+        body = b'{"Image": "%s", "Cmd": ["true"]}' % image.encode()
+        request = (
+            b"POST /v1.41/containers/create HTTP/1.1\r\nHost: x\r\nContent-Type: "
+            b"application/json\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body)
+        )
+        results[image] = _creates(targets, socks, cleanup, request, count)
+    return results
+
+
+def _creates(targets: list[Target], socks: dict, cleanup: socket.socket, request: bytes,
+             rounds: int) -> dict[str, float]:
+    samples: dict[str, list[float]] = {t.name: [] for t in targets}
+    buffer = bytearray()
+    for _ in range(rounds):
+        for target in targets:
+            sock = socks[target.name]
+            started = time.perf_counter()
+            sock.sendall(request)
+            while b"\r\n\r\n" not in buffer:
+                buffer += sock.recv(65536)
+            head_end = buffer.index(b"\r\n\r\n") + 4
+            length = int(bytes(buffer[:head_end]).lower().split(b"content-length:")[1]
+                         .split(b"\r\n")[0])
+            while len(buffer) < head_end + length:
+                buffer += sock.recv(65536)
+            samples[target.name].append(time.perf_counter() - started)
+            answer = bytes(buffer[head_end:head_end + length])
+            del buffer[:head_end + length]
+            if b'"Id":"' in answer:
+                container = answer.split(b'"Id":"')[1].split(b'"')[0].decode()
+                cleanup.sendall(f"DELETE /v1.41/containers/{container} HTTP/1.1\r\n"
+                                "Host: x\r\n\r\n".encode())
+                read_response(cleanup, bytearray())
+    return {name: statistics.median(values) for name, values in samples.items()}
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--docker-host", help="a running daemon (unix://...); default: throwaway")
@@ -239,6 +318,9 @@ def main() -> int:
     parser.add_argument("--transfer-rounds", type=int, default=3)
     parser.add_argument("--size-mib", type=int, default=256)
     parser.add_argument("--no-haproxy", action="store_true")
+    parser.add_argument("--hook-rounds", type=int, default=40)
+    parser.add_argument("--only", nargs="+", choices=["latency", "transfers", "hooks"],
+                        default=["latency", "transfers", "hooks"], help="workloads to run")
     args = parser.parse_args()
 
     workdir = Path(tempfile.mkdtemp(prefix="ps-bench-"))
@@ -262,26 +344,41 @@ def main() -> int:
                 targets.append(Target("haproxy", started[1]))
 
         results: list[tuple[str, dict, str]] = []
-        for path in ("/_ping", "/v1.41/containers/json"):
-            results.append((f"GET {path} latency", latency(targets, path, args.rounds), "us"))
-        results.append(("docker run --rm wall time", docker_run_wall(targets, 5), "s"))
-        container, tarball = prepare_payloads(host, args.size_mib, workdir)
-        results.append((f"{args.size_mib} MiB response (logs)",
-                        logs_throughput(targets, container, args.transfer_rounds), "MiB/s"))
-        results.append((f"{args.size_mib} MiB request body (images/load)",
-                        load_throughput(targets, tarball, args.transfer_rounds), "MiB/s"))
-        rss = peak_rss_mib(powerstrip.pid)
-        docker(host, "rm", "-f", container)
+        rss = None
+        if "latency" in args.only:
+            for path in ("/_ping", "/v1.41/containers/json"):
+                results.append((f"GET {path} latency", latency(targets, path, args.rounds), "us"))
+            results.append(("docker run --rm wall time", docker_run_wall(targets, 5), "s"))
+        if "transfers" in args.only:
+            container, tarball = prepare_payloads(host, args.size_mib, workdir)
+            results.append((f"{args.size_mib} MiB response (logs)",
+                            logs_throughput(targets, container, args.transfer_rounds), "MiB/s"))
+            results.append((f"{args.size_mib} MiB request body (images/load)",
+                            load_throughput(targets, tarball, args.transfer_rounds), "MiB/s"))
+            rss = peak_rss_mib(powerstrip.pid)
+            docker(host, "rm", "-f", container)
 
         names = [t.name for t in targets]
-        print(f"{'workload':40}{'unit':>7}" + "".join(f"{n:>12}" for n in names)
-              + "".join(f"{n + '/direct':>19}" for n in names[1:]))
+        if results:
+            print(f"{'workload':40}{'unit':>7}" + "".join(f"{n:>12}" for n in names)
+                  + "".join(f"{n + '/direct':>19}" for n in names[1:]))
         for label, values, unit in results:
             scale = 1e6 if unit == "us" else 1
             cells = "".join(f"{values[n] * scale:>12.1f}" for n in names)
             ratios = "".join(f"{values[n] / values['direct']:>18.2f}x" for n in names[1:])
             print(f"{label:40}{unit:>7}{cells}{ratios}")
-        print(f"{'powerstrip peak RSS':40}{'MiB':>7}{rss:>12.1f}")
+        if rss is not None:
+            print(f"{'powerstrip peak RSS':40}{'MiB':>7}{rss:>12.1f}")
+        if "hooks" in args.only:
+            for image, creates in hook_cost(host, workdir, args.hook_rounds, processes).items():
+                print(f"\n{'POST /containers/create (' + image + ')':40}{'median':>12}"
+                      f"{'/direct':>10}{'added per hook':>17}")
+                for name, value in creates.items():
+                    count = int(name.split()[0]) if name != "direct" else 0
+                    added = (f"{(value - creates['0 hooks']) / count * 1000:>14.2f} ms"
+                             if count else "")
+                    print(f"{'  ' + name:40}{value * 1000:>9.2f} ms"
+                          f"{value / creates['direct']:>9.2f}x{added:>17}")
         return 0
     finally:
         for proc in processes:
