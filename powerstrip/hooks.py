@@ -9,13 +9,13 @@ endpoint and the cause.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import time
 from collections.abc import Sequence
-from urllib.parse import quote
 
 import treq
-from twisted.internet import defer, error
+from twisted.internet import defer
 from twisted.internet.endpoints import HostnameEndpoint, UNIXClientEndpoint, wrapClientTLS
 from twisted.internet.ssl import optionsForClientTLS
 from twisted.web.client import Agent, HTTPConnectionPool, ResponseFailed
@@ -89,7 +89,8 @@ class _Endpoints:
         self.paths: dict[bytes, str] = {}
 
     def host_for(self, path: str) -> str:
-        host = "unix-" + quote(path, safe="").replace("%", "_").lower()
+        # A hash keeps the name a valid host label whatever the path's characters and length.
+        host = "unix-" + hashlib.sha256(path.encode()).hexdigest()[:32] + ".invalid"
         self.paths[host.encode()] = path
         return host
 
@@ -129,31 +130,38 @@ class AdapterClient:
         """POST ``payload`` to the hook's adapter; return the answer's body on a 2xx.
 
         Raises HookError for a refusal (the adapter's status) and for any failure (502/504).
-        ``what`` describes the request for messages, e.g. ``POST /v1.41/containers/create``.
+        ``what`` describes the request for messages, e.g. ``pre-hook for POST /containers/create``.
         """
         adapter = hook.adapter
-        url = self._url(adapter)
         started = time.monotonic()
         outcome = "error"
+        call = self._client.post(
+            self._url(adapter), data=payload,
+            headers={b"Content-Type": [b"application/json"]},
+            unbuffered=True,
+        )
+        call.addCallback(self._read, len(payload))
+        # Cancelling surfaces as whatever the HTTP client was doing at that moment (often
+        # "response never received"), so the timer itself records that it fired.
+        fired: list[bool] = []
+
+        def expire() -> None:
+            fired.append(True)
+            call.cancel()
+
+        timer = self.reactor.callLater(adapter.timeout, expire)
         try:
-            call = self._client.post(
-                url, data=payload,
-                headers={b"Content-Type": [b"application/json"]},
-                unbuffered=True,
-            )
-            call.addCallback(self._read, len(payload))
-            call.addTimeout(adapter.timeout, self.reactor)
             try:
                 status, body = yield call
-            except defer.TimeoutError:
-                outcome = "timeout"
-                raise HookError(504, self._describe(
-                    hook, what, f"timed out after {adapter.timeout:g} s")) from None
-            except AnswerError as exc:
-                outcome = "bad answer"
-                raise HookError(502, self._describe(hook, what, f"bad answer: {exc}")) from None
-            except (error.ConnectError, error.DNSLookupError, ResponseFailed,
-                    error.ConnectionLost, OSError) as exc:
+            except Exception as exc:
+                if fired:
+                    outcome = "timeout"
+                    raise HookError(504, self._describe(
+                        hook, what, f"timed out after {adapter.timeout:g} s")) from None
+                if isinstance(exc, AnswerError):
+                    outcome = "bad answer"
+                    raise HookError(502, self._describe(
+                        hook, what, f"bad answer: {exc}")) from None
                 outcome = "unreachable"
                 raise HookError(502, self._describe(
                     hook, what, f"unreachable: {_reason(exc)}")) from None
@@ -165,6 +173,8 @@ class AdapterClient:
             outcome = str(status)
             return body
         finally:
+            if timer.active():
+                timer.cancel()
             log.info("adapter %s %s (endpoint \"%s\"): %s in %.1f ms", adapter.name, what,
                      hook.endpoint, outcome, (time.monotonic() - started) * 1000)
 
@@ -196,9 +206,11 @@ class AdapterClient:
             what = f"pre-hook for {request.method} {request.request}"
             try:
                 answer = yield self.post(hook, pre_hook_call(request), what)
-                request = parse_pre_hook_answer(answer, request)
-            except AnswerError as exc:
-                raise HookError(502, self._describe(hook, what, f"bad answer: {exc}")) from None
+                try:
+                    request = parse_pre_hook_answer(answer, request)
+                except AnswerError as exc:
+                    raise HookError(502, self._describe(
+                        hook, what, f"bad answer: {exc}")) from None
             except HookError as exc:
                 if exc.status in (502, 504) and hook.adapter.on_error == "skip":
                     log.warning("skipping adapter %s (on_error: skip): %s",
@@ -216,9 +228,11 @@ class AdapterClient:
             what = f"post-hook for {request.method} {request.request}"
             try:
                 answer = yield self.post(hook, post_hook_call(request, response), what)
-                response = parse_post_hook_answer(answer, response)
-            except AnswerError as exc:
-                raise HookError(502, self._describe(hook, what, f"bad answer: {exc}")) from None
+                try:
+                    response = parse_post_hook_answer(answer, response)
+                except AnswerError as exc:
+                    raise HookError(502, self._describe(
+                        hook, what, f"bad answer: {exc}")) from None
             except HookError as exc:
                 if exc.status in (502, 504) and hook.adapter.on_error == "skip":
                     log.warning("skipping adapter %s (on_error: skip): %s",

@@ -54,7 +54,7 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 # -- engine and proxy ---------------------------------------------------------------------
 
 
-def _short_tmpdir(prefix: str) -> str:
+def short_tmpdir(prefix: str) -> str:
     # The engine's socket path must stay under the 108-byte unix socket limit.
     base = tempfile.gettempdir()
     return tempfile.mkdtemp(prefix=prefix, dir=base if len(base) <= 40 else "/tmp")
@@ -64,7 +64,7 @@ def _short_tmpdir(prefix: str) -> str:
 def engine() -> Iterator[Engine]:
     """A dockerd of its own for the whole session, with ``busybox:latest`` imported."""
     ensure_packages()
-    eng = Engine(_short_tmpdir("ps-"))
+    eng = Engine(short_tmpdir("ps-"))
     eng.start()
     try:
         eng.ensure_image()
@@ -81,6 +81,8 @@ class ProxyProcess:
     port: int
     proc: subprocess.Popen
     stderr_path: Path
+    workdir: Path | None = None
+    config_path: Path | None = None
 
     def stderr(self) -> str:
         """Everything the proxy has logged so far."""
@@ -90,60 +92,169 @@ class ProxyProcess:
             return ""
 
 
-@pytest.fixture(scope="session")
-def proxy(engine: Engine) -> Iterator[ProxyProcess]:
-    """The real proxy, with no adapters configured, forwarding to ``engine``.
+def await_line(
+    proc: subprocess.Popen, stdout_path: Path, prefix: str, timeout: float, what: str,
+    stderr_path: Path | None = None,
+) -> str:
+    """The rest of the first line of ``stdout_path`` starting with ``prefix``, waiting up to
+    ``timeout`` seconds for ``proc`` to print it; the test fails (and ``proc`` is killed) if it
+    exits or runs out of time first."""
+    deadline = time.monotonic() + timeout
+    while True:
+        for line in stdout_path.read_text(errors="replace").splitlines():
+            if line.startswith(prefix):
+                return line[len(prefix):].strip()
+        if proc.poll() is not None or time.monotonic() > deadline:
+            proc.kill()
+            proc.wait()
+            errors = stderr_path.read_text(errors="replace") if stderr_path else ""
+            pytest.fail(
+                f"{what} did not print {prefix!r} within {timeout:g} s "
+                f"(exit status {proc.returncode})\nstdout: {stdout_path.read_text()}\n"
+                f"stderr: {errors}"
+            )
+        time.sleep(0.05)
 
-    It listens on port 0 and the test reads the port from the ``export DOCKER_HOST=`` line, so no
-    port is ever raced for. At teardown it must exit 0 within 10 s of SIGTERM.
+
+def launch_proxy(upstream: str, config: Path | None = None) -> ProxyProcess:
+    """Start ``python -m powerstrip serve`` in front of ``upstream``, with the adapters file
+    ``config`` (None: no hooks), and return once it has printed its ``export DOCKER_HOST=`` line.
+
+    It listens on port 0 and the caller learns the port from that line, so no port is ever raced
+    for. Its stderr goes to a file (``ProxyProcess.stderr()``).
     """
     workdir = Path(tempfile.mkdtemp(prefix="ps-proxy-"))
     stdout_path, stderr_path = workdir / "stdout", workdir / "stderr"
     env = dict(os.environ)
-    # No configuration file means no hooks; an empty cwd keeps ./powerstrip.yml out of reach.
+    # Only --config names a file; an empty cwd keeps ./powerstrip.yml out of reach.
     env.pop("POWERSTRIP_CONFIG", None)
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
+    argv = [sys.executable, "-m", "powerstrip", "serve",
+            "--listen", "tcp://127.0.0.1:0", "--upstream", upstream]
+    if config is not None:
+        argv += ["--config", str(config)]
     with open(stdout_path, "wb") as out, open(stderr_path, "wb") as err:
         # Files, not pipes: a pipe nobody drains would eventually block the proxy's logging.
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "powerstrip", "serve",
-             "--listen", "tcp://127.0.0.1:0", "--upstream", engine.host],
-            stdin=subprocess.DEVNULL, stdout=out, stderr=err, env=env, cwd=workdir,
-        )
-    deadline = time.monotonic() + PROXY_START_TIMEOUT
-    host = None
-    while host is None:
-        for line in stdout_path.read_text(errors="replace").splitlines():
-            if line.startswith("export DOCKER_HOST="):
-                host = line.split("=", 1)[1].strip()
-                break
-        else:
-            if proc.poll() is not None or time.monotonic() > deadline:
-                proc.kill()
-                proc.wait()
-                pytest.fail(
-                    f"proxy did not print its export line within {PROXY_START_TIMEOUT:g} s "
-                    f"(exit status {proc.returncode})\nstdout: {stdout_path.read_text()}\n"
-                    f"stderr: {stderr_path.read_text(errors='replace')}"
-                )
-            time.sleep(0.05)
+        proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=out, stderr=err,
+                                env=env, cwd=workdir)
+    host = await_line(proc, stdout_path, "export DOCKER_HOST=", PROXY_START_TIMEOUT, "proxy",
+                      stderr_path)
     match = re.fullmatch(r"tcp://127\.0\.0\.1:(\d+)", host)
     assert match, f"unexpected proxy address {host!r}"
-    running = ProxyProcess(host, int(match.group(1)), proc, stderr_path)
-    try:
-        yield running
-    finally:
+    return ProxyProcess(host, int(match.group(1)), proc, stderr_path, workdir, config)
+
+
+def stop_proxy(running: ProxyProcess) -> None:
+    """SIGTERM the proxy; it must exit 0 within 10 s, without a traceback in its log."""
+    proc = running.proc
+    if proc.poll() is None:
         proc.send_signal(signal.SIGTERM)
+    try:
+        code = proc.wait(PROXY_STOP_TIMEOUT)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+        pytest.fail(f"proxy ignored SIGTERM for {PROXY_STOP_TIMEOUT:g} s\n{running.stderr()}")
+    log_text = running.stderr()
+    if running.workdir is not None:
+        shutil.rmtree(running.workdir, ignore_errors=True)
+    assert code == 0, f"proxy exited {code} after SIGTERM\n{log_text}"
+    assert "Traceback" not in log_text, log_text
+
+
+def stop_process(proc: subprocess.Popen) -> None:
+    """SIGTERM a helper process (an adapter) and reap it, killing it if it lingers."""
+    if proc.poll() is None:
+        proc.terminate()
         try:
-            code = proc.wait(PROXY_STOP_TIMEOUT)
+            proc.wait(5)
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
-            pytest.fail(f"proxy ignored SIGTERM for {PROXY_STOP_TIMEOUT:g} s\n{running.stderr()}")
-        log_text = running.stderr()
+
+
+#: Set to 1 to run every test that uses the ``proxy`` fixture (the CLI matrix, docker-py, ...)
+#: through a proxy whose adapters file sends every request and response, "* *", through a null
+#: adapter: pre- and post-hooks that change nothing must change nothing, byte for byte.
+HOOKED = os.environ.get("POWERSTRIP_E2E_HOOKED", "") not in ("", "0")
+NULL_ADAPTER = REPO / "adapters" / "null_adapter.py"
+
+
+@dataclass
+class NullAdapterProcess:
+    """``adapters/null_adapter.py``, listening on a TCP port of its choosing."""
+
+    url: str
+    proc: subprocess.Popen
+    stderr_path: Path
+
+    def calls(self) -> int:
+        """How many hook calls it has answered (it logs one line per call)."""
+        try:
+            return self.stderr_path.read_text(errors="replace").count('"POST ')
+        except OSError:
+            return 0
+
+
+def start_null_adapter(workdir: Path) -> NullAdapterProcess:
+    """Start the null adapter on 127.0.0.1, any free port; return once it listens."""
+    stdout_path, stderr_path = workdir / "null-adapter.out", workdir / "null-adapter.err"
+    with open(stdout_path, "wb") as out, open(stderr_path, "wb") as err:
+        proc = subprocess.Popen(
+            [sys.executable, str(NULL_ADAPTER), "--listen", "127.0.0.1:0"],
+            stdin=subprocess.DEVNULL, stdout=out, stderr=err,
+        )
+    url = await_line(proc, stdout_path, "listening on ", 10, "null adapter", stderr_path)
+    return NullAdapterProcess(url, proc, stderr_path)
+
+
+def catch_all_config(url: str) -> str:
+    """An adapters file that runs ``url`` as a pre- and post-hook on every request."""
+    return (
+        "version: 1\n"
+        "endpoints:\n"
+        '  "* *":\n'
+        "    pre: [null_adapter]\n"
+        "    post: [null_adapter]\n"
+        "adapters:\n"
+        f"  null_adapter: {url}\n"
+    )
+
+
+@pytest.fixture(scope="session")
+def proxy(engine: Engine) -> Iterator[ProxyProcess]:
+    """The real proxy forwarding to ``engine``: with no adapters configured, or, when
+    ``POWERSTRIP_E2E_HOOKED=1``, with the null adapter as a catch-all pre- and post-hook.
+
+    At teardown it must exit 0 within 10 s of SIGTERM.
+    """
+    if not HOOKED:
+        running = launch_proxy(engine.host)
+        try:
+            yield running
+        finally:
+            stop_proxy(running)
+        return
+
+    workdir = Path(tempfile.mkdtemp(prefix="ps-hooked-"))
+    adapter = start_null_adapter(workdir)
+    try:
+        config = workdir / "adapters.yml"
+        config.write_text(catch_all_config(adapter.url))
+        running = launch_proxy(engine.host, config)
+        try:
+            # Prove the hooks are in force before the suite relies on them: one request, one
+            # pre-hook call and one post-hook call.
+            ok(docker(running.host, "version", "--format", "{{.Server.APIVersion}}"))
+            assert wait_for(lambda: adapter.calls() >= 2, 5), (
+                f"the null adapter saw no hook calls\n{running.stderr()}")
+            yield running
+        finally:
+            stop_proxy(running)
+        print(f"\nnull adapter answered {adapter.calls()} hook calls", file=sys.stderr)
+    finally:
+        stop_process(adapter.proc)
         shutil.rmtree(workdir, ignore_errors=True)
-        assert code == 0, f"proxy exited {code} after SIGTERM\n{log_text}"
-        assert "Traceback" not in log_text, log_text
 
 
 @pytest.fixture(scope="session")
