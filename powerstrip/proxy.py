@@ -39,7 +39,7 @@ from powerstrip.framing import (
 )
 from powerstrip.hooks import HookError
 from powerstrip.live import LiveConfig
-from powerstrip.matching import SpellingError
+from powerstrip.matching import SpellingError, canonical_path
 from powerstrip.plans import Plan, is_json, is_stream, is_text
 from powerstrip.wire import ClientRequest, ServerResponse
 
@@ -115,8 +115,10 @@ class Exchange:
         self.collect = False
         self.response_raw: list[bytes] = []
         if plan is not None and plan.post and not head.may_hijack:
-            path, _, query = head.target.decode("latin-1").partition("?")
-            self.collect = not is_stream(path, query)
+            target = head.target.decode("latin-1")
+            # The routed path, so that no spelling of a stream gets it held for post-hooks.
+            path = canonical_path(target) or target.partition("?")[0]
+            self.collect = not is_stream(path, target.partition("?")[2])
         if self.collect:
             self.response: ResponseReader = CollectingResponseReader(head.method)
         else:

@@ -1027,3 +1027,25 @@ def test_null_adapter_echoes_both_hook_types(tmp_path):
             conn.close()
     finally:
         stop_process(null.proc)
+
+
+@pytest.mark.timeout(60)
+def test_a_stream_spelled_oddly_is_still_a_stream(engine, adapter, hooked_proxy, scratch):
+    """/even%74s routes to /events: post-hooks must not hold it back waiting for its end."""
+    post_log = new_log()
+    proxy = hooked_proxy(adapters_file(
+        {"* *": {"post": ["post"]}}, {"post": adapter.url(f"/record/{post_log}")},
+    ))
+    watched = scratch.name("spelled")
+    conn = Conn(proxy.host)
+    try:
+        conn.send("GET", f"/v1.41/even%74s?filters=%7B%22container%22%3A%5B%22{watched}%22%5D%7D")
+        response = conn.read(head_only=True)
+        assert response.status == 200
+        ok(docker(engine.host, "create", "--name", watched, "busybox"))
+        deadline = time.monotonic() + 5
+        while b'"create"' not in conn.buffer and time.monotonic() < deadline:
+            conn._more()
+        assert b'"create"' in conn.buffer, "the event did not stream through"
+    finally:
+        conn.close()
