@@ -12,7 +12,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import treq
 from twisted.internet import defer
@@ -199,37 +199,34 @@ class AdapterClient:
         return (f"adapter {adapter.name} ({adapter.url}) {cause} on {what} "
                 f"(endpoint \"{hook.endpoint}\")")
 
-    @defer.inlineCallbacks
-    def run_pre(self, hooks: Sequence[Hook], request: ClientRequest) -> defer.Generator:
+    def run_pre(self, hooks: Sequence[Hook], request: ClientRequest) -> defer.Deferred:
         """Run pre-hooks in order, each seeing what the one before returned."""
-        for hook in hooks:
-            what = f"pre-hook for {request.method} {request.request}"
-            try:
-                answer = yield self.post(hook, pre_hook_call(request), what)
-                try:
-                    request = parse_pre_hook_answer(answer, request)
-                except AnswerError as exc:
-                    raise HookError(502, self._describe(
-                        hook, what, f"bad answer: {exc}")) from None
-            except HookError as exc:
-                if exc.status in (502, 504) and hook.adapter.on_error == "skip":
-                    log.warning("skipping adapter %s (on_error: skip): %s",
-                                hook.adapter.name, exc.message)
-                    continue
-                raise
-        return request
+        return self._chain(
+            hooks, request, lambda r: f"pre-hook for {r.method} {r.request}",
+            pre_hook_call, parse_pre_hook_answer,
+        )
 
-    @defer.inlineCallbacks
     def run_post(
         self, hooks: Sequence[Hook], request: ClientRequest, response: ServerResponse
-    ) -> defer.Generator:
+    ) -> defer.Deferred:
         """Run post-hooks in order, each seeing the response the one before returned."""
+        what = f"post-hook for {request.method} {request.request}"
+        return self._chain(
+            hooks, response, lambda _: what,
+            lambda r: post_hook_call(request, r), parse_post_hook_answer,
+        )
+
+    @defer.inlineCallbacks
+    def _chain(
+        self, hooks: Sequence[Hook], value: object, describe: Callable[[object], str],
+        encode: Callable[[object], bytes], parse: Callable[[bytes, object], object],
+    ) -> defer.Generator:
         for hook in hooks:
-            what = f"post-hook for {request.method} {request.request}"
+            what = describe(value)
             try:
-                answer = yield self.post(hook, post_hook_call(request, response), what)
+                answer = yield self.post(hook, encode(value), what)
                 try:
-                    response = parse_post_hook_answer(answer, response)
+                    value = parse(answer, value)
                 except AnswerError as exc:
                     raise HookError(502, self._describe(
                         hook, what, f"bad answer: {exc}")) from None
@@ -239,7 +236,7 @@ class AdapterClient:
                                 hook.adapter.name, exc.message)
                     continue
                 raise
-        return response
+        return value
 
     def close(self) -> defer.Deferred:
         """Close the pooled connections."""
