@@ -14,6 +14,7 @@ import os
 import re
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import threading
@@ -22,6 +23,7 @@ import urllib.request
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
@@ -1049,3 +1051,133 @@ def test_a_stream_spelled_oddly_is_still_a_stream(engine, adapter, hooked_proxy,
         assert b'"create"' in conn.buffer, "the event did not stream through"
     finally:
         conn.close()
+
+
+# -- adapter connections: pooled keep-alive, https ---------------------------------------------
+
+
+class CountingServer(ThreadingHTTPServer):
+    """A null adapter that counts the connections it accepts and the calls it answers."""
+
+    daemon_threads = True
+
+    def __init__(self, context: ssl.SSLContext | None = None) -> None:
+        super().__init__(("127.0.0.1", 0), _Echo)
+        self.connections = 0
+        self.calls = 0
+        self.lock = threading.Lock()
+        if context is not None:
+            self.socket = context.wrap_socket(self.socket, server_side=True)
+
+
+class _Echo(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    wbufsize = -1
+    server: CountingServer
+
+    def setup(self) -> None:
+        super().setup()
+        with self.server.lock:
+            self.server.connections += 1
+
+    def do_POST(self) -> None:  # noqa: N802 - http.server's name
+        call = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+        key = "ClientRequest" if call["Type"] == "pre-hook" else "ServerResponse"
+        answer = json.dumps({"PowerstripProtocolVersion": 1,
+                             f"Modified{key}": call[key]}).encode()
+        with self.server.lock:
+            self.server.calls += 1
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(answer)))
+        self.end_headers()
+        self.wfile.write(answer)
+
+    def log_message(self, format: str, *args: object) -> None:  # noqa: A002
+        pass
+
+
+def serve(server: CountingServer) -> Iterator[CountingServer]:
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield server
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+@pytest.fixture
+def counting() -> Iterator[CountingServer]:
+    yield from serve(CountingServer())
+
+
+@pytest.mark.timeout(90)
+def test_adapter_calls_reuse_a_pooled_keep_alive_connection(hooked_proxy, counting):
+    port = counting.server_address[1]
+    proxy = hooked_proxy(adapters_file(
+        {"GET /*/containers/json": {"pre": ["count"]}},
+        {"count": f"http://127.0.0.1:{port}/"},
+    ))
+    kept = Conn(proxy.host)
+    try:
+        for _ in range(10):
+            assert kept.request("GET", "/v1.41/containers/json").status == 200
+    finally:
+        kept.close()
+    for _ in range(5):  # new client connections share the same pool
+        fresh = Conn(proxy.host)
+        try:
+            assert fresh.request("GET", "/containers/json").status == 200
+        finally:
+            fresh.close()
+    assert counting.calls == 15
+    assert counting.connections == 1
+
+
+@pytest.fixture
+def certificate(tmp_path: Path) -> tuple[Path, Path]:
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+         "-subj", "/CN=localhost", "-addext", "subjectAltName=DNS:localhost",
+         "-keyout", str(key), "-out", str(cert)],
+        check=True, capture_output=True,
+    )
+    return cert, key
+
+
+@pytest.fixture
+def tls_counting(certificate: tuple[Path, Path]) -> Iterator[CountingServer]:
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(*map(str, certificate))
+    yield from serve(CountingServer(context))
+
+
+@pytest.mark.timeout(90)
+def test_https_adapter_with_a_trusted_certificate(
+    hooked_proxy, tls_counting, certificate, monkeypatch
+):
+    # OpenSSL's default verify paths honour SSL_CERT_FILE: the proxy trusts this one CA.
+    monkeypatch.setenv("SSL_CERT_FILE", str(certificate[0]))
+    port = tls_counting.server_address[1]
+    proxy = hooked_proxy(adapters_file(
+        {"GET /*/containers/json": {"pre": ["secure"]}},
+        {"secure": f"https://localhost:{port}/hook"},
+    ))
+    assert Conn(proxy.host).request("GET", "/v1.41/containers/json").status == 200
+    assert tls_counting.calls == 1
+
+
+@pytest.mark.timeout(90)
+def test_https_adapter_with_an_untrusted_certificate_is_a_502(hooked_proxy, tls_counting):
+    port = tls_counting.server_address[1]
+    proxy = hooked_proxy(adapters_file(
+        {"GET /*/containers/json": {"pre": ["secure"]}},
+        {"secure": f"https://localhost:{port}/hook"},
+    ))
+    response = Conn(proxy.host).request("GET", "/v1.41/containers/json")
+    assert response.status == 502
+    message = json.loads(response.body)["message"]
+    assert "adapter secure" in message and "certificate" in message.lower()
+    assert tls_counting.calls == 0
