@@ -197,6 +197,8 @@ class ClientConnection(Protocol):
 
     def _handle(self, events: list) -> None:
         for event in events:
+            if self.closing:
+                return  # refused part-way (413, a hook failure): the rest is not for anyone
             kind = event.__class__
             if kind is Body:
                 exchange = self.exchange
