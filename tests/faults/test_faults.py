@@ -4,6 +4,7 @@ unix socket so each fault can be produced on purpose; the e2e suite covers the r
 
 from __future__ import annotations
 
+import grp
 import json
 import os
 import signal
@@ -287,3 +288,42 @@ def test_connection_close_from_the_daemon_reaches_the_client(proxy_factory, tmp_
     sock.sendall(b"GET /_ping HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
     assert read_response(sock)[1] == b"OK"
     assert sock.recv(10) == b""
+
+
+def test_environment_fallbacks_and_several_listeners(tmp_path):
+    def handle(conn: socket.socket) -> None:
+        with conn:
+            while conn.recv(65536):
+                conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nOK")
+
+    daemon = FakeDaemon(tmp_path / "d.sock", handle)
+    listen = tmp_path / "p.sock"
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "powerstrip", "serve", "--socket-group", "daemon"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd="/",
+        env={**os.environ, "POWERSTRIP_LISTEN": f"127.0.0.1:{port},unix://{listen}",
+             "POWERSTRIP_UPSTREAM": daemon.host, "POWERSTRIP_CONFIG": ""},
+    )
+    try:
+        assert proc.stdout.readline().strip() == f"export DOCKER_HOST=tcp://127.0.0.1:{port}"
+        assert listen.stat().st_gid == grp.getgrnam("daemon").gr_gid
+        for connect in (
+            lambda: socket.create_connection(("127.0.0.1", port), timeout=10),
+            lambda: _unix(listen),
+        ):
+            with connect() as sock:
+                sock.sendall(b"GET /_ping HTTP/1.1\r\nHost: x\r\n\r\n")
+                assert read_response(sock)[1] == b"OK"
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(10) == 0
+
+
+def _unix(path: Path) -> socket.socket:
+    sock = socket.socket(socket.AF_UNIX)
+    sock.settimeout(10)
+    sock.connect(str(path))
+    return sock
