@@ -135,3 +135,19 @@ def test_built_responses_frame_their_body(code, body):
     assert reader.head.header(b"api-version") == b"1.41"
     assert reader.head.header(b"content-type") == b"application/json"
     assert raw.endswith(b"\r\n\r\n" + (b"" if code in (204, 304) else data))
+
+
+def test_load_time_warning_names_post_hooks_that_streams_pass_by():
+    from powerstrip.live import stream_warnings
+
+    config = parse_config(
+        'endpoints:\n'
+        '  "* *":\n    post: [a]\n'
+        '  "GET /*/containers/*/json":\n    post: [a]\n'
+        '  "POST /*/containers/*/wait":\n    pre: [a]\n'
+        'adapters:\n  a: http://a/\n'
+    )
+    warnings = stream_warnings(config)
+    assert len(warnings) == 1  # only the catch-all covers streams; pre-hooks always run
+    assert '"* *" (line 2)' in warnings[0]
+    assert "GET /v1.41/events" in warnings[0] and "POST /v1.41/containers/c/wait" in warnings[0]
