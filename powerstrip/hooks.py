@@ -87,11 +87,15 @@ class _Endpoints:
     def __init__(self, reactor: object) -> None:
         self.reactor = reactor
         self.paths: dict[bytes, str] = {}
+        self.hosts: dict[str, str] = {}
 
     def host_for(self, path: str) -> str:
-        # A hash keeps the name a valid host label whatever the path's characters and length.
-        host = "unix-" + hashlib.sha256(path.encode()).hexdigest()[:32] + ".invalid"
-        self.paths[host.encode()] = path
+        host = self.hosts.get(path)
+        if host is None:
+            # A hash keeps the name a valid host label whatever the path's characters and length.
+            host = "unix-" + hashlib.sha256(path.encode()).hexdigest()[:32] + ".invalid"
+            self.hosts[path] = host
+            self.paths[host.encode()] = path
         return host
 
     def endpointForURI(self, uri: object) -> object:  # noqa: N802 - Twisted's name
