@@ -1,0 +1,504 @@
+"""Write a Powerstrip adapter in a few lines: hooks are functions, registered by endpoint pattern.
+
+::
+
+    from powerstrip.adapter import Adapter, Refuse
+
+    app = Adapter("policy")
+
+    @app.pre("POST /*/containers/create")
+    def no_privileged(req):
+        if req.json and req.json.get("HostConfig", {}).get("Privileged"):
+            raise Refuse(403, "privileged containers are not allowed")
+        return req
+
+    @app.post("GET /*/containers/*/json")
+    def label(req, resp):
+        data = resp.json
+        data["Config"]["Labels"]["seen"] = "yes"
+        return resp.with_json(data)
+
+    if __name__ == "__main__":
+        app.run()  # --listen HOST:PORT or --unix PATH
+
+Patterns are endpoint keys as in the adapters file (``METHOD PATH-GLOB``) and match exactly as
+the proxy matches them (``powerstrip.matching.Matcher``), so an adapter may listen at one URL for
+many endpoints and route the calls itself. A pre-hook gets a ``Request`` and returns it, a
+changed copy, or None (unchanged); a post-hook gets the ``Request`` and a ``Response`` and returns
+the response likewise. A hook may also return a Deferred, or be ``async def``. Several hooks
+matching one call run in registration order, each getting what the previous one returned.
+Raising ``Refuse`` answers a status of the hook's choosing, which the proxy passes to the client.
+The wire format is in ``docs/protocol.md``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import inspect
+import json
+import logging
+import os
+import re
+import sys
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any, TypeVar
+from urllib.parse import parse_qs
+
+from twisted.internet import defer
+from twisted.web import resource, server
+
+from powerstrip.matching import Matcher, SpellingError
+from powerstrip.wire import PROTOCOL_VERSION, ClientRequest, ServerResponse
+
+__all__ = ["Adapter", "Refuse", "Request", "Response"]
+
+log = logging.getLogger("powerstrip.adapter")
+
+_METHOD = re.compile(r"\*|[A-Z]+")
+# None is a meaningful content type (the daemon sent none), so "not given" needs its own marker.
+_KEEP: Any = object()
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+class Refuse(Exception):  # noqa: N818 - the name reads as what a hook does
+    """Raised by a hook to refuse the call: the adapter answers ``status`` with
+    ``{"message": message}``, and the proxy gives the client that status and message."""
+
+    def __init__(self, status: int, message: str) -> None:
+        # A 2xx would be read by the proxy as an answer, and a malformed one at that.
+        if not 300 <= status <= 599:
+            raise ValueError(f"a refusal status must be 300-599, not {status}")
+        super().__init__(status, message)
+        self.status = status
+        self.message = message
+
+    def __str__(self) -> str:
+        return f"{self.status} {self.message}"
+
+
+def _parse_json(text: str | None) -> Any:
+    if not text:
+        return None
+    try:
+        return json.loads(text)
+    except ValueError:
+        return None
+
+
+@dataclass(frozen=True)
+class Request:
+    """The client's request as a hook sees it.
+
+    ``target`` is the raw request target (path and query, as the client spelled it); ``body`` is
+    the JSON body as text, or None when the proxy shows none (no body, or one that is not JSON).
+    Instances are immutable: hooks return changed copies.
+    """
+
+    method: str
+    target: str
+    body: str | None = None
+
+    @property
+    def path(self) -> str:
+        """The target without its query string, as spelled (not percent-decoded)."""
+        return self.target.partition("?")[0]
+
+    @property
+    def query(self) -> dict[str, list[str]]:
+        """The query string's parameters, each with its list of values."""
+        return parse_qs(self.target.partition("?")[2], keep_blank_values=True)
+
+    @property
+    def json(self) -> Any:
+        """The body parsed, or None if there is none or it is not JSON.
+
+        Each access parses afresh, so the result may be changed and passed to ``with_json``.
+        """
+        return _parse_json(self.body)
+
+    def with_json(self, obj: Any) -> Request:
+        """A copy whose body is ``obj`` serialised as JSON."""
+        return dataclasses.replace(self, body=json.dumps(obj))
+
+    def replace(
+        self,
+        *,
+        method: str | None = None,
+        target: str | None = None,
+        path: str | None = None,
+        body: str | None = _KEEP,
+    ) -> Request:
+        """A copy with the given fields changed. ``path`` changes the path and keeps the query
+        string; ``target`` replaces both."""
+        if target is not None and path is not None:
+            raise ValueError("give target or path, not both")
+        if path is not None:
+            _, mark, query = self.target.partition("?")
+            target = path + mark + query
+        return Request(
+            method if method is not None else self.method,
+            target if target is not None else self.target,
+            self.body if body is _KEEP else body,
+        )
+
+    @classmethod
+    def from_wire(cls, request: ClientRequest) -> Request:
+        """The hook-side view of a ``ClientRequest``."""
+        return cls(request.method, request.request, request.body)
+
+    def to_wire(self) -> ClientRequest:
+        """This request as the wire module encodes it."""
+        return ClientRequest(self.method, self.target, self.body)
+
+
+@dataclass(frozen=True)
+class Response:
+    """The daemon's response as a post-hook sees it; ``body`` is text (``""`` when empty)."""
+
+    code: int
+    content_type: str | None
+    body: str | None
+
+    @property
+    def json(self) -> Any:
+        """The body parsed, or None if it is not JSON; a fresh object on every access."""
+        return _parse_json(self.body)
+
+    def with_json(self, obj: Any, content_type: str = "application/json") -> Response:
+        """A copy whose body is ``obj`` serialised as JSON, labelled ``content_type``."""
+        return dataclasses.replace(self, body=json.dumps(obj), content_type=content_type)
+
+    def replace(
+        self,
+        *,
+        code: int | None = None,
+        content_type: str | None = _KEEP,
+        body: str | None = _KEEP,
+    ) -> Response:
+        """A copy with the given fields changed (``content_type=None`` removes the header)."""
+        return Response(
+            code if code is not None else self.code,
+            self.content_type if content_type is _KEEP else content_type,
+            self.body if body is _KEEP else body,
+        )
+
+    @classmethod
+    def from_wire(cls, response: ServerResponse) -> Response:
+        """The hook-side view of a ``ServerResponse``."""
+        return cls(response.code, response.content_type, response.body)
+
+    def to_wire(self) -> ServerResponse:
+        """This response as the wire module encodes it."""
+        return ServerResponse(self.content_type, self.body, self.code)
+
+
+@dataclass(frozen=True)
+class _Hook:
+    """A registered hook; ``method`` and ``pattern`` are what ``Matcher`` reads."""
+
+    kind: str
+    method: str
+    pattern: str
+    func: Callable[..., Any]
+
+    @property
+    def name(self) -> str:
+        return getattr(self.func, "__qualname__", repr(self.func))
+
+
+class _BadCall(ValueError):
+    """A hook call that does not follow the protocol."""
+
+
+def _field(obj: dict[str, Any], owner: str, name: str, kinds: tuple[type, ...]) -> Any:
+    if name not in obj:
+        raise _BadCall(f"{owner} has no {name}")
+    value = obj[name]
+    if not isinstance(value, kinds) or isinstance(value, bool):
+        wanted = " or ".join("null" if k is type(None) else k.__name__ for k in kinds)
+        raise _BadCall(f"{owner}.{name} must be {wanted}, not {json.dumps(value)[:60]}")
+    return value
+
+
+def _decode_call(payload: bytes) -> tuple[str, Request, Response | None]:
+    """The hook type, request and (for post-hooks) response of a hook-call document."""
+    try:
+        document = json.loads(payload)
+    except (UnicodeDecodeError, ValueError) as exc:
+        raise _BadCall(f"not JSON ({exc})") from None
+    if not isinstance(document, dict):
+        raise _BadCall(f"a JSON {type(document).__name__}, not an object")
+    version = document.get("PowerstripProtocolVersion", PROTOCOL_VERSION)
+    if version != PROTOCOL_VERSION:
+        raise _BadCall(f"PowerstripProtocolVersion {version!r} is not supported, only 1")
+    kind = document.get("Type")
+    if kind not in ("pre-hook", "post-hook"):
+        raise _BadCall(f"Type must be \"pre-hook\" or \"post-hook\", not {json.dumps(kind)}")
+    wire_request = document.get("ClientRequest")
+    if not isinstance(wire_request, dict):
+        raise _BadCall("no ClientRequest object")
+    request = Request(
+        _field(wire_request, "ClientRequest", "Method", (str,)),
+        _field(wire_request, "ClientRequest", "Request", (str,)),
+        _field(wire_request, "ClientRequest", "Body", (str, type(None))),
+    )
+    if kind == "pre-hook":
+        return kind, request, None
+    wire_response = document.get("ServerResponse")
+    if not isinstance(wire_response, dict):
+        raise _BadCall("post-hook call has no ServerResponse object")
+    response = Response(
+        _field(wire_response, "ServerResponse", "Code", (int,)),
+        _field(wire_response, "ServerResponse", "ContentType", (str, type(None))),
+        _field(wire_response, "ServerResponse", "Body", (str, type(None))),
+    )
+    return kind, request, response
+
+
+def _document(obj: dict[str, Any]) -> bytes:
+    return json.dumps(obj).encode()
+
+
+async def _call(func: Callable[..., Any], *args: Any) -> Any:
+    """Call a hook and wait for its result, whether a value, a Deferred or a coroutine."""
+    result = func(*args)
+    if inspect.isawaitable(result):
+        result = await result
+    return result
+
+
+class Adapter:
+    """A Powerstrip adapter: a named set of pre-hooks and post-hooks, and a server for them."""
+
+    def __init__(self, name: str) -> None:
+        """``name`` appears in error messages and log lines."""
+        self.name = name
+        self._hooks: dict[str, list[_Hook]] = {"pre-hook": [], "post-hook": []}
+        self._matchers: dict[str, Matcher[_Hook]] = {}
+
+    # -- registration -----------------------------------------------------------------------
+
+    def pre(self, pattern: str) -> Callable[[F], F]:
+        """Register the decorated function as a pre-hook for the endpoint key ``pattern``.
+
+        It is called as ``func(request)`` and returns a ``Request``, or None for unchanged.
+        """
+        return self._register("pre-hook", pattern)
+
+    def post(self, pattern: str) -> Callable[[F], F]:
+        """Register the decorated function as a post-hook for the endpoint key ``pattern``.
+
+        It is called as ``func(request, response)`` and returns a ``Response``, or None for
+        unchanged.
+        """
+        return self._register("post-hook", pattern)
+
+    def _register(self, kind: str, pattern: str) -> Callable[[F], F]:
+        method, glob = _parse_pattern(pattern)
+
+        def decorate(func: F) -> F:
+            self._hooks[kind].append(_Hook(kind, method, glob, func))
+            # Rebuilt on the next call, so hooks may be added at any time.
+            self._matchers.pop(kind, None)
+            return func
+
+        return decorate
+
+    def matching(self, kind: str, request: Request) -> list[_Hook]:
+        """The hooks of ``kind`` ("pre-hook" or "post-hook") matching ``request``, in order."""
+        matcher = self._matchers.get(kind)
+        if matcher is None:
+            matcher = self._matchers[kind] = Matcher(self._hooks[kind])
+        try:
+            return matcher.match(request.method, request.target)
+        except SpellingError:
+            # The proxy refuses such targets before calling anyone; nothing here can match.
+            return []
+
+    # -- handling ---------------------------------------------------------------------------
+
+    def handle(self, payload: bytes) -> defer.Deferred[tuple[int, bytes]]:
+        """Process one hook-call document; fires with the HTTP status and body to answer.
+
+        Never fails: a malformed call gives 400, a ``Refuse`` its status, a hook that raises
+        500, each with a JSON ``{"message": ...}`` body.
+        """
+        return defer.ensureDeferred(self._handle(payload))
+
+    async def _handle(self, payload: bytes) -> tuple[int, bytes]:
+        started = time.monotonic()
+        kind, what, names = "?", "-", "-"
+        try:
+            kind, request, response = _decode_call(payload)
+        except _BadCall as exc:
+            status, document, outcome = (
+                400, {"message": f"adapter {self.name}: not a hook call: {exc}"}, "bad call"
+            )
+        else:
+            what = f"{request.method} {request.target}"
+            hooks = self.matching(kind, request)
+            names = ",".join(hook.name for hook in hooks) or "-"
+            try:
+                document = await self._run(kind, hooks, request, response)
+                status, outcome = 200, "answered" if hooks else "no hook"
+            except Refuse as refusal:
+                status, document, outcome = refusal.status, {"message": refusal.message}, "refused"
+            except _HookFailed as failure:
+                status, document, outcome = 500, {"message": str(failure)}, "error"
+        ms = (time.monotonic() - started) * 1000
+        log.info("%s %s [%s] %d %s %.1f ms", kind, what, names, status, outcome, ms)
+        return status, _document(document)
+
+    async def _run(
+        self, kind: str, hooks: Sequence[_Hook], request: Request, response: Response | None
+    ) -> dict[str, Any]:
+        """Run ``hooks`` in order and give the answer document."""
+        if kind == "pre-hook":
+            for hook in hooks:
+                result = await self._invoke(hook, request)
+                request = self._check(hook, result, Request, request)
+            return {
+                "PowerstripProtocolVersion": PROTOCOL_VERSION,
+                "ModifiedClientRequest": request.to_wire().to_wire(),
+            }
+        assert response is not None
+        for hook in hooks:
+            result = await self._invoke(hook, request, response)
+            response = self._check(hook, result, Response, response)
+        return {
+            "PowerstripProtocolVersion": PROTOCOL_VERSION,
+            "ModifiedServerResponse": response.to_wire().to_wire(),
+        }
+
+    async def _invoke(self, hook: _Hook, *args: Any) -> Any:
+        try:
+            return await _call(hook.func, *args)
+        except Refuse:
+            raise
+        except Exception as exc:
+            log.exception("adapter %s: %s %s failed", self.name, hook.kind, hook.name)
+            raise _HookFailed(
+                f"adapter {self.name}: {hook.kind} {hook.name} failed: {type(exc).__name__}: {exc}"
+            ) from exc
+
+    def _check(self, hook: _Hook, result: Any, kind: type, previous: Any) -> Any:
+        if result is None:
+            return previous
+        if not isinstance(result, kind):
+            message = (
+                f"adapter {self.name}: {hook.kind} {hook.name} returned a "
+                f"{type(result).__name__}, not a {kind.__name__} or None"
+            )
+            log.error("%s", message)
+            raise _HookFailed(message)
+        return result
+
+    # -- serving ----------------------------------------------------------------------------
+
+    def resource(self) -> resource.Resource:
+        """A twisted.web resource answering hook calls POSTed to any path."""
+        return _AdapterResource(self)
+
+    def run(self, argv: Sequence[str] | None = None) -> None:
+        """Serve on ``--listen HOST:PORT`` or ``--unix PATH`` until interrupted.
+
+        Prints ``listening on URL`` once listening (with the real port when port 0 was asked)
+        and logs one line per call to stderr.
+        """
+        from twisted.internet import endpoints, reactor
+
+        parser = argparse.ArgumentParser(description=f"Powerstrip adapter {self.name}")
+        where = parser.add_mutually_exclusive_group(required=True)
+        where.add_argument("--listen", metavar="HOST:PORT", help="a TCP address (port 0: any)")
+        where.add_argument("--unix", metavar="PATH", help="a unix socket path")
+        args = parser.parse_args(argv)
+        logging.basicConfig(level=logging.INFO, stream=sys.stderr,
+                            format="%(asctime)s %(name)s %(message)s")
+
+        quote = endpoints.quoteStringArgument
+        if args.unix:
+            # A socket file left by an earlier run would make the bind fail.
+            if os.path.exists(args.unix):
+                os.unlink(args.unix)
+            description = f"unix:{quote(args.unix)}"
+        else:
+            host, _, port = args.listen.rpartition(":")
+            host = host.strip("[]") or "127.0.0.1"
+            if not port.isdigit():
+                parser.error(f"--listen wants HOST:PORT, not {args.listen!r}")
+            description = f"tcp:{port}:interface={quote(host)}"
+        site = server.Site(self.resource())
+        site.noisy = False
+        failed: list[str] = []
+
+        def listening(port: Any) -> None:
+            if args.unix:
+                url = f"unix://{args.unix}:/"
+            else:
+                address = port.getHost()
+                shown = f"[{address.host}]" if ":" in address.host else address.host
+                url = f"http://{shown}:{address.port}/"
+            print(f"listening on {url}", flush=True)
+
+        def not_listening(failure: Any) -> None:
+            failed.append(str(failure.value))
+            reactor.stop()
+
+        def start() -> None:
+            endpoint = endpoints.serverFromString(reactor, description)
+            endpoint.listen(site).addCallbacks(listening, not_listening)
+
+        reactor.callWhenRunning(start)
+        reactor.run()
+        if failed:
+            print(f"adapter {self.name}: cannot listen: {failed[0]}", file=sys.stderr)
+            raise SystemExit(1)
+
+
+class _HookFailed(Exception):
+    """A hook raised or returned something it must not; the message names the hook."""
+
+
+def _parse_pattern(pattern: str) -> tuple[str, str]:
+    """Split an endpoint key ``"METHOD PATH-GLOB"``, checked as the adapters file checks it."""
+    parts = pattern.split()
+    if len(parts) != 2 or not _METHOD.fullmatch(parts[0]) or not parts[1].startswith(("/", "*")):
+        raise ValueError(
+            f"a hook pattern is \"METHOD /PATH-GLOB\", e.g. \"POST /*/containers/create\", "
+            f"not {pattern!r}"
+        )
+    return parts[0], parts[1]
+
+
+class _AdapterResource(resource.Resource):
+    """Answers POSTs at any path with ``Adapter.handle``."""
+
+    isLeaf = True
+
+    def __init__(self, adapter: Adapter) -> None:
+        super().__init__()
+        self._adapter = adapter
+
+    def render_POST(self, request: server.Request) -> Any:  # noqa: N802 - twisted.web's name
+        """Hand the call to the adapter and answer when its hooks are done."""
+        payload = request.content.read() if request.content is not None else b""
+        gone: list[bool] = []
+        request.notifyFinish().addErrback(lambda _: gone.append(True))
+
+        def answer(result: tuple[int, bytes]) -> None:
+            if gone:
+                return
+            status, body = result
+            request.setResponseCode(status)
+            request.setHeader(b"Content-Type", b"application/json")
+            # A length instead of chunked encoding, and the body in one write.
+            request.setHeader(b"Content-Length", str(len(body)).encode())
+            request.write(body)
+            request.finish()
+
+        self._adapter.handle(payload).addCallback(answer)
+        return server.NOT_DONE_YET
