@@ -92,6 +92,13 @@ class FakeDaemon:
             threading.Thread(target=self.handler, args=(conn,), daemon=True).start()
 
 
+def answer_pings(conn: socket.socket) -> None:
+    """A daemon that answers every request on a keep-alive connection with a short 200."""
+    with conn:
+        while conn.recv(65536):
+            conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nOK")
+
+
 def read_response(sock: socket.socket) -> tuple[bytes, bytes]:
     data = b""
     while b"\r\n\r\n" not in data:
@@ -212,12 +219,7 @@ def test_daemon_closing_without_an_answer_is_a_502(proxy_factory, tmp_path):
 
 
 def test_no_file_descriptors_leak_over_many_connections(proxy_factory, tmp_path):
-    def handle(conn: socket.socket) -> None:
-        with conn:
-            while conn.recv(65536):
-                conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nOK")
-
-    daemon = FakeDaemon(tmp_path / "d.sock", handle)
+    daemon = FakeDaemon(tmp_path / "d.sock", answer_pings)
     proxy = proxy_factory(daemon.host)
     baseline = proxy.fd_count()
     for _ in range(100):
@@ -249,12 +251,7 @@ def test_sigterm_lets_an_open_request_finish_then_exits_0(proxy_factory, tmp_pat
 
 
 def test_stale_unix_socket_is_replaced_and_a_live_one_refused(proxy_factory, tmp_path):
-    def handle(conn: socket.socket) -> None:
-        with conn:
-            while conn.recv(65536):
-                conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nOK")
-
-    daemon = FakeDaemon(tmp_path / "d.sock", handle)
+    daemon = FakeDaemon(tmp_path / "d.sock", answer_pings)
     listen = tmp_path / "p.sock"
     stale = socket.socket(socket.AF_UNIX)
     stale.bind(str(listen))
@@ -291,12 +288,7 @@ def test_connection_close_from_the_daemon_reaches_the_client(proxy_factory, tmp_
 
 
 def test_environment_fallbacks_and_several_listeners(tmp_path):
-    def handle(conn: socket.socket) -> None:
-        with conn:
-            while conn.recv(65536):
-                conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nOK")
-
-    daemon = FakeDaemon(tmp_path / "d.sock", handle)
+    daemon = FakeDaemon(tmp_path / "d.sock", answer_pings)
     listen = tmp_path / "p.sock"
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
