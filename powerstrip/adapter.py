@@ -403,19 +403,31 @@ class Adapter:
         """A twisted.web resource answering hook calls POSTed to any path."""
         return _AdapterResource(self)
 
+    def argument_parser(self) -> argparse.ArgumentParser:
+        """The command line ``run`` reads: ``--listen HOST:PORT`` or ``--unix PATH``.
+
+        An adapter with options of its own adds them here, parses, sets itself up from the
+        result, and calls ``serve``.
+        """
+        parser = argparse.ArgumentParser(description=f"Powerstrip adapter {self.name}")
+        where = parser.add_mutually_exclusive_group(required=True)
+        where.add_argument("--listen", metavar="HOST:PORT", help="a TCP address (port 0: any)")
+        where.add_argument("--unix", metavar="PATH", help="a unix socket path")
+        return parser
+
     def run(self, argv: Sequence[str] | None = None) -> None:
         """Serve on ``--listen HOST:PORT`` or ``--unix PATH`` until interrupted.
 
         Prints ``listening on URL`` once listening (with the real port when port 0 was asked)
         and logs one line per call to stderr.
         """
+        self.serve(self.argument_parser().parse_args(argv))
+
+    def serve(self, args: argparse.Namespace) -> None:
+        """Serve at ``args.listen`` or ``args.unix`` (as parsed by ``argument_parser``) until
+        interrupted; see ``run``."""
         from twisted.internet import endpoints, reactor
 
-        parser = argparse.ArgumentParser(description=f"Powerstrip adapter {self.name}")
-        where = parser.add_mutually_exclusive_group(required=True)
-        where.add_argument("--listen", metavar="HOST:PORT", help="a TCP address (port 0: any)")
-        where.add_argument("--unix", metavar="PATH", help="a unix socket path")
-        args = parser.parse_args(argv)
         logging.basicConfig(level=logging.INFO, stream=sys.stderr,
                             format="%(asctime)s %(name)s %(message)s")
 
@@ -429,7 +441,9 @@ class Adapter:
             host, _, port = args.listen.rpartition(":")
             host = host.strip("[]") or "127.0.0.1"
             if not port.isdigit():
-                parser.error(f"--listen wants HOST:PORT, not {args.listen!r}")
+                print(f"adapter {self.name}: --listen wants HOST:PORT, not {args.listen!r}",
+                      file=sys.stderr)
+                raise SystemExit(2)
             description = f"tcp:{port}:interface={quote(host)}"
         site = server.Site(self.resource())
         site.noisy = False
