@@ -95,12 +95,15 @@ class Request:
 
     ``target`` is the raw request target (path and query, as the client spelled it); ``body`` is
     the JSON body as text, or None when the proxy shows none (no body, or one that is not JSON).
-    Instances are immutable: hooks return changed copies.
+    ``call`` is the proxy's identifier for the client request (the same in every hook call made
+    for it, pre and post), None when the caller sent none. Instances are immutable: hooks return
+    changed copies.
     """
 
     method: str
     target: str
     body: str | None = None
+    call: str | None = dataclasses.field(default=None, compare=False)
 
     @property
     def path(self) -> str:
@@ -143,6 +146,7 @@ class Request:
             method if method is not None else self.method,
             target if target is not None else self.target,
             self.body if body is _KEEP else body,
+            self.call,
         )
 
     @classmethod
@@ -224,7 +228,9 @@ def _field(obj: dict[str, Any], owner: str, name: str, kinds: tuple[type, ...]) 
     return value
 
 
-def _decode_call(payload: bytes) -> tuple[str, Request, Response | None]:
+def _decode_call(
+    payload: bytes, call: str | None = None
+) -> tuple[str, Request, Response | None]:
     """The hook type, request and (for post-hooks) response of a hook-call document."""
     try:
         document = json.loads(payload)
@@ -245,6 +251,7 @@ def _decode_call(payload: bytes) -> tuple[str, Request, Response | None]:
         _field(wire_request, "ClientRequest", "Method", (str,)),
         _field(wire_request, "ClientRequest", "Request", (str,)),
         _field(wire_request, "ClientRequest", "Body", (str, type(None))),
+        call,
     )
     if kind == "pre-hook":
         return kind, request, None
@@ -321,19 +328,23 @@ class Adapter:
 
     # -- handling ---------------------------------------------------------------------------
 
-    def handle(self, payload: bytes) -> defer.Deferred[tuple[int, bytes]]:
+    def handle(
+        self, payload: bytes, call: str | None = None
+    ) -> defer.Deferred[tuple[int, bytes]]:
         """Process one hook-call document; fires with the HTTP status and body to answer.
+
+        ``call`` is the proxy's ``Powerstrip-Call`` header, shown to hooks as ``Request.call``.
 
         Never fails: a malformed call gives 400, a ``Refuse`` its status, a hook that raises
         500, each with a JSON ``{"message": ...}`` body.
         """
-        return defer.ensureDeferred(self._handle(payload))
+        return defer.ensureDeferred(self._handle(payload, call))
 
-    async def _handle(self, payload: bytes) -> tuple[int, bytes]:
+    async def _handle(self, payload: bytes, call: str | None) -> tuple[int, bytes]:
         started = time.monotonic()
         kind, what, names = "?", "-", "-"
         try:
-            kind, request, response = _decode_call(payload)
+            kind, request, response = _decode_call(payload, call)
         except _BadCall as exc:
             status, document, outcome = (
                 400, {"message": f"adapter {self.name}: not a hook call: {exc}"}, "bad call"
@@ -514,5 +525,8 @@ class _AdapterResource(resource.Resource):
             request.write(body)
             request.finish()
 
-        self._adapter.handle(payload).addCallback(answer)
+        call = request.getHeader(b"powerstrip-call")
+        done = self._adapter.handle(payload, call.decode("ascii", "replace") if call else None)
+        done.addCallback(answer)
+
         return server.NOT_DONE_YET

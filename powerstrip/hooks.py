@@ -10,7 +10,9 @@ endpoint and the cause.
 from __future__ import annotations
 
 import hashlib
+import itertools
 import logging
+import os
 import time
 from collections.abc import Callable, Sequence
 
@@ -40,6 +42,9 @@ log = logging.getLogger("powerstrip.hooks")
 #: An adapter's answer larger than this is a bad answer: it can only be the request or response
 #: it was sent, which are themselves limited by ``max_body``.
 ANSWER_SLACK = 64 * 1024
+
+#: The request header naming the client request a hook call is made for (see ``post``).
+CALL_HEADER = b"Powerstrip-Call"
 
 
 class HookError(Exception):
@@ -122,6 +127,9 @@ class AdapterClient:
             Agent.usingEndpointFactory(reactor, self._endpoints, pool=self.pool)
         )
         self.max_body = max_body
+        # Unique across proxies and restarts, short enough to read in a log line.
+        self._call_prefix = os.urandom(4).hex()
+        self._calls = itertools.count(1)
 
     def _url(self, adapter: Adapter) -> str:
         target = adapter.target
@@ -130,20 +138,25 @@ class AdapterClient:
         return target.url
 
     @defer.inlineCallbacks
-    def post(self, hook: Hook, payload: bytes, what: str) -> defer.Generator:
+    def post(
+        self, hook: Hook, payload: bytes, what: str, call_id: str | None = None
+    ) -> defer.Generator:
         """POST ``payload`` to the hook's adapter; return the answer's body on a 2xx.
 
         Raises HookError for a refusal (the adapter's status) and for any failure (502/504).
         ``what`` describes the request for messages, e.g. ``pre-hook for POST /containers/create``.
+        ``call_id`` (sent as the ``Powerstrip-Call`` header) is the same for every hook call
+        made for one client request, so an adapter seen twice in a chain can tell what the
+        hooks between its two calls changed.
         """
         adapter = hook.adapter
         started = time.monotonic()
         outcome = "error"
-        call = self._client.post(
-            self._url(adapter), data=payload,
-            headers={b"Content-Type": [b"application/json"]},
-            unbuffered=True,
-        )
+        headers = {b"Content-Type": [b"application/json"]}
+        if call_id is not None:
+            headers[CALL_HEADER] = [call_id.encode("ascii")]
+        call = self._client.post(self._url(adapter), data=payload, headers=headers,
+                                 unbuffered=True)
         call.addCallback(self._read, len(payload))
         # Cancelling surfaces as whatever the HTTP client was doing at that moment (often
         # "response never received"), so the timer itself records that it fired.
@@ -203,32 +216,45 @@ class AdapterClient:
         return (f"adapter {adapter.name} ({adapter.url}) {cause} on {what} "
                 f"(endpoint \"{hook.endpoint}\")")
 
-    def run_pre(self, hooks: Sequence[Hook], request: ClientRequest) -> defer.Deferred:
+    def new_call_id(self) -> str:
+        """A fresh identifier for the hook calls of one client request."""
+        return f"{self._call_prefix}-{next(self._calls)}"
+
+    def run_pre(
+        self, hooks: Sequence[Hook], request: ClientRequest, call_id: str | None = None
+    ) -> defer.Deferred:
         """Run pre-hooks in order, each seeing what the one before returned."""
         return self._chain(
             hooks, request, lambda r: f"pre-hook for {r.method} {r.request}",
-            pre_hook_call, parse_pre_hook_answer,
+            pre_hook_call, parse_pre_hook_answer, call_id,
         )
 
     def run_post(
-        self, hooks: Sequence[Hook], request: ClientRequest, response: ServerResponse
+        self,
+        hooks: Sequence[Hook],
+        request: ClientRequest,
+        response: ServerResponse,
+        call_id: str | None = None,
     ) -> defer.Deferred:
         """Run post-hooks in order, each seeing the response the one before returned."""
         what = f"post-hook for {request.method} {request.request}"
         return self._chain(
             hooks, response, lambda _: what,
-            lambda r: post_hook_call(request, r), parse_post_hook_answer,
+            lambda r: post_hook_call(request, r), parse_post_hook_answer, call_id,
         )
 
     @defer.inlineCallbacks
     def _chain(
         self, hooks: Sequence[Hook], value: object, describe: Callable[[object], str],
         encode: Callable[[object], bytes], parse: Callable[[bytes, object], object],
+        call_id: str | None = None,
     ) -> defer.Generator:
+        if call_id is None:
+            call_id = self.new_call_id()
         for hook in hooks:
             what = describe(value)
             try:
-                answer = yield self.post(hook, encode(value), what)
+                answer = yield self.post(hook, encode(value), what, call_id)
                 try:
                     value = parse(answer, value)
                 except AnswerError as exc:

@@ -94,7 +94,7 @@ class Exchange:
 
     __slots__ = (
         "head", "response", "request_done", "response_done", "forwarded", "plan", "held",
-        "held_size", "buffer_json", "hooked_request", "collect", "response_raw",
+        "held_size", "buffer_json", "hooked_request", "collect", "response_raw", "call_id",
     )
 
     def __init__(self, head: RequestHead, plan: Plan | None = None) -> None:
@@ -114,6 +114,8 @@ class Exchange:
         #: Post-hooks see this response: it is held whole instead of forwarded as it comes.
         self.collect = False
         self.response_raw: list[bytes] = []
+        #: Sent with every hook call for this request (``Powerstrip-Call``).
+        self.call_id: str | None = None
         if plan is not None and plan.post and not head.may_hijack:
             target = head.target.decode("latin-1")
             # The routed path, so that no spelling of a stream gets it held for post-hooks.
@@ -281,7 +283,9 @@ class ClientConnection(Protocol):
                 exchange.buffer_json = False  # not text after all: shown as null, sent as is
         request = ClientRequest(head.method.decode("latin-1"), _text(head.target), body_text)
         exchange.hooked_request = request
-        done = self.factory.hooks.adapters.run_pre(exchange.plan.pre, request)
+        adapters = self.factory.hooks.adapters
+        exchange.call_id = adapters.new_call_id()
+        done = adapters.run_pre(exchange.plan.pre, request, exchange.call_id)
         done.addCallbacks(self._pre_hooks_done, self._hooks_failed,
                           callbackArgs=(exchange, request), errbackArgs=(exchange,))
 
@@ -482,7 +486,8 @@ class ClientConnection(Protocol):
         request = exchange.hooked_request or ClientRequest(
             exchange.head.method.decode("latin-1"), _text(exchange.head.target), None)
         self.pauser.pause("hooks")
-        done = self.factory.hooks.adapters.run_post(exchange.plan.post, request, sent)
+        done = self.factory.hooks.adapters.run_post(exchange.plan.post, request, sent,
+                                                    exchange.call_id)
         done.addCallbacks(self._post_hooks_done, self._hooks_failed,
                           callbackArgs=(exchange, sent, head_only), errbackArgs=(exchange,))
 

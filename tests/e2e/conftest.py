@@ -14,7 +14,6 @@ import pty
 import re
 import select
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
@@ -26,7 +25,20 @@ from pathlib import Path
 
 import pytest
 
-from powerstrip.engine import Engine, ensure_packages
+from powerstrip.engine import Engine
+from powerstrip.testing import (  # noqa: F401 - fixtures and helpers the e2e tests import
+    AdapterProcess,
+    ProxyProcess,
+    adapter_process,
+    await_line,
+    launch_proxy,
+    powerstrip_proxy,
+    short_tmpdir,
+    start_adapter,
+    start_engine,
+    stop_process,
+    stop_proxy,
+)
 
 REPO = Path(__file__).resolve().parents[2]
 HERE = Path(__file__).resolve().parent
@@ -39,8 +51,6 @@ DOCKER_CLI = (
 # Debian's 20.10 CLI: the one whose DOCKER_BUILDKIT=1 build talks to the daemon's own BuildKit
 # over /session and /grpc (newer CLIs hand builds to buildx instead).
 LEGACY_CLI = "/usr/bin/docker"
-PROXY_START_TIMEOUT = 15.0
-PROXY_STOP_TIMEOUT = 10.0
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
@@ -54,123 +64,20 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 # -- engine and proxy ---------------------------------------------------------------------
 
 
-def short_tmpdir(prefix: str) -> str:
-    # The engine's socket path must stay under the 108-byte unix socket limit.
-    base = tempfile.gettempdir()
-    return tempfile.mkdtemp(prefix=prefix, dir=base if len(base) <= 40 else "/tmp")
-
-
 @pytest.fixture(scope="session")
 def engine() -> Iterator[Engine]:
     """A dockerd of its own for the whole session, with ``busybox:latest`` imported."""
-    ensure_packages()
-    eng = Engine(short_tmpdir("ps-"))
-    eng.start()
+    eng = start_engine()
     try:
-        eng.ensure_image()
         yield eng
     finally:
         eng.stop(remove=True)
 
 
-@dataclass
-class ProxyProcess:
-    """The proxy under test, running as ``python -m powerstrip serve``."""
-
-    host: str
-    port: int
-    proc: subprocess.Popen
-    stderr_path: Path
-    workdir: Path | None = None
-    config_path: Path | None = None
-
-    def stderr(self) -> str:
-        """Everything the proxy has logged so far."""
-        try:
-            return self.stderr_path.read_text(errors="replace")
-        except OSError:
-            return ""
-
-
-def await_line(
-    proc: subprocess.Popen, stdout_path: Path, prefix: str, timeout: float, what: str,
-    stderr_path: Path | None = None,
-) -> str:
-    """The rest of the first line of ``stdout_path`` starting with ``prefix``, waiting up to
-    ``timeout`` seconds for ``proc`` to print it; the test fails (and ``proc`` is killed) if it
-    exits or runs out of time first."""
-    deadline = time.monotonic() + timeout
-    while True:
-        for line in stdout_path.read_text(errors="replace").splitlines():
-            if line.startswith(prefix):
-                return line[len(prefix):].strip()
-        if proc.poll() is not None or time.monotonic() > deadline:
-            proc.kill()
-            proc.wait()
-            errors = stderr_path.read_text(errors="replace") if stderr_path else ""
-            pytest.fail(
-                f"{what} did not print {prefix!r} within {timeout:g} s "
-                f"(exit status {proc.returncode})\nstdout: {stdout_path.read_text()}\n"
-                f"stderr: {errors}"
-            )
-        time.sleep(0.05)
-
-
-def launch_proxy(upstream: str, config: Path | None = None) -> ProxyProcess:
-    """Start ``python -m powerstrip serve`` in front of ``upstream``, with the adapters file
-    ``config`` (None: no hooks), and return once it has printed its ``export DOCKER_HOST=`` line.
-
-    It listens on port 0 and the caller learns the port from that line, so no port is ever raced
-    for. Its stderr goes to a file (``ProxyProcess.stderr()``).
-    """
-    workdir = Path(tempfile.mkdtemp(prefix="ps-proxy-"))
-    stdout_path, stderr_path = workdir / "stdout", workdir / "stderr"
-    env = dict(os.environ)
-    # Only --config names a file; an empty cwd keeps ./powerstrip.yml out of reach.
-    env.pop("POWERSTRIP_CONFIG", None)
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
-    argv = [sys.executable, "-m", "powerstrip", "serve",
-            "--listen", "tcp://127.0.0.1:0", "--upstream", upstream]
-    if config is not None:
-        argv += ["--config", str(config)]
-    with open(stdout_path, "wb") as out, open(stderr_path, "wb") as err:
-        # Files, not pipes: a pipe nobody drains would eventually block the proxy's logging.
-        proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=out, stderr=err,
-                                env=env, cwd=workdir)
-    host = await_line(proc, stdout_path, "export DOCKER_HOST=", PROXY_START_TIMEOUT, "proxy",
-                      stderr_path)
-    match = re.fullmatch(r"tcp://127\.0\.0\.1:(\d+)", host)
-    assert match, f"unexpected proxy address {host!r}"
-    return ProxyProcess(host, int(match.group(1)), proc, stderr_path, workdir, config)
-
-
-def stop_proxy(running: ProxyProcess) -> None:
-    """SIGTERM the proxy; it must exit 0 within 10 s, without a traceback in its log."""
-    proc = running.proc
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGTERM)
-    try:
-        code = proc.wait(PROXY_STOP_TIMEOUT)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()
-        pytest.fail(f"proxy ignored SIGTERM for {PROXY_STOP_TIMEOUT:g} s\n{running.stderr()}")
-    log_text = running.stderr()
-    if running.workdir is not None:
-        shutil.rmtree(running.workdir, ignore_errors=True)
-    assert code == 0, f"proxy exited {code} after SIGTERM\n{log_text}"
-    assert "Traceback" not in log_text, log_text
-
-
-def stop_process(proc: subprocess.Popen) -> None:
-    """SIGTERM a helper process (an adapter) and reap it, killing it if it lingers."""
-    if proc.poll() is None:
-        proc.terminate()
-        try:
-            proc.wait(5)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+@pytest.fixture(scope="session")
+def docker_engine(engine: Engine) -> Engine:
+    """The session's engine, for the fixtures of ``powerstrip.testing``."""
+    return engine
 
 
 #: Set to 1 to run every test that uses the ``proxy`` fixture (the CLI matrix, docker-py, ...)
