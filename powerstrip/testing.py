@@ -23,14 +23,12 @@ Needs pytest (``pip install powerstrip[testing]``).
 from __future__ import annotations
 
 import json
-import os
 import re
 import shutil
 import signal
 import subprocess
 import sys
 import tempfile
-import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -39,8 +37,10 @@ from typing import Any
 import pytest
 from twisted.internet import defer
 
+from powerstrip import processes
 from powerstrip.adapter import Adapter, Request, Response
 from powerstrip.engine import Engine, ensure_packages
+from powerstrip.processes import ServiceError, child_env, wait_for_line
 from powerstrip.wire import (
     ClientRequest,
     ServerResponse,
@@ -70,7 +70,6 @@ __all__ = [
 PROXY_START_TIMEOUT = 15.0
 PROXY_STOP_TIMEOUT = 10.0
 ADAPTER_START_TIMEOUT = 15.0
-_PACKAGE_PARENT = Path(__file__).resolve().parent.parent
 
 
 # -- in-process calls ---------------------------------------------------------------------
@@ -230,40 +229,15 @@ def await_line(
     """The rest of the first line of ``stdout_path`` starting with ``prefix``, waiting up to
     ``timeout`` seconds for ``proc`` to print it; the test fails (and ``proc`` is killed) if it
     exits or runs out of time first."""
-    deadline = time.monotonic() + timeout
-    while True:
-        for line in stdout_path.read_text(errors="replace").splitlines():
-            if line.startswith(prefix):
-                return line[len(prefix):].strip()
-        if proc.poll() is not None or time.monotonic() > deadline:
-            proc.kill()
-            proc.wait()
-            errors = stderr_path.read_text(errors="replace") if stderr_path else ""
-            pytest.fail(
-                f"{what} did not print {prefix!r} within {timeout:g} s "
-                f"(exit status {proc.returncode})\nstdout: {stdout_path.read_text()}\n"
-                f"stderr: {errors}"
-            )
-        time.sleep(0.05)
+    try:
+        return wait_for_line(proc, stdout_path, prefix, timeout, what, stderr_path)
+    except ServiceError as exc:
+        pytest.fail(str(exc))
 
 
 def stop_process(proc: subprocess.Popen) -> None:
     """SIGTERM a process (an adapter) and reap it, killing it if it lingers."""
-    if proc.poll() is None:
-        proc.terminate()
-        try:
-            proc.wait(5)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-
-
-def _env() -> dict[str, str]:
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join(
-        filter(None, [str(_PACKAGE_PARENT), env.get("PYTHONPATH")])
-    )
-    return env
+    processes.stop_process(proc)
 
 
 @dataclass
@@ -294,7 +268,7 @@ def launch_proxy(upstream: str, config: Path | None = None) -> ProxyProcess:
     """
     workdir = Path(tempfile.mkdtemp(prefix="ps-proxy-"))
     stdout_path, stderr_path = workdir / "stdout", workdir / "stderr"
-    env = _env()
+    env = child_env()
     # Only --config names a file; an empty cwd keeps ./powerstrip.yml out of reach.
     env.pop("POWERSTRIP_CONFIG", None)
     argv = [sys.executable, "-m", "powerstrip", "serve",
@@ -360,7 +334,7 @@ def start_adapter(argv: Sequence[str], name: str = "adapter") -> AdapterProcess:
     stdout_path, stderr_path = workdir / "stdout", workdir / "stderr"
     with open(stdout_path, "wb") as out, open(stderr_path, "wb") as err:
         proc = subprocess.Popen(list(argv), stdin=subprocess.DEVNULL, stdout=out, stderr=err,
-                                env=_env())
+                                env=child_env())
     url = await_line(proc, stdout_path, "listening on ", ADAPTER_START_TIMEOUT, name,
                      stderr_path)
     return AdapterProcess(url, proc, stdout_path, stderr_path, workdir)
