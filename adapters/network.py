@@ -1,0 +1,606 @@
+#!/usr/bin/env python3
+"""The network adapter: containers ask for an IP address with ``WEAVE_CIDR``, as with Weave.
+
+A container created with ``WEAVE_CIDR=10.2.1.5/24`` in its environment is attached to the
+user-defined bridge network for that subnet, ``weave-10.2.1.0-24`` (created through the Docker
+Engine API when missing), with the address 10.2.1.5. Containers given addresses in the same
+subnet share that network and reach each other by IP. Run it next to Powerstrip::
+
+    python adapters/network.py --listen 127.0.0.1:9100 --docker unix:///var/run/docker.sock
+
+and hook it into container create (pre and post) and start (post)::
+
+    endpoints:
+      "POST /*/containers/create":
+        pre: [network]
+        post: [network]
+      "POST /*/containers/*/start":
+        post: [network]
+    adapters:
+      network: http://127.0.0.1:9100/
+
+``--docker`` is the engine the adapter talks to itself, directly and never through Powerstrip, or
+its own calls would run the hooks again.
+
+- The create pre-hook checks the address and refuses conflicts: 400 for a malformed
+  ``WEAVE_CIDR``; 409 for the network or broadcast address, the gateway, an address another
+  container already holds on the network (running or not: the daemon itself only notices at
+  start), a subnet overlapping another network, and a request that also asks for another network
+  mode or network. Otherwise it creates the network if needed and rewrites the body:
+  ``HostConfig.NetworkMode`` and ``NetworkingConfig.EndpointsConfig[net].IPAMConfig``.
+- Creates are checked one at a time (a ``DeferredLock``) and an address that passed is reserved
+  until the create post-hook reports the daemon's answer (or, without that hook, for
+  ``RESERVATION_TTL`` seconds), so two concurrent creates cannot both take it.
+- The start post-hook inspects the container and logs ``container <id12> has 10.2.1.5 on
+  weave-10.2.1.0-24``. A container that did not get the address it asked for is logged as an
+  error and the start is answered 500 with the reason, so ``docker run`` and ``docker start`` fail
+  loudly; the container is left running, for its owner to inspect or remove.
+
+Requests without ``WEAVE_CIDR`` pass unchanged.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ipaddress
+import logging
+import re
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any, Protocol
+from urllib.parse import unquote
+
+from twisted.internet import defer
+
+from powerstrip.adapter import Adapter, Refuse, Request, Response
+from powerstrip.addresses import AddressError, parse_address
+from powerstrip.engine_api import EngineClient, EngineError
+
+__all__ = [
+    "BadCidr",
+    "Conflict",
+    "NetworkAdapter",
+    "argument_parser",
+    "check_address",
+    "confirm",
+    "find_network",
+    "first_host",
+    "holder_of",
+    "main",
+    "network_gateway",
+    "network_name",
+    "parse_cidr",
+    "requested_interface",
+    "rewrite_create",
+    "subnet_of_name",
+    "weave_cidr",
+]
+
+log = logging.getLogger("powerstrip.network")
+
+#: The environment variable a container names its address in.
+ENV_NAME = "WEAVE_CIDR"
+#: Networks made by the adapter are named ``weave-<network address>-<prefix length>``.
+NETWORK_PREFIX = "weave-"
+#: The label put on networks the adapter creates, so they can be told from others.
+LABEL = "org.powerstrip.adapter"
+#: How long an address that passed the checks stays reserved for its create when no create
+#: post-hook reports the daemon's answer. Creates take well under a second; a failed one (an image
+#: still to pull) must not keep the address from its own retry for long.
+RESERVATION_TTL = 10.0
+#: Seconds the adapter waits for each call to the engine; the proxy's hook timeout (10 s by
+#: default) is the client's bound, this one keeps the create lock from being held longer.
+ENGINE_TIMEOUT = 10.0
+
+# ASCII digits only: \d would let other scripts' digits through.
+_CIDR = re.compile(r"([0-9]{1,3}(?:\.[0-9]{1,3}){3})/(0|[1-9][0-9]?)")
+_NAME = re.compile(re.escape(NETWORK_PREFIX) + r"([0-9]{1,3}(?:\.[0-9]{1,3}){3})-([1-9][0-9]?)")
+# Network modes that mean "no network chosen": the docker CLI sends "default" when --network
+# is not given.
+_UNCHOSEN = ("", "default")
+
+
+class BadCidr(ValueError):
+    """A ``WEAVE_CIDR`` that cannot be read as an address; refused with 400."""
+
+
+class Conflict(ValueError):
+    """An address or network request that cannot be granted; refused with 409."""
+
+
+# -- reading the create body --------------------------------------------------------------------
+#
+# The daemon decodes the body with Go's encoding/json, which matches object keys to fields
+# case-insensitively ("env" is Env), lets the last of repeated keys win, and merges repeated
+# objects into one struct. The helpers below read the body as the daemon will, so that a client
+# spelling a key differently neither escapes the adapter nor keeps a value the rewrite replaced.
+
+
+def _variants(obj: Mapping[str, Any], name: str) -> list[str]:
+    lower = name.lower()
+    return [key for key in obj if isinstance(key, str) and key.lower() == lower]
+
+
+def _lookup(obj: Mapping[str, Any], name: str) -> Any:
+    """The value the daemon reads for field ``name``: the last key matching it in any case."""
+    keys = _variants(obj, name)
+    return obj[keys[-1]] if keys else None
+
+
+def _object(obj: Mapping[str, Any], name: str) -> dict[str, Any]:
+    """The object field ``name`` as the daemon decodes it: every spelling merged in order (a
+    null resets it); ``{}`` when absent or not an object."""
+    merged: dict[str, Any] = {}
+    for key in _variants(obj, name):
+        value = obj[key]
+        if isinstance(value, dict):
+            merged.update(value)
+        else:
+            merged = {}
+    return merged
+
+
+def _put(obj: Mapping[str, Any], name: str, value: Any) -> dict[str, Any]:
+    """A copy of ``obj`` with field ``name`` set to ``value`` under its canonical spelling and
+    every other spelling removed."""
+    lower = name.lower()
+    copy = {k: v for k, v in obj.items() if not (isinstance(k, str) and k.lower() == lower)}
+    copy[name] = value
+    return copy
+
+
+# -- pure parts ---------------------------------------------------------------------------------
+
+
+def parse_cidr(text: str) -> ipaddress.IPv4Interface:
+    """``text`` (``10.2.1.5/24``) as an address within its subnet; ``BadCidr`` if it is not an
+    IPv4 address with a prefix length, or the subnet has no room for a gateway and a container
+    (a prefix outside /1 to /30)."""
+    match = _CIDR.fullmatch(text)
+    if match is None:
+        raise BadCidr(
+            f"{ENV_NAME}={text!r} is not an IPv4 address with a prefix length, "
+            f"such as {ENV_NAME}=10.2.1.5/24"
+        )
+    try:
+        address = ipaddress.IPv4Address(match.group(1))
+    except ValueError as exc:
+        raise BadCidr(f"{ENV_NAME}={text!r}: {exc}") from None
+    prefix = int(match.group(2))
+    if not 1 <= prefix <= 30:
+        raise BadCidr(
+            f"{ENV_NAME}={text!r}: a /{prefix} subnet has no room for a gateway and a container; "
+            f"use a prefix length from /1 to /30"
+        )
+    return ipaddress.IPv4Interface(f"{address}/{prefix}")
+
+
+def weave_cidr(env: Any) -> str | None:
+    """The ``WEAVE_CIDR`` value in a container's ``Env`` list, or None if it has none.
+
+    ``BadCidr`` when it is named without a value, or given twice with different values (which
+    one the container's processes would see depends on how they read their environment).
+    """
+    if not isinstance(env, list):
+        return None
+    values: list[str] = []
+    for entry in env:
+        if not isinstance(entry, str):
+            continue
+        name, equals, value = entry.partition("=")
+        if name != ENV_NAME:
+            continue
+        if not equals:
+            raise BadCidr(f"{ENV_NAME} is named without a value; give one, such as "
+                          f"{ENV_NAME}=10.2.1.5/24")
+        values.append(value)
+    if not values:
+        return None
+    if len(set(values)) > 1:
+        shown = ", ".join(repr(v) for v in dict.fromkeys(values))
+        raise BadCidr(f"{ENV_NAME} is given more than once with different values: {shown}")
+    return values[0]
+
+
+def requested_interface(body: Mapping[str, Any]) -> ipaddress.IPv4Interface | None:
+    """The address a create body asks for through ``WEAVE_CIDR``, or None when it asks none."""
+    value = weave_cidr(_lookup(body, "Env"))
+    return None if value is None else parse_cidr(value)
+
+
+def network_name(subnet: ipaddress.IPv4Network) -> str:
+    """The name of the network the adapter makes for ``subnet``: ``weave-10.2.1.0-24``."""
+    return f"{NETWORK_PREFIX}{subnet.network_address}-{subnet.prefixlen}"
+
+
+def subnet_of_name(name: str) -> ipaddress.IPv4Network | None:
+    """The subnet a ``network_name`` stands for, or None if ``name`` is not one."""
+    match = _NAME.fullmatch(name)
+    if match is None:
+        return None
+    try:
+        subnet = ipaddress.IPv4Network(f"{match.group(1)}/{match.group(2)}")
+    except ValueError:
+        return None
+    return subnet if network_name(subnet) == name else None
+
+
+def first_host(subnet: ipaddress.IPv4Network) -> ipaddress.IPv4Address:
+    """The gateway the adapter gives a network it creates: the subnet's first host address, as
+    the daemon would pick."""
+    return subnet.network_address + 1
+
+
+def check_address(
+    interface: ipaddress.IPv4Interface, gateway: ipaddress.IPv4Address | None = None
+) -> None:
+    """``Conflict`` if ``interface``'s address is one no container may hold on its network: the
+    network address, the broadcast address, or ``gateway``."""
+    subnet, address = interface.network, interface.ip
+    name = network_name(subnet)
+    if address == subnet.network_address:
+        raise Conflict(f"{address} is the network address of {subnet}, not an address a "
+                       f"container can hold on network {name}")
+    if address == subnet.broadcast_address:
+        raise Conflict(f"{address} is the broadcast address of {subnet}, not an address a "
+                       f"container can hold on network {name}")
+    if gateway is not None and address == gateway:
+        raise Conflict(f"{address} is the gateway of network {name}, held by the network itself")
+
+
+def rewrite_create(body: Mapping[str, Any], interface: ipaddress.IPv4Interface) -> dict[str, Any]:
+    """The create body attached to ``interface``'s network with its address: NetworkMode set to
+    the network and the network's endpoint given the address; every other field kept.
+
+    The client's own settings for that endpoint (aliases, ...) are kept, including those it gave
+    the default network. ``Conflict`` when the body also asks for another network mode, another
+    network, or another address on this one: the adapter refuses rather than override a choice
+    the client made explicitly.
+    """
+    name = network_name(interface.network)
+    address = str(interface.ip)
+    host_config = _object(body, "HostConfig")
+    mode = _lookup(host_config, "NetworkMode")
+    mode = "" if mode is None else str(mode)
+    if mode not in (*_UNCHOSEN, name):
+        raise Conflict(
+            f"{ENV_NAME}={interface} attaches the container to network {name} as {address}, "
+            f"but the request also asks for network mode {mode!r}; give one or the other"
+        )
+    networking = _object(body, "NetworkingConfig")
+    endpoints = _object(networking, "EndpointsConfig")
+    others = [key for key in endpoints if key not in ("default", name)]
+    if others:
+        raise Conflict(
+            f"{ENV_NAME}={interface} attaches the container to network {name} as {address}, "
+            f"but the request also asks to join {', '.join(repr(k) for k in others)}"
+        )
+    settings = endpoints.get(name)
+    if not isinstance(settings, dict):
+        settings = endpoints.get("default")
+    settings = settings if isinstance(settings, dict) else {}
+    ipam = _object(settings, "IPAMConfig")
+    asked = _lookup(ipam, "IPv4Address")
+    if asked not in (None, "", address):
+        raise Conflict(
+            f"{ENV_NAME}={interface} asks for {address} on network {name}, but the request "
+            f"also asks for {asked}"
+        )
+    settings = _put(settings, "IPAMConfig", _put(ipam, "IPv4Address", address))
+    rewritten = _put(body, "HostConfig", _put(host_config, "NetworkMode", name))
+    return _put(rewritten, "NetworkingConfig",
+                _put(networking, "EndpointsConfig", {name: settings}))
+
+
+def _subnets(network: Mapping[str, Any]) -> list[ipaddress.IPv4Network]:
+    """The IPv4 subnets of a network as the engine describes it (``GET /networks``)."""
+    ipam = network.get("IPAM") or {}
+    found = []
+    for entry in ipam.get("Config") or []:
+        try:
+            subnet = ipaddress.ip_network((entry or {}).get("Subnet") or "", strict=False)
+        except ValueError:
+            continue
+        if isinstance(subnet, ipaddress.IPv4Network):
+            found.append(subnet)
+    return found
+
+
+def find_network(
+    networks: list[Mapping[str, Any]], subnet: ipaddress.IPv4Network
+) -> Mapping[str, Any] | None:
+    """The adapter's network for ``subnet`` among the engine's ``networks``, or None if it must
+    be made. ``Conflict`` when another network's subnet overlaps ``subnet`` (the daemon would
+    refuse to create it), or a network already has the name with another subnet."""
+    name = network_name(subnet)
+    mine = None
+    for network in networks:
+        theirs = _subnets(network)
+        if network.get("Name") == name:
+            if theirs and subnet not in theirs:
+                raise Conflict(
+                    f"network {name} exists with subnet "
+                    f"{', '.join(map(str, theirs))}, not {subnet}"
+                )
+            mine = network
+            continue
+        for other in theirs:
+            if other.overlaps(subnet):
+                raise Conflict(
+                    f"subnet {subnet} (network {name}) overlaps network "
+                    f"{network.get('Name')} with subnet {other}"
+                )
+    return mine
+
+
+def network_gateway(network: Mapping[str, Any], subnet: ipaddress.IPv4Network
+                    ) -> ipaddress.IPv4Address:
+    """The gateway of an existing network on ``subnet``; the first host if it names none."""
+    for entry in (network.get("IPAM") or {}).get("Config") or []:
+        try:
+            gateway = ipaddress.IPv4Address((entry or {}).get("Gateway") or "")
+        except ValueError:
+            continue
+        if gateway in subnet:
+            return gateway
+    return first_host(subnet)
+
+
+def _container_name(container: Mapping[str, Any]) -> str:
+    names = container.get("Names") or []
+    name = names[0] if names else container.get("Name") or ""
+    return str(name).lstrip("/") or str(container.get("Id", ""))[:12]
+
+
+def holder_of(
+    containers: list[Mapping[str, Any]], network: Mapping[str, Any],
+    address: ipaddress.IPv4Address,
+) -> Mapping[str, Any] | None:
+    """The container (from ``GET /containers/json?all=1``) that holds ``address`` on
+    ``network``, running or not, or None.
+
+    A running container holds the address it has; one not running holds the address its
+    configuration asks for, which the daemon would give it at start.
+    """
+    name, ident = network.get("Name"), network.get("Id")
+    wanted = str(address)
+    for container in containers:
+        attached = (container.get("NetworkSettings") or {}).get("Networks") or {}
+        for key, settings in attached.items():
+            settings = settings or {}
+            # A container not started yet has no NetworkID; it names the network by its key.
+            if key != name and not (ident and settings.get("NetworkID") == ident):
+                continue
+            held = {settings.get("IPAddress"), (settings.get("IPAMConfig") or {}).get(
+                "IPv4Address")}
+            if wanted in held:
+                return container
+    return None
+
+
+def _describe(network: str, settings: Mapping[str, Any] | None) -> str:
+    """``10.2.1.5/24 on weave-10.2.1.0-24``, or ``no address on NET``."""
+    settings = settings or {}
+    address = settings.get("IPAddress")
+    if not address:
+        return f"no address on {network}"
+    return f"{address}/{settings.get('IPPrefixLen')} on {network}"
+
+
+def confirm(info: Mapping[str, Any], interface: ipaddress.IPv4Interface) -> tuple[bool, str]:
+    """Whether a started container (``GET /containers/{id}/json``) has the address its
+    ``WEAVE_CIDR`` asked for, and the line that says so, or what it has instead.
+
+    A container that has already stopped when inspected (a quick ``docker run --rm``) has no
+    address any more; it passes if its configuration asks for the right one.
+    """
+    id12 = str(info.get("Id", ""))[:12]
+    name = network_name(interface.network)
+    address = str(interface.ip)
+    attached = (info.get("NetworkSettings") or {}).get("Networks") or {}
+    mine = attached.get(name) or {}
+    if mine.get("IPAddress") == address and mine.get("IPPrefixLen") == interface.network.prefixlen:
+        return True, f"container {id12} has {address} on {name}"
+    running = bool((info.get("State") or {}).get("Running"))
+    configured = (mine.get("IPAMConfig") or {}).get("IPv4Address")
+    if not running and configured == address:
+        return True, (f"container {id12} is configured for {address} on {name}; it had stopped "
+                      f"before it could be inspected")
+    has = ", ".join(_describe(net, settings) for net, settings in attached.items())
+    state = "it was started and is left running" if running else "it has stopped"
+    return False, (f"container {id12} asked for {address} on {name} ({ENV_NAME}={interface}) "
+                   f"but has {has or 'no network'}; {state}")
+
+
+def _container_of(path: str) -> str | None:
+    """The container id or name in a ``/containers/{id}/start`` path (percent-decoded)."""
+    parts = path.split("/")
+    for index, part in enumerate(parts[:-1]):
+        if part == "containers" and parts[index + 1]:
+            return unquote(parts[index + 1])
+    return None
+
+
+# -- the adapter --------------------------------------------------------------------------------
+
+
+class Engine(Protocol):
+    """What the adapter needs of an engine client (``EngineClient``)."""
+
+    def request(
+        self, method: str, path: str, query: Mapping[str, Any] | None = None, body: Any = None
+    ) -> defer.Deferred[Any]:
+        """Send one API request; fire with the parsed answer, or fail with ``EngineError``."""
+        ...
+
+
+@dataclass(frozen=True)
+class _Claim:
+    """An address that passed the checks, reserved for a create the daemon has not answered."""
+
+    container: str
+    expires: float
+
+
+class NetworkAdapter:
+    """The hooks, bound to one engine. ``app`` is the ``Adapter`` to serve."""
+
+    def __init__(
+        self, engine: Engine, clock: Callable[[], float] = time.monotonic,
+        ttl: float = RESERVATION_TTL,
+    ) -> None:
+        """``clock`` and ``ttl`` time reservations out (see ``RESERVATION_TTL``)."""
+        self.engine = engine
+        self.clock = clock
+        self.ttl = ttl
+        # One create at a time between reading the engine's state and reserving an address.
+        self.lock = defer.DeferredLock()
+        self.claims: dict[tuple[str, str], _Claim] = {}
+        self.app = Adapter("network")
+        self.app.pre("POST /*/containers/create")(self.create)
+        self.app.post("POST /*/containers/create")(self.created)
+        self.app.post("POST /*/containers/*/start")(self.started)
+
+    async def _engine(self, what: str, method: str, path: str, **kwargs: Any) -> Any:
+        try:
+            return await self.engine.request(method, path, **kwargs)
+        except EngineError as exc:
+            status = exc.status if 300 <= exc.status <= 599 else 502
+            raise Refuse(status, f"{what}: {exc.message}") from exc
+
+    async def create(self, request: Request) -> Request | None:
+        """Pre-hook on container create: check the address ``WEAVE_CIDR`` asks for, make its
+        network if missing, and attach the container to it with that address."""
+        body = request.json
+        if not isinstance(body, dict):
+            return None
+        try:
+            interface = requested_interface(body)
+        except BadCidr as exc:
+            raise Refuse(400, str(exc)) from None
+        if interface is None:
+            return None
+        try:
+            check_address(interface)
+            rewritten = rewrite_create(body, interface)
+        except Conflict as exc:
+            raise Refuse(409, str(exc)) from None
+        name = (request.query.get("name") or [""])[0]
+        who = f"container {name}" if name else "an unnamed container"
+        await self.lock.acquire()
+        try:
+            await self._claim(interface, who)
+        finally:
+            self.lock.release()
+        return request.with_json(rewritten)
+
+    async def _claim(self, interface: ipaddress.IPv4Interface, who: str) -> None:
+        """Check ``interface`` against the engine and the reservations, create its network if
+        missing, and reserve the address for the create of ``who`` (as messages name it)."""
+        subnet, address = interface.network, interface.ip
+        name = network_name(subnet)
+        networks = await self._engine("listing networks", "GET", "/networks")
+        try:
+            network = find_network(networks or [], subnet)
+            gateway = network_gateway(network, subnet) if network else first_host(subnet)
+            check_address(interface, gateway)
+        except Conflict as exc:
+            raise Refuse(409, str(exc)) from None
+        if network is not None:
+            containers = await self._engine("listing containers", "GET", "/containers/json",
+                                            query={"all": "1"})
+            holder = holder_of(containers or [], network, address)
+            if holder is not None:
+                state = holder.get("State") or "not running"
+                raise Refuse(409, f"{address} on network {name} is already held by container "
+                                  f"{_container_name(holder)} ({str(holder.get('Id'))[:12]}, "
+                                  f"{state})")
+        now = self.clock()
+        self.claims = {k: c for k, c in self.claims.items() if c.expires > now}
+        claim = self.claims.get((name, str(address)))
+        if claim is not None:
+            raise Refuse(409, f"{address} on network {name} is being taken by "
+                              f"{claim.container}, whose create is in flight")
+        if network is None:
+            await self._engine(
+                f"creating network {name} for {interface}", "POST", "/networks/create",
+                body={
+                    "Name": name,
+                    "Driver": "bridge",
+                    "CheckDuplicate": True,
+                    "IPAM": {"Driver": "default",
+                             "Config": [{"Subnet": str(subnet), "Gateway": str(gateway)}]},
+                    "Labels": {LABEL: "network"},
+                },
+            )
+            log.info("created network %s (bridge, subnet %s, gateway %s)", name, subnet, gateway)
+        self.claims[(name, str(address))] = _Claim(who, self.clock() + self.ttl)
+
+    def created(self, request: Request, response: Response) -> None:
+        """Post-hook on container create: the daemon has answered, so the address is either
+        held by the new container or free again; either way its reservation ends."""
+        body = request.json
+        try:
+            interface = requested_interface(body) if isinstance(body, dict) else None
+        except BadCidr:
+            return None
+        if interface is not None:
+            self.claims.pop((network_name(interface.network), str(interface.ip)), None)
+        return None
+
+    async def started(self, request: Request, response: Response) -> Response | None:
+        """Post-hook on container start: confirm in the log that the container has the address
+        it asked for; answer 500 (and log an error) if it has not."""
+        if response.code not in (204, 304):
+            return None
+        ident = _container_of(request.path)
+        if ident is None:
+            return None
+        try:
+            info = await self.engine.request("GET", f"/containers/{ident}/json")
+        except EngineError as exc:
+            log.warning("cannot confirm the address of container %s: %s", ident, exc.message)
+            return None
+        if not isinstance(info, dict):
+            return None
+        try:
+            interface = requested_interface(info.get("Config") or {})
+        except BadCidr as exc:
+            log.warning("container %s: %s", ident, exc)
+            return None
+        if interface is None:
+            return None
+        confirmed, message = confirm(info, interface)
+        if confirmed:
+            log.info("%s", message)
+            return None
+        log.error("ADDRESS MISMATCH: %s", message)
+        raise Refuse(500, message)
+
+
+def argument_parser() -> argparse.ArgumentParser:
+    """The command line: the SDK's ``--listen`` / ``--unix``, and ``--docker``."""
+    parser = Adapter("network").argument_parser()
+    parser.add_argument(
+        "--docker", metavar="ADDR", default="unix:///var/run/docker.sock",
+        help="the Docker Engine to manage networks on, reached directly, not through Powerstrip "
+             "(unix:///path, tcp://HOST:PORT; default %(default)s)",
+    )
+    return parser
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Serve the network adapter until interrupted."""
+    parser = argument_parser()
+    args = parser.parse_args(argv)
+    try:
+        parse_address(args.docker)
+    except AddressError as exc:
+        parser.error(str(exc))
+    adapter = NetworkAdapter(EngineClient(args.docker, timeout=ENGINE_TIMEOUT))
+    adapter.app.serve(args)
+
+
+if __name__ == "__main__":
+    main()
