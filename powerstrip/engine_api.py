@@ -135,7 +135,10 @@ class EngineClient:
         """GET ``path`` and stream the body into the binary file ``sink``; fires with the number
         of bytes written. Memory stays bounded whatever the size."""
         try:
-            response = yield self._http.get(self.url(path, query), timeout=self.timeout)
+            # Unbuffered: treq would otherwise hold the whole body in memory before the sink
+            # sees a byte.
+            response = yield self._http.get(self.url(path, query), timeout=self.timeout,
+                                            unbuffered=True)
         except Exception as exc:  # noqa: BLE001
             raise EngineError(
                 502, f"Docker Engine at {self.address} unreachable: {type(exc).__name__}: {exc}"

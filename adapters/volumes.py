@@ -1,0 +1,734 @@
+#!/usr/bin/env python3
+"""The volumes adapter: portable datasets, in the spirit of Flocker.
+
+A pre-hook on container create turns a bind of ``/flocker/<name>`` (``-v /flocker/web:/data``,
+or ``--mount type=bind,source=/flocker/web,target=/data``) into the named Docker volume
+``flocker-<name>``, created on demand. One SQLite file, shared by the adapters of every host,
+records which host owns each dataset and how to reach each host's Docker Engine. When a
+container asks for a dataset another host owns, the data moves here first, through the Docker
+Engine API of both hosts, and the old host's copy is removed; then the create goes on. See
+``docs/volumes-adapter.md``.
+
+::
+
+    python adapters/volumes.py --listen 127.0.0.1:0 --host-name A \\
+        --docker unix:///var/run/docker.sock --state /shared/datasets.sqlite
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import posixpath
+import re
+import sqlite3
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from twisted.internet import defer
+
+from powerstrip.adapter import Adapter, Refuse, Request
+from powerstrip.addresses import AddressError, parse_address
+from powerstrip.engine_api import EngineClient, EngineError
+
+__all__ = [
+    "BadBind",
+    "Dataset",
+    "MoveInProgress",
+    "OwnerChanged",
+    "State",
+    "Volumes",
+    "build",
+    "check_name",
+    "dataset_of",
+    "main",
+    "rewrite_bind",
+    "rewrite_create",
+    "rewrite_mount",
+    "volume_name",
+]
+
+log = logging.getLogger("powerstrip.volumes")
+
+#: Docker volume names must match ``[a-zA-Z0-9][a-zA-Z0-9_.-]+``; with this prefix in front,
+#: any dataset name below makes one.
+VOLUME_PREFIX = "flocker-"
+DATASET_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}")
+#: Labels on what the adapter creates, so an operator can tell its volumes and containers apart.
+DATASET_LABEL = "powerstrip.dataset"
+HELPER_LABEL = "powerstrip.volumes.transfer"
+#: Where transfer containers mount the volume. The archive GET of this path yields entries under
+#: ``v/``, and a PUT of that archive at ``/`` lands them back in the volume, the volume root's own
+#: mode and owner included.
+MOUNT_POINT = "/v"
+#: Bind modes that mean something for a volume. Propagation modes only apply to host
+#: directories, and Docker rejects them on volumes.
+VOLUME_MODES = frozenset({"ro", "rw", "z", "Z", "nocopy"})
+PROPAGATION = frozenset({"private", "rprivate", "shared", "rshared", "slave", "rslave"})
+#: Engine calls that move no data: long enough for a slow daemon, short enough that the client
+#: hears of an unreachable host well within the proxy's adapter timeout.
+CONTROL_TIMEOUT = 30.0
+#: The archive download and upload: a large dataset takes its time. A move the client has
+#: stopped waiting for still completes, and the next request finds the dataset in place.
+TRANSFER_TIMEOUT = 900.0
+#: How long a move holds a dataset against other hosts. Renewed between download and upload; a
+#: lease left by a crashed adapter expires after this, or is taken over by the same host.
+LEASE_SECONDS = 1000.0
+#: Times a request re-reads ownership that changed under it before giving up.
+ATTEMPTS = 3
+
+
+# -- binds and mounts (pure) ------------------------------------------------------------------
+
+
+class BadBind(ValueError):
+    """A bind or mount that names a dataset but cannot be used as one; answered with 400."""
+
+
+def volume_name(dataset: str) -> str:
+    """The Docker volume that holds ``dataset`` on whichever host owns it."""
+    return VOLUME_PREFIX + dataset
+
+
+def check_name(name: str) -> str:
+    """``name`` if it is a valid dataset name, else ``BadBind`` saying what is allowed."""
+    if not DATASET_NAME.fullmatch(name):
+        raise BadBind(
+            f"{name!r} is not a valid dataset name: use 1 to 128 letters, digits, '_', '.' "
+            "or '-', starting with a letter or digit"
+        )
+    return name
+
+
+def normalise_prefix(prefix: str) -> str:
+    """The directory under which bind sources name datasets, cleaned; ValueError if unusable."""
+    clean = _clean_path(prefix)
+    if clean is None or clean == "/":
+        raise ValueError(f"the prefix must be an absolute directory other than /, not {prefix!r}")
+    return clean
+
+
+def _clean_path(path: str) -> str | None:
+    if not path.startswith("/"):
+        return None
+    # Docker cleans bind sources before use: /flocker//web/ binds what /flocker/web does.
+    clean = posixpath.normpath(path)
+    return "/" + clean.lstrip("/")
+
+
+def dataset_of(source: Any, prefix: str) -> str | None:
+    """The dataset a bind source names (``/flocker/web`` names ``web``), None when the source is
+    not under ``prefix``; ``BadBind`` when it is, but is not a valid dataset name."""
+    if not isinstance(source, str):
+        return None
+    clean = _clean_path(source)
+    if clean is None or not clean.startswith(prefix + "/"):
+        return None
+    return check_name(clean[len(prefix) + 1:])
+
+
+def _check_mode(mode: str, bind: str) -> None:
+    for option in mode.split(","):
+        if option in PROPAGATION:
+            raise BadBind(
+                f"bind {bind!r}: propagation {option!r} applies to host directories, "
+                "not to datasets"
+            )
+        if option not in VOLUME_MODES:
+            raise BadBind(
+                f"bind {bind!r}: unknown mode {option!r} "
+                f"(a dataset takes {', '.join(sorted(VOLUME_MODES))})"
+            )
+
+
+def rewrite_bind(bind: Any, prefix: str) -> tuple[Any, str | None]:
+    """A ``HostConfig.Binds`` entry with a dataset source rewritten to the dataset's volume, and
+    the dataset's name; other entries come back unchanged with None."""
+    if not isinstance(bind, str):
+        return bind, None
+    parts = bind.split(":")
+    name = dataset_of(parts[0], prefix)
+    if name is None:
+        return bind, None
+    if len(parts) not in (2, 3) or not parts[1]:
+        raise BadBind(f"bind {bind!r}: expected SOURCE:TARGET or SOURCE:TARGET:MODE")
+    if len(parts) == 3:
+        _check_mode(parts[2], bind)
+    return ":".join([volume_name(name), *parts[1:]]), name
+
+
+def _keys(obj: dict[str, Any], name: str) -> list[str]:
+    # The daemon decodes with Go's encoding/json, which matches keys case-insensitively: every
+    # spelling it could read is one this adapter must see.
+    folded = name.casefold()
+    return [key for key in obj if key.casefold() == folded]
+
+
+def _effective(obj: dict[str, Any], name: str) -> Any:
+    # Of several spellings, Go keeps the value decoded last.
+    keys = _keys(obj, name)
+    return obj[keys[-1]] if keys else None
+
+
+def rewrite_mount(mount: Any, prefix: str) -> tuple[Any, str | None]:
+    """A ``HostConfig.Mounts`` entry of type bind with a dataset source rewritten to a mount of
+    the dataset's volume, and the dataset's name; other entries come back unchanged with None."""
+    if not isinstance(mount, dict) or _effective(mount, "Type") != "bind":
+        return mount, None
+    name = dataset_of(_effective(mount, "Source"), prefix)
+    if name is None:
+        return mount, None
+    options = _effective(mount, "BindOptions")
+    if isinstance(options, dict) and _effective(options, "Propagation"):
+        raise BadBind(
+            f"mount of {_effective(mount, 'Source')!r}: bind propagation applies to host "
+            "directories, not to datasets"
+        )
+    # Docker refuses BindOptions on a volume mount; what is left of them means nothing there.
+    dropped = {"type", "source", "bindoptions"}
+    rewritten = {key: value for key, value in mount.items() if key.casefold() not in dropped}
+    return {"Type": "volume", "Source": volume_name(name), **rewritten}, name
+
+
+def rewrite_create(body: Any, prefix: str) -> tuple[Any, list[str]]:
+    """A container create body with every dataset bind and mount rewritten to its volume, and
+    the datasets it names, each once, in order of appearance. ``body`` is not changed."""
+    if not isinstance(body, dict):
+        return body, []
+    body = copy.deepcopy(body)
+    names: list[str] = []
+
+    def note(name: str | None) -> None:
+        if name is not None and name not in names:
+            names.append(name)
+
+    for host_key in _keys(body, "HostConfig"):
+        host_config = body[host_key]
+        if not isinstance(host_config, dict):
+            continue
+        for key in _keys(host_config, "Binds"):
+            if isinstance(host_config[key], list):
+                binds = []
+                for bind in host_config[key]:
+                    bind, name = rewrite_bind(bind, prefix)
+                    binds.append(bind)
+                    note(name)
+                host_config[key] = binds
+        for key in _keys(host_config, "Mounts"):
+            if isinstance(host_config[key], list):
+                mounts = []
+                for mount in host_config[key]:
+                    mount, name = rewrite_mount(mount, prefix)
+                    mounts.append(mount)
+                    note(name)
+                host_config[key] = mounts
+    return body, names
+
+
+# -- the state file ---------------------------------------------------------------------------
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS hosts (
+    name TEXT PRIMARY KEY,
+    engine TEXT NOT NULL,
+    registered REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS datasets (
+    name TEXT PRIMARY KEY,
+    host TEXT NOT NULL,
+    created REAL NOT NULL,
+    moved REAL,
+    moving_to TEXT,
+    lease TEXT,
+    lease_until REAL
+);
+"""
+
+
+class OwnerChanged(Exception):  # noqa: N818 - a condition, read as such
+    """The dataset's owner is no longer the one a move was planned from."""
+
+
+class MoveInProgress(Exception):  # noqa: N818
+    """Another host is moving the dataset; ``to`` is that host."""
+
+    def __init__(self, name: str, to: str) -> None:
+        super().__init__(f"dataset {name} is being moved to host {to}")
+        self.to = to
+
+
+@dataclass(frozen=True)
+class Dataset:
+    """A dataset's record: the host that owns it and, during a move, where it is going."""
+
+    name: str
+    host: str
+    moving_to: str | None = None
+    lease_until: float | None = None
+
+    def moving(self, now: float) -> str | None:
+        """The host a move under way is taking the dataset to, None if none is."""
+        if self.moving_to is not None and self.lease_until is not None and self.lease_until > now:
+            return self.moving_to
+        return None
+
+
+class State:
+    """Hosts and datasets in one SQLite file, shared by the adapters of every host.
+
+    Every change is one short ``BEGIN IMMEDIATE`` transaction, so adapters in other processes
+    see either all of it or none of it, and two of them never both take the same dataset.
+    """
+
+    def __init__(self, path: str | Path, clock: Callable[[], float] = time.time) -> None:
+        """Open (and create, if need be) the state file at ``path``."""
+        self.path = str(path)
+        self.clock = clock
+        # Autocommit mode: transactions are begun explicitly, IMMEDIATE, so a writer never has
+        # to upgrade a read lock and deadlock against another.
+        self.db = sqlite3.connect(self.path, timeout=10.0, isolation_level=None)
+        self.db.row_factory = sqlite3.Row
+        self.db.executescript(_SCHEMA)
+
+    def close(self) -> None:
+        """Close the file."""
+        self.db.close()
+
+    @contextmanager
+    def _transaction(self) -> Iterator[sqlite3.Connection]:
+        self.db.execute("BEGIN IMMEDIATE")
+        try:
+            yield self.db
+        except BaseException:
+            self.db.execute("ROLLBACK")
+            raise
+        self.db.execute("COMMIT")
+
+    # hosts
+
+    def register_host(self, name: str, engine: str) -> str | None:
+        """Record how to reach host ``name``'s engine; gives the address it replaced, if any."""
+        with self._transaction() as db:
+            row = db.execute("SELECT engine FROM hosts WHERE name = ?", (name,)).fetchone()
+            db.execute(
+                "INSERT INTO hosts (name, engine, registered) VALUES (?, ?, ?) "
+                "ON CONFLICT (name) DO UPDATE SET engine = excluded.engine, "
+                "registered = excluded.registered",
+                (name, engine, self.clock()),
+            )
+        previous = row["engine"] if row else None
+        return previous if previous != engine else None
+
+    def engine_of(self, host: str) -> str | None:
+        """The engine address host ``host`` registered, None if it never did."""
+        row = self.db.execute("SELECT engine FROM hosts WHERE name = ?", (host,)).fetchone()
+        return row["engine"] if row else None
+
+    def hosts(self) -> dict[str, str]:
+        """Every registered host and its engine address."""
+        return {row["name"]: row["engine"] for row in self.db.execute("SELECT * FROM hosts")}
+
+    # datasets
+
+    @staticmethod
+    def _dataset(row: sqlite3.Row) -> Dataset:
+        return Dataset(row["name"], row["host"], row["moving_to"], row["lease_until"])
+
+    def dataset(self, name: str) -> Dataset | None:
+        """The record of dataset ``name``, None if no host has it."""
+        row = self.db.execute("SELECT * FROM datasets WHERE name = ?", (name,)).fetchone()
+        return self._dataset(row) if row else None
+
+    def datasets(self) -> list[Dataset]:
+        """Every dataset's record, by name."""
+        rows = self.db.execute("SELECT * FROM datasets ORDER BY name")
+        return [self._dataset(row) for row in rows]
+
+    def claim(self, name: str, host: str) -> tuple[Dataset, bool]:
+        """Make ``host`` the owner of dataset ``name`` if no host owns it yet. Gives the record
+        as it then stands and whether this call created it."""
+        with self._transaction() as db:
+            cursor = db.execute(
+                "INSERT INTO datasets (name, host, created) VALUES (?, ?, ?) "
+                "ON CONFLICT (name) DO NOTHING",
+                (name, host, self.clock()),
+            )
+            row = db.execute("SELECT * FROM datasets WHERE name = ?", (name,)).fetchone()
+        return self._dataset(row), cursor.rowcount == 1
+
+    def release(self, name: str, host: str) -> bool:
+        """Forget dataset ``name`` if ``host`` owns it and no move holds it (undoing a claim
+        whose volume could not be made); whether it did."""
+        with self._transaction() as db:
+            cursor = db.execute(
+                "DELETE FROM datasets WHERE name = ? AND host = ? "
+                "AND (lease_until IS NULL OR lease_until <= ?)",
+                (name, host, self.clock()),
+            )
+        return cursor.rowcount == 1
+
+    def begin_move(self, name: str, owner: str, to: str) -> str:
+        """Hold dataset ``name``, owned by ``owner``, for a move to ``to``; gives the lease's
+        token. ``OwnerChanged`` if ``owner`` no longer owns it; ``MoveInProgress`` if another
+        host holds it. A lease held for ``to`` itself is stale (one adapter runs per host and
+        it serialises its own moves), so it is taken over."""
+        token = uuid.uuid4().hex
+        now = self.clock()
+        with self._transaction() as db:
+            row = db.execute("SELECT * FROM datasets WHERE name = ?", (name,)).fetchone()
+            if row is None or row["host"] != owner:
+                raise OwnerChanged(name)
+            moving = self._dataset(row).moving(now)
+            if moving is not None and moving != to:
+                raise MoveInProgress(name, moving)
+            db.execute(
+                "UPDATE datasets SET moving_to = ?, lease = ?, lease_until = ? WHERE name = ?",
+                (to, token, now + LEASE_SECONDS, name),
+            )
+        return token
+
+    def renew(self, name: str, token: str) -> bool:
+        """Extend the lease ``token`` on dataset ``name``; False if it is no longer held."""
+        with self._transaction() as db:
+            cursor = db.execute(
+                "UPDATE datasets SET lease_until = ? WHERE name = ? AND lease = ?",
+                (self.clock() + LEASE_SECONDS, name, token),
+            )
+        return cursor.rowcount == 1
+
+    def finish_move(self, name: str, token: str, owner: str, to: str) -> bool:
+        """Hand dataset ``name`` from ``owner`` to ``to`` and drop the lease, if the lease
+        ``token`` still holds it and ``owner`` still owns it; whether it did."""
+        with self._transaction() as db:
+            cursor = db.execute(
+                "UPDATE datasets SET host = ?, moved = ?, moving_to = NULL, lease = NULL, "
+                "lease_until = NULL WHERE name = ? AND host = ? AND lease = ?",
+                (to, self.clock(), name, owner, token),
+            )
+        return cursor.rowcount == 1
+
+    def abandon_move(self, name: str, token: str) -> None:
+        """Drop the lease ``token`` on dataset ``name``, if it still holds it."""
+        with self._transaction() as db:
+            db.execute(
+                "UPDATE datasets SET moving_to = NULL, lease = NULL, lease_until = NULL "
+                "WHERE name = ? AND lease = ?",
+                (name, token),
+            )
+
+
+# -- the adapter ------------------------------------------------------------------------------
+
+
+def _connect(address: str, timeout: float) -> EngineClient:
+    return EngineClient(address, timeout=timeout)
+
+
+@dataclass(frozen=True)
+class _Host:
+    """A host's engine, with a client for control calls and one for archive transfers."""
+
+    name: str
+    address: str
+    control: Any
+    transfer: Any
+
+
+class Volumes:
+    """Datasets for the containers created on host ``host_name``, whose engine is ``docker``.
+
+    ``connect(address, timeout)`` makes an engine client (an ``EngineClient`` unless a test
+    substitutes its own).
+    """
+
+    def __init__(
+        self,
+        state: State,
+        host_name: str,
+        docker: str,
+        helper_image: str = "busybox",
+        prefix: str = "/flocker",
+        connect: Callable[[str, float], Any] = _connect,
+    ) -> None:
+        self.state = state
+        self.host_name = host_name
+        self.docker = docker
+        self.helper_image = helper_image
+        self.prefix = normalise_prefix(prefix)
+        self._connect = connect
+        self._clients: dict[tuple[str, float], Any] = {}
+        self._locks: dict[str, defer.DeferredLock] = {}
+
+    # -- the hook -------------------------------------------------------------------------
+
+    async def on_create(self, request: Request) -> Request | None:
+        """The pre-hook on container create: every dataset the request names is made present
+        on this host, and its binds and mounts are rewritten to the dataset's volume."""
+        try:
+            body, names = rewrite_create(request.json, self.prefix)
+        except BadBind as exc:
+            raise Refuse(400, str(exc)) from None
+        if not names:
+            return None
+        for name in names:
+            await self.ensure(name)
+        return request.with_json(body)
+
+    async def ensure(self, name: str) -> None:
+        """Make dataset ``name`` present here: claim it when no host has it, move it here when
+        another host does. Refuses (``Refuse``) with 409 or 502 when it cannot."""
+        lock = self._locks.setdefault(name, defer.DeferredLock())
+        await lock.acquire()
+        try:
+            await self._ensure(name)
+        finally:
+            lock.release()
+            if not lock.locked and not lock.waiting:
+                self._locks.pop(name, None)
+
+    async def _ensure(self, name: str) -> None:
+        for _ in range(ATTEMPTS):
+            record, created = self.state.claim(name, self.host_name)
+            if record.host == self.host_name:
+                moving = record.moving(self.state.clock())
+                if moving is not None and moving != self.host_name:
+                    raise Refuse(409, f"dataset {name} is being moved to host {moving}; "
+                                      "try again once the move is done")
+                await self._create_here(name, created)
+                return
+            try:
+                await self._move(record)
+                return
+            except OwnerChanged:
+                continue  # moved by someone else meanwhile: look again
+        raise Refuse(409, f"dataset {name} kept changing hosts; try again")
+
+    async def _create_here(self, name: str, claimed: bool) -> None:
+        here = self._host(self.host_name, self.docker)
+        try:
+            # Creating a volume that exists is a no-op that answers it, so no look first.
+            await self._create_volume(here, name)
+        except Refuse:
+            if claimed:
+                # No volume, so no dataset: another host asking for it must not try to move it.
+                self.state.release(name, self.host_name)
+            raise
+        if claimed:
+            log.info("dataset %s: created on host %s", name, self.host_name)
+
+    # -- moving ---------------------------------------------------------------------------
+
+    async def _move(self, record: Dataset) -> None:
+        name, volume = record.name, volume_name(record.name)
+        engine = self.state.engine_of(record.host)
+        if engine is None:
+            raise Refuse(502, f"dataset {name} is on host {record.host}, which has not "
+                              "registered an engine address")
+        source = self._host(record.host, engine)
+        here = self._host(self.host_name, self.docker)
+        try:
+            token = self.state.begin_move(name, record.host, self.host_name)
+        except MoveInProgress as exc:
+            raise Refuse(409, f"{exc}; try again once the move is done") from None
+        started = time.monotonic()
+        finished = False
+        try:
+            await self._refuse_if_used(source, name, f"cannot move to host {self.host_name}")
+            exists = await self._call(source, name, "look up the volume", source.control.request(
+                "GET", f"/volumes/{volume}"), missing_ok=True)
+            if exists is None:
+                raise Refuse(502, f"dataset {name} is recorded on host {record.host}, but its "
+                                  f"volume {volume} is not there ({source.address})")
+            await self._clear_stale(here, name)
+            await self._create_volume(here, name)
+            try:
+                size = await self._copy(source, here, name, token)
+                finished = self.state.finish_move(name, token, record.host, self.host_name)
+                if not finished:
+                    raise Refuse(409, f"dataset {name} changed hands while it was being moved "
+                                      f"from host {record.host}; try again")
+            except BaseException:
+                # A partial copy must not pass for the dataset.
+                await self._discard(here, name)
+                raise
+        finally:
+            if not finished:
+                self.state.abandon_move(name, token)
+        log.info("dataset %s: moved from host %s to host %s, %d bytes in %.2f s",
+                 name, record.host, self.host_name, size, time.monotonic() - started)
+        try:
+            await source.control.request("DELETE", f"/volumes/{volume}")
+        except EngineError as exc:
+            # The move stands: this host owns the data now. The old copy is removed before the
+            # dataset ever moves back there (see _clear_stale).
+            log.warning("dataset %s: old volume %s on host %s not removed: %s",
+                        name, volume, record.host, exc.message)
+
+    async def _copy(self, source: _Host, here: _Host, name: str, token: str) -> int:
+        """Copy the volume's content from ``source`` to ``here`` through a temporary file;
+        gives the archive's size. Transfer containers are removed, whatever happens."""
+        made: list[tuple[_Host, str]] = []
+        try:
+            reader = await self._transfer_container(source, name, made, read_only=True)
+            with tempfile.TemporaryFile(prefix="powerstrip-volume-") as spool:
+                size = await self._call(source, name, "download the volume's archive",
+                                        source.transfer.download(
+                                            f"/containers/{reader}/archive", spool,
+                                            {"path": MOUNT_POINT}))
+                if not self.state.renew(name, token):
+                    raise OwnerChanged(name)
+                spool.seek(0)
+                writer = await self._transfer_container(here, name, made, read_only=False)
+                await self._call(here, name, "upload the volume's archive",
+                                 here.transfer.request("PUT", f"/containers/{writer}/archive",
+                                                       {"path": "/"}, data=spool))
+            return size
+        finally:
+            for host, container in made:
+                try:
+                    await host.control.request("DELETE", f"/containers/{container}",
+                                               {"force": "1"})
+                except EngineError as exc:
+                    log.warning("dataset %s: transfer container %s on host %s not removed: %s",
+                                name, container, host.name, exc.message)
+
+    async def _transfer_container(
+        self, host: _Host, name: str, made: list[tuple[_Host, str]], read_only: bool
+    ) -> str:
+        # Created, never started: the archive endpoints work on created containers, so the data
+        # moves without running anything on either host.
+        config = {
+            "Image": self.helper_image,
+            "Cmd": ["true"],
+            "Labels": {HELPER_LABEL: name},
+            "NetworkDisabled": True,
+            "HostConfig": {"Mounts": [{"Type": "volume", "Source": volume_name(name),
+                                       "Target": MOUNT_POINT, "ReadOnly": read_only}]},
+        }
+        created = await self._call(host, name, "create a transfer container",
+                                   host.control.request("POST", "/containers/create", body=config))
+        made.append((host, created["Id"]))
+        return created["Id"]
+
+    async def _refuse_if_used(self, host: _Host, name: str, purpose: str) -> None:
+        """Refuse 409 if any container on ``host``, running or not, has the dataset's volume:
+        a stopped one would start again on a copy that is no longer the dataset. ``purpose``
+        completes "it ...", e.g. "cannot move to host B"."""
+        users = await self._call(host, name, "list the containers using it", host.control.request(
+            "GET", "/containers/json", {"all": "1", "filters": {"volume": [volume_name(name)]}}))
+        for container in users or []:
+            names = [n.lstrip("/") for n in container.get("Names") or []]
+            label = names[0] if names else str(container.get("Id", "?"))[:12]
+            state = container.get("State") or "?"
+            if state == "running":
+                raise Refuse(409, f"dataset {name} is in use on host {host.name} by running "
+                                  f"container {label}: it {purpose} while that container runs")
+            raise Refuse(409, f"dataset {name} is attached on host {host.name} to container "
+                              f"{label} ({state}): it {purpose} until that container is removed")
+
+    async def _clear_stale(self, here: _Host, name: str) -> None:
+        """Remove an old copy of the volume left here, so the moved data is not merged into
+        it (files deleted since would come back)."""
+        volume = volume_name(name)
+        found = await self._call(here, name, "look up the volume", here.control.request(
+            "GET", f"/volumes/{volume}"), missing_ok=True)
+        if found is None:
+            return
+        # An old copy still attached to a container here: removing it is not ours to decide.
+        await self._refuse_if_used(here, name, "cannot move back to host "
+                                   f"{here.name}, where an old copy of it is kept")
+        await self._call(here, name, "remove the old copy of the volume", here.control.request(
+            "DELETE", f"/volumes/{volume}"), missing_ok=True)
+
+    async def _discard(self, here: _Host, name: str) -> None:
+        try:
+            await here.control.request("DELETE", f"/volumes/{volume_name(name)}")
+        except EngineError as exc:
+            log.warning("dataset %s: partial copy on host %s not removed: %s",
+                        name, here.name, exc.message)
+
+    async def _create_volume(self, host: _Host, name: str) -> None:
+        await self._call(host, name, "create the volume", host.control.request(
+            "POST", "/volumes/create",
+            body={"Name": volume_name(name), "Labels": {DATASET_LABEL: name}}))
+
+    # -- engines --------------------------------------------------------------------------
+
+    def _host(self, name: str, address: str) -> _Host:
+        return _Host(name, address, self._client(address, CONTROL_TIMEOUT),
+                     self._client(address, TRANSFER_TIMEOUT))
+
+    def _client(self, address: str, timeout: float) -> Any:
+        key = (address, timeout)
+        if key not in self._clients:
+            self._clients[key] = self._connect(address, timeout)
+        return self._clients[key]
+
+    async def _call(
+        self, host: _Host, name: str, what: str, call: defer.Deferred[Any],
+        missing_ok: bool = False,
+    ) -> Any:
+        """Await an engine call; its failure becomes a 502 naming the dataset and the host.
+        With ``missing_ok`` a 404 gives None."""
+        try:
+            return await call
+        except EngineError as exc:
+            if missing_ok and exc.status == 404:
+                return None
+            raise Refuse(502, f"dataset {name}: cannot {what} on host {host.name} "
+                              f"(engine {host.address}): {exc.message}") from None
+
+
+def build(volumes: Volumes) -> Adapter:
+    """The adapter serving ``volumes``' pre-hook on container create."""
+    app = Adapter("volumes")
+    app.pre("POST /*/containers/create")(volumes.on_create)
+    return app
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Parse the command line, register this host in the state file, and serve."""
+    parser = Adapter("volumes").argument_parser()
+    parser.description = "Powerstrip volumes adapter: datasets that follow their containers"
+    parser.add_argument("--host-name", required=True,
+                        help="this host's name, as the state file records owners")
+    parser.add_argument("--docker", required=True, metavar="ADDRESS",
+                        help="this host's Docker Engine, reached directly (not through "
+                             "Powerstrip): unix:///path or tcp://HOST:PORT")
+    parser.add_argument("--state", required=True, metavar="PATH",
+                        help="the SQLite state file all hosts' adapters share")
+    parser.add_argument("--helper-image", default="busybox",
+                        help="the image of the containers that carry data during a move "
+                             "(present on every host; never run)")
+    parser.add_argument("--prefix", default="/flocker",
+                        help="bind sources under this directory name datasets")
+    args = parser.parse_args(argv)
+    if not args.host_name.strip() or args.host_name != args.host_name.strip():
+        parser.error("--host-name must be a name without surrounding spaces")
+    try:
+        parse_address(args.docker)
+        normalise_prefix(args.prefix)
+    except (AddressError, ValueError) as exc:
+        parser.error(str(exc))
+    try:
+        state = State(args.state)
+        replaced = state.register_host(args.host_name, args.docker)
+    except sqlite3.Error as exc:
+        print(f"adapter volumes: cannot use the state file {args.state}: {exc}", file=sys.stderr)
+        raise SystemExit(1) from None
+    if replaced is not None:
+        print(f"adapter volumes: host {args.host_name} was registered with engine {replaced}; "
+              f"now {args.docker}", file=sys.stderr)
+    volumes = Volumes(state, args.host_name, args.docker, args.helper_image, args.prefix)
+    build(volumes).serve(args)
+
+
+if __name__ == "__main__":
+    main()
