@@ -202,6 +202,10 @@ def build_parser() -> argparse.ArgumentParser:
     commands.add_parser(
         "engine", help="a throwaway Docker Engine: start|stop [--root DIR] [--remove]"
     )
+    commands.add_parser("run", help="the rig: Powerstrip and the example adapters (make run)")
+    commands.add_parser(
+        "demo", help="two hosts, one dataset: the example adapters' story end to end"
+    )
     return parser
 
 
@@ -213,6 +217,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         from powerstrip import engine
 
         return engine.main(argv[1:])
+    if argv[:1] == ["demo"]:
+        from powerstrip import demo
+
+        return demo.main(argv[1:])
+    if argv[:1] == ["run"]:
+        from powerstrip import rig
+
+        return rig.main(argv[1:])
     args = build_parser().parse_args(argv)
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO,

@@ -105,6 +105,16 @@ def is_json(content_type: bytes | str | None) -> bool:
     return media == "application/json" or media.endswith("+json")
 
 
+def is_form(content_type: bytes | str | None) -> bool:
+    """Whether a Content-Type is a URL-encoded form: the daemon (Go's ``ParseForm``) reads such a
+    body as request parameters that override the query string's."""
+    if content_type is None:
+        return False
+    if isinstance(content_type, bytes):
+        content_type = content_type.decode("latin-1")
+    return content_type.split(";", 1)[0].strip().lower() == "application/x-www-form-urlencoded"
+
+
 def is_text(content_type: bytes | str | None) -> bool:
     """Whether post-hooks can be shown a body of this type: JSON or text."""
     if content_type is None:

@@ -40,13 +40,15 @@ from powerstrip.framing import (
 from powerstrip.hooks import HookError
 from powerstrip.live import LiveConfig
 from powerstrip.matching import SpellingError, canonical_path
-from powerstrip.plans import Plan, is_json, is_stream, is_text
+from powerstrip.plans import Plan, is_form, is_json, is_stream, is_text
 from powerstrip.wire import ClientRequest, ServerResponse
 
 log = logging.getLogger("powerstrip.proxy")
 
 #: Bytes of pipelined requests held before the proxy stops reading from the client.
 PIPELINE_HIGH_WATER = 256 * 1024
+#: The methods whose form-encoded bodies Go's ``ParseForm`` reads as parameters.
+_FORM_METHODS = frozenset((b"POST", b"PUT", b"PATCH"))
 
 
 @implementer(interfaces.IPushProducer)
@@ -238,7 +240,17 @@ class ClientConnection(Protocol):
             self._to_daemon(head.raw)
             return True
         exchange.held = []
-        if head.body_kind is not BodyKind.NONE and is_json(head.header(b"content-type")):
+        content_type = head.header(b"content-type")
+        if (head.body_kind is not BodyKind.NONE and head.method in _FORM_METHODS
+                and is_form(content_type)):
+            # Adapters would see no body while the daemon read its values as parameters (a tag's
+            # repo, a build's networkmode), so a hook deciding on the query could be bypassed.
+            self._refuse(400, f"refused {head.method.decode()} {_text(head.target)}: a "
+                              "form-encoded body (application/x-www-form-urlencoded) is not "
+                              "accepted on an endpoint with pre-hooks "
+                              f"(endpoint {plan.endpoints}); send parameters in the query")
+            return False
+        if head.body_kind is not BodyKind.NONE and is_json(content_type):
             limit = plan.config.max_body
             if head.body_kind is BodyKind.LENGTH and head.content_length > limit:
                 self._too_large(exchange, head.content_length)
@@ -277,10 +289,9 @@ class ClientConnection(Protocol):
             if len(payload) > exchange.plan.config.max_body:
                 self._too_large(exchange, len(payload))
                 return
-            try:
-                body_text = payload.decode("utf-8")
-            except UnicodeDecodeError:
-                exchange.buffer_json = False  # not text after all: shown as null, sent as is
+            # The daemon's JSON decoder reads a byte that is not UTF-8 as U+FFFD, and so do the
+            # hooks; unless they change the body, the original bytes are what is forwarded.
+            body_text = payload.decode("utf-8", "replace")
         request = ClientRequest(head.method.decode("latin-1"), _text(head.target), body_text)
         exchange.hooked_request = request
         adapters = self.factory.hooks.adapters

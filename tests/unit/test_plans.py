@@ -14,7 +14,7 @@ from powerstrip.framing import (
     decode_chunked,
     parse_request_head,
 )
-from powerstrip.plans import is_json, is_stream, is_text, make_plan
+from powerstrip.plans import is_form, is_json, is_stream, is_text, make_plan
 
 
 @pytest.mark.parametrize(
@@ -151,3 +151,17 @@ def test_load_time_warning_names_post_hooks_that_streams_pass_by():
     assert len(warnings) == 1  # only the catch-all covers streams; pre-hooks always run
     assert '"* *" (line 2)' in warnings[0]
     assert "GET /v1.41/events" in warnings[0] and "POST /v1.41/containers/c/wait" in warnings[0]
+
+
+@pytest.mark.parametrize(("content_type", "expected"), [
+    ("application/x-www-form-urlencoded", True),
+    ("Application/X-WWW-Form-Urlencoded; charset=utf-8", True),
+    (b" application/x-www-form-urlencoded ", True),
+    ("application/json", False),
+    ("multipart/form-data; boundary=x", False),
+    (None, False),
+])
+def test_form_bodies_are_recognised_as_go_parses_them(
+    content_type: str | bytes | None, expected: bool
+) -> None:
+    assert is_form(content_type) is expected

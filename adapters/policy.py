@@ -1,0 +1,867 @@
+#!/usr/bin/env python3
+"""The policy adapter: refuses what an operator forbids, read from a YAML rules file.
+
+::
+
+    python adapters/policy.py --listen 127.0.0.1:9100 --rules adapters/policy.yml
+
+Rules (see ``adapters/policy.yml`` and ``docs/policy.md``): privileged containers and exec
+sessions, the host's network or PID namespace, capability additions, bind mounts outside allowed
+host paths (``Binds``, ``Mounts``, and named volumes that are binds in disguise), and images
+outside an allowlist. A refusal is ``403 {"message": "refused by policy rule NAME: ..."}``, which
+the docker CLI prints as ``Error response from daemon: ...``.
+
+The daemon reads requests more leniently than ``json.loads`` does, and the policy must judge
+what the daemon will do, not what a naive reading sees. So request bodies are read the way
+dockerd's Go ``encoding/json`` reads them (``go_decode``): object keys match struct fields
+case-insensitively under Unicode simple folding (``"PRIVILEGED"``, ``"Hoſtconfig"`` with U+017F),
+a repeated key decodes *into* the value already there (objects and maps merge, slices reuse their
+elements), only the first JSON value counts, and the create body's deprecated top-level
+HostConfig fields are read as well. Anything the policy cannot read is refused: it never guesses
+in the request's favour. ``docs/policy.md`` records the probes of a real dockerd behind each rule.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import sys
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from urllib.parse import parse_qs
+
+import yaml
+
+from powerstrip.adapter import Adapter, Refuse, Request
+
+__all__ = [
+    "ANY", "BOOL", "CREATE_BODY", "EXEC_BODY", "HOST_CONFIG", "MOUNT", "STRING", "STRSLICE",
+    "VOLUME_BODY", "GoJSONError", "GoSlice", "ImageRef", "ImageRefError", "Map", "Ptr", "Rules",
+    "RulesError", "Slice", "Struct", "Violation", "allowed_path", "check_build", "check_create",
+    "check_exec", "check_image_naming", "check_start", "check_volume_create", "clean_path",
+    "go_decode", "go_fold_equal", "host_configs", "image_allowed", "load_rules", "main",
+    "make_adapter", "normalize_capability", "parse_image_reference", "parse_rules",
+]
+
+# =================================================================================================
+# Reading JSON as Go's encoding/json does (dockerd 20.10 is built with Go 1.19)
+# =================================================================================================
+
+
+class GoJSONError(ValueError):
+    """A body dockerd's decoder would reject (syntax or type error): the daemon answers 4xx/5xx,
+    and the policy refuses it rather than reason about a half-decoded value."""
+
+
+@dataclass(frozen=True)
+class Struct:
+    """A Go struct: its JSON field names in declaration order, each with its kind. Decoded, it is
+    a dict holding the fields that were set (a missing field is Go's zero value)."""
+
+    fields: tuple[tuple[str, Any], ...]
+
+    def lookup(self, key: str) -> str | None:
+        """The field a JSON object key decodes into, as encoding/json chooses it: an exact match,
+        else the first field equal under Unicode simple case folding; None if none."""
+        names = [name for name, _ in self.fields]
+        if key in names:
+            return key
+        return next((name for name in names if go_fold_equal(key, name)), None)
+
+    def kind(self, name: str) -> Any:
+        """The kind of field ``name``."""
+        return dict(self.fields)[name]
+
+
+@dataclass(frozen=True)
+class Ptr:
+    """A Go pointer: null makes it nil (None); a value decodes into what it already points to."""
+
+    elem: Any
+
+
+@dataclass(frozen=True)
+class Slice:
+    """A Go slice. A JSON array decodes element by element into the elements already there."""
+
+    elem: Any
+
+
+@dataclass(frozen=True)
+class Map:
+    """A Go map with string keys: an object adds its keys to the map already there."""
+
+    elem: Any
+
+
+BOOL = "bool"
+STRING = "string"
+#: docker's strslice.StrSlice (CapAdd, Cmd, ...): a JSON array of strings or a single string.
+STRSLICE = "strslice"
+#: A field the policy does not look at: decoded as interface{} (replaced whole), never checked.
+ANY = "any"
+
+
+class GoSlice(list):  # type: ignore[type-arg]
+    """A decoded slice, remembering its backing array: Go 1.19 grows a slice within its capacity
+    without clearing it, so elements a shorter array cut off come back when a later duplicate
+    key's array is longer. Keeping every element ever decoded is a superset of what Go keeps,
+    and only ever shows the policy more to refuse, never less."""
+
+    backing: list[Any]
+
+
+def go_fold_equal(key: str, name: str) -> bool:
+    """Whether a JSON key matches the ASCII field name ``name`` under Unicode simple folding.
+
+    Go's ``bytes.EqualFold`` semantics, which encoding/json uses for keys: ASCII letters match
+    either case, and two non-ASCII letters fold to ASCII ones, U+212A KELVIN SIGN to k and U+017F
+    LONG S to s. Nothing else does: U+0131 (dotless i) is not i, however Python upper-cases it.
+    """
+    if len(key) != len(name):
+        return False
+    for k, n in zip(key, name, strict=True):
+        if k == n:
+            continue
+        lower = n.lower()
+        if not (n.isascii() and n.isalpha()):
+            return False
+        if k not in (lower, n.upper()) and not (
+            (lower == "k" and k == "\u212a") or (lower == "s" and k == "\u017f")
+        ):
+            return False
+    return True
+
+
+class _Pairs(list):  # type: ignore[type-arg]
+    """A JSON object as its (key, value) pairs in order, duplicates kept."""
+
+
+def _no_constant(name: str) -> Any:
+    raise GoJSONError(f"invalid character {name[0]!r} looking for beginning of value")
+
+
+_DECODER = json.JSONDecoder(object_pairs_hook=_Pairs, parse_constant=_no_constant)
+_SURROGATE = re.compile("[\ud800-\udfff]")
+_GO_SPACE = " \t\r\n"
+
+
+def _first_value(text: str) -> Any:
+    """The first JSON value of ``text``: dockerd's ``json.NewDecoder(body).Decode`` reads one
+    value and leaves whatever follows unread (``{...} garbage`` creates a container)."""
+    start = len(text) - len(text.lstrip(_GO_SPACE))
+    if start == len(text):
+        raise GoJSONError("EOF: the body is empty")
+    try:
+        value, _ = _DECODER.raw_decode(text, start)
+    except json.JSONDecodeError as exc:
+        raise GoJSONError(f"invalid JSON: {exc}") from None
+    return value
+
+
+def go_decode(kind: Any, text: str) -> Any:
+    """Decode the JSON ``text`` into a value of ``kind`` as dockerd would; GoJSONError if it would
+    fail. A top-level ``null`` leaves the zero value."""
+    return _decode(kind, _first_value(text), None, "body")
+
+
+def _json_type(value: Any) -> str:
+    if isinstance(value, _Pairs):
+        return "object"
+    if isinstance(value, list):
+        return "array"
+    if isinstance(value, bool):
+        return "bool"
+    if isinstance(value, str):
+        return "string"
+    return "number"
+
+
+def _type_error(value: Any, kind: Any, where: str) -> GoJSONError:
+    name = kind if isinstance(kind, str) else type(kind).__name__.lower()
+    return GoJSONError(f"json: cannot unmarshal {_json_type(value)} into {where} of type {name}")
+
+
+def _decode(kind: Any, value: Any, current: Any, where: str) -> Any:
+    """``value`` (parsed JSON) decoded into ``current`` (the Go value already there, None for
+    zero/nil), giving the new value."""
+    if kind == ANY:
+        return value
+    if value is None:
+        # null sets pointers, maps, slices and interfaces to nil, and leaves anything else alone.
+        return None if isinstance(kind, (Ptr, Slice, Map)) or kind == STRSLICE else current
+    if isinstance(kind, Ptr):
+        return _decode(kind.elem, value, current, where)
+    if kind == BOOL:
+        if not isinstance(value, bool):
+            raise _type_error(value, kind, where)
+        return value
+    if kind == STRING:
+        if not isinstance(value, str):
+            raise _type_error(value, kind, where)
+        # Go decodes a lone surrogate escape as U+FFFD.
+        return _SURROGATE.sub("\ufffd", value)
+    if kind == STRSLICE:
+        # StrSlice.UnmarshalJSON: a fresh []string, or else a single string.
+        if isinstance(value, str):
+            return [_decode(STRING, value, None, where)]
+        if isinstance(value, list) and not isinstance(value, _Pairs):
+            # A null element leaves its string zero ("").
+            return ["" if item is None else _decode(STRING, item, None, where) for item in value]
+        raise _type_error(value, kind, where)
+    if isinstance(kind, Struct):
+        if not isinstance(value, _Pairs):
+            raise _type_error(value, kind, where)
+        out = dict(current) if current else {}
+        for key, item in value:
+            name = kind.lookup(key)
+            if name is not None:
+                out[name] = _decode(kind.kind(name), item, out.get(name), f"{where}.{name}")
+        return out
+    if isinstance(kind, Map):
+        if not isinstance(value, _Pairs):
+            raise _type_error(value, kind, where)
+        out = dict(current) if current else {}
+        for key, item in value:
+            # Each map element is decoded from its zero value, then stored.
+            out[key] = _decode(kind.elem, item, None, f"{where}[{key}]")
+        return out
+    if isinstance(kind, Slice):
+        if not isinstance(value, list) or isinstance(value, _Pairs):
+            raise _type_error(value, kind, where)
+        backing = list(getattr(current, "backing", current or []))
+        items = [
+            _decode(kind.elem, item, backing[i] if i < len(backing) else None, f"{where}[{i}]")
+            for i, item in enumerate(value)
+        ]
+        out = GoSlice(items)
+        # An empty array makes a new empty slice: nothing is left to come back.
+        out.backing = items + backing[len(items):] if items else []
+        return out
+    raise TypeError(f"unknown kind {kind!r}")  # pragma: no cover - a programming error
+
+
+# -- the request types dockerd 20.10 decodes ---------------------------------------------------
+
+_DRIVER = Struct((("Name", STRING), ("Options", Map(STRING))))
+_VOLUME_OPTIONS = Struct((("NoCopy", ANY), ("Labels", ANY), ("DriverConfig", Ptr(_DRIVER))))
+#: api/types/mount.Mount, the fields the policy reads.
+MOUNT = Struct((
+    ("Type", STRING), ("Source", STRING), ("Target", STRING),
+    ("VolumeOptions", Ptr(_VOLUME_OPTIONS)),
+))
+#: api/types/container.HostConfig, the fields the policy reads.
+HOST_CONFIG = Struct((
+    ("Binds", Slice(STRING)), ("NetworkMode", STRING), ("CapAdd", STRSLICE),
+    ("PidMode", STRING), ("Privileged", BOOL), ("Mounts", Slice(MOUNT)),
+))
+#: runconfig.ContainerConfigWrapper (the create body, and the start body before API 1.24): the
+#: embedded *container.Config (of which only Image matters here), "HostConfig", and the embedded
+#: *container.HostConfig whose fields are promoted to the top level.
+CREATE_BODY = Struct((("Image", STRING), ("HostConfig", Ptr(HOST_CONFIG)), *HOST_CONFIG.fields))
+#: api/types.ExecConfig.
+EXEC_BODY = Struct((("Privileged", BOOL),))
+#: api/types/volume.VolumeCreateBody.
+VOLUME_BODY = Struct((("Driver", STRING), ("DriverOpts", Map(STRING)), ("Name", STRING)))
+
+
+def host_configs(body: Mapping[str, Any]) -> list[tuple[str, dict[str, Any]]]:
+    """The HostConfigs a decoded create (or old start) body carries, each with where it was.
+
+    dockerd uses ``HostConfig`` when it is there (non-null) and the deprecated top-level fields
+    otherwise (runconfig's ``getHostConfig``). Both are checked, so the policy needs no opinion
+    on which the daemon picks.
+    """
+    out = []
+    inner = body.get("HostConfig")
+    if inner is not None:
+        out.append(("HostConfig.", inner))
+    top = {name: body[name] for name, _ in HOST_CONFIG.fields if name in body}
+    if top:
+        out.append(("", top))
+    return out
+
+
+# =================================================================================================
+# Normalisation: paths, capabilities, image references
+# =================================================================================================
+
+
+def clean_path(path: str) -> str:
+    """Go's ``path.Clean`` for an absolute path: ``//etc/``, ``/a/../etc`` and ``/etc/.`` are all
+    ``/etc``, as dockerd cleans a bind source before mounting it."""
+    kept: list[str] = []
+    for segment in path.split("/"):
+        if segment == "..":
+            if kept:
+                kept.pop()
+        elif segment and segment != ".":
+            kept.append(segment)
+    return "/" + "/".join(kept)
+
+
+def allowed_path(path: str, allowed: Iterable[str], resolve: bool = True) -> bool:
+    """Whether the absolute host path ``path`` is one of ``allowed`` (cleaned absolute paths) or
+    below one. With ``resolve``, symbolic links are followed too (the kernel follows them when
+    it mounts), and the resolved path must be allowed as well."""
+    candidates = [clean_path(path)]
+    if resolve:
+        candidates.append(os.path.realpath(candidates[0]))
+    return all(
+        any(root == "/" or p == root or p.startswith(root + "/") for root in allowed)
+        for p in candidates
+    )
+
+
+def _go_upper(text: str) -> str:
+    # Go's strings.ToUpper maps rune by rune (simple mapping): "ſ" is "S", "ß" stays "ß".
+    return "".join(c.upper() if len(c.upper()) == 1 else c for c in text)
+
+
+def normalize_capability(cap: str) -> str:
+    """A capability as dockerd reads it: upper case, ``CAP_`` prefixed, ``ALL`` kept as is
+    (``sys_admin``, ``cap_sys_admin`` and ``ſys_admin`` all mean ``CAP_SYS_ADMIN``)."""
+    upper = _go_upper(cap)
+    if upper == "ALL" or upper.startswith("CAP_"):
+        return upper
+    return "CAP_" + upper
+
+
+_DOMAIN_COMPONENT = r"(?:[a-zA-Z0-9]|[a-zA-Z0-9][a-zA-Z0-9-]*[a-zA-Z0-9])"
+_DOMAIN = re.compile(rf"{_DOMAIN_COMPONENT}(?:\.{_DOMAIN_COMPONENT})*(?::[0-9]+)?")
+_PATH_COMPONENT = re.compile(r"[a-z0-9]+(?:(?:[._]|__|-*)[a-z0-9]+)*")
+_TAG = re.compile(r"[\w][\w.-]{0,127}", re.ASCII)
+_DIGEST = re.compile(r"[A-Za-z][A-Za-z0-9]*(?:[-_+.][A-Za-z][A-Za-z0-9]*)*:[0-9a-fA-F]{32,}")
+# What dockerd may resolve as an image ID (or ID prefix) rather than a name: a full ID, and
+# any all-hex name or "sha256:" string, which is looked up among IDs when no such tag exists.
+_ID_LIKE = re.compile(r"[0-9a-f]+|sha256:.*", re.DOTALL)
+
+
+@dataclass(frozen=True)
+class ImageRef:
+    """A normalised image reference: ``docker.io/library/busybox``, tag, digest (None if absent)."""
+
+    repository: str
+    tag: str | None = None
+    digest: str | None = None
+
+    def __str__(self) -> str:
+        text = self.repository
+        if self.tag is not None:
+            text += ":" + self.tag
+        if self.digest is not None:
+            text += "@" + self.digest
+        return text
+
+
+class ImageRefError(ValueError):
+    """An image reference the policy cannot judge by name."""
+
+
+def parse_image_reference(ref: str, *, id_like: bool = False) -> ImageRef:
+    """Normalise ``ref`` as docker's ``reference.ParseNormalizedNamed`` does: ``busybox``,
+    ``library/busybox``, ``docker.io/busybox`` and ``index.docker.io/library/busybox`` are all
+    ``docker.io/library/busybox``.
+
+    Raises ImageRefError for what is not a name: a syntax error, or anything dockerd may take for
+    an image ID (``sha256:...``, or an all-hex string such as ``64e93288725a``, which dockerd
+    matches against ID prefixes when no image has that name), unless ``id_like`` is true: where
+    a reference can only be a name (the ``repo`` a tag creates), ``cafe`` is ``.../cafe``.
+    """
+    if not id_like and _ID_LIKE.fullmatch(ref):
+        raise ImageRefError(f"{ref!r} may be an image ID; name the image instead")
+    name, at, digest = ref.partition("@")
+    if at and not _DIGEST.fullmatch(digest):
+        raise ImageRefError(f"invalid digest in {ref!r}")
+    last_slash = name.rfind("/")
+    tag: str | None = None
+    colon = name.rfind(":")
+    if colon > last_slash:
+        name, tag = name[:colon], name[colon + 1:]
+        if not _TAG.fullmatch(tag):
+            raise ImageRefError(f"invalid tag in {ref!r}")
+    slash = name.find("/")
+    first = name[:slash]
+    if slash == -1 or (not any(c in first for c in ".:") and first != "localhost"):
+        domain, remainder = "docker.io", name
+    else:
+        domain, remainder = first, name[slash + 1:]
+        if not _DOMAIN.fullmatch(domain):
+            raise ImageRefError(f"invalid registry in {ref!r}")
+    if domain == "index.docker.io":
+        domain = "docker.io"
+    if domain == "docker.io" and "/" not in remainder:
+        remainder = "library/" + remainder
+    if not all(_PATH_COMPONENT.fullmatch(part) for part in remainder.split("/")):
+        raise ImageRefError(f"invalid reference format {ref!r} (names are lower case)")
+    repository = f"{domain}/{remainder}"
+    if len(repository) > 255:
+        raise ImageRefError(f"repository name too long in {ref!r}")
+    return ImageRef(repository, tag, digest or None)
+
+
+def image_allowed(ref: ImageRef, allowed: Iterable[ImageRef]) -> bool:
+    """Whether ``ref`` is allowed by an entry of ``allowed``: an entry without tag or digest allows
+    the whole repository; with a tag, that tag only (a reference without one means ``latest``);
+    with a digest, that digest only."""
+    for entry in allowed:
+        if entry.repository != ref.repository:
+            continue
+        if entry.digest is not None:
+            if ref.digest == entry.digest and ref.tag in (None, entry.tag):
+                return True
+        elif entry.tag is not None:
+            if ref.digest is None and (ref.tag or "latest") == entry.tag:
+                return True
+        else:
+            return True
+    return False
+
+
+# =================================================================================================
+# Rules
+# =================================================================================================
+
+
+class RulesError(ValueError):
+    """A rules file that cannot be used; the message names the file, the line and the fault."""
+
+
+@dataclass(frozen=True)
+class Rules:
+    """What the policy forbids. A list rule left as None is not enforced."""
+
+    privileged: bool = False  #: forbid privileged containers and exec sessions
+    host_network: bool = False  #: forbid NetworkMode host (containers, builds)
+    host_pid: bool = False  #: forbid PidMode host
+    cap_add: frozenset[str] | None = None  #: capabilities that may be added (normalised)
+    bind_mounts: tuple[str, ...] | None = None  #: host paths binds may use (cleaned)
+    resolve_symlinks: bool = True  #: follow links in bind sources (the adapter shares the host)
+    images: tuple[ImageRef, ...] | None = None  #: images containers may run
+    sources: dict[str, str] = field(default_factory=dict, compare=False)  #: rule -> "file:line"
+
+
+@dataclass(frozen=True)
+class Violation:
+    """A rule a request breaks."""
+
+    rule: str
+    why: str
+
+    def message(self) -> str:
+        """The refusal's text, naming the rule."""
+        return f"refused by policy rule {self.rule}: {self.why}"
+
+
+_SWITCHES = ("privileged", "host_network", "host_pid")
+_RULE_NAMES = (*_SWITCHES, "cap_add", "bind_mounts", "images")
+
+
+class _RulesLoader(yaml.SafeLoader):
+    """SafeLoader that refuses duplicate keys, which plain YAML would silently drop."""
+
+
+def _mapping(loader: _RulesLoader, node: yaml.MappingNode) -> dict[Any, Any]:
+    seen: dict[Any, int] = {}
+    for key_node, _ in node.value:
+        key = loader.construct_object(key_node)
+        line = key_node.start_mark.line + 1
+        if key in seen:
+            raise RulesError(f"line {line}: duplicate key {key!r} (also on line {seen[key]})")
+        seen[key] = line
+    loader.flatten_mapping(node)
+    return {
+        **{"__lines__": seen},
+        **{loader.construct_object(k, deep=True): loader.construct_object(v, deep=True)
+           for k, v in node.value},
+    }
+
+
+_RulesLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _mapping)
+
+
+def _lines(obj: dict[Any, Any]) -> dict[Any, int]:
+    return obj.get("__lines__", {})
+
+
+def _plain(obj: dict[Any, Any]) -> dict[Any, Any]:
+    return {k: v for k, v in obj.items() if k != "__lines__"}
+
+
+def parse_rules(text: str, source: str = "<rules>") -> Rules:
+    """Rules from the YAML ``text``; RulesError with ``source`` and the line for any fault.
+
+    ``version: 1`` (optional) and ``rules:``, a mapping of rule names to settings: ``forbid`` or
+    ``allow`` for privileged, host_network and host_pid; ``forbid`` or ``{allow: [...]}`` for
+    cap_add; ``{allow: [...]}`` for bind_mounts (with ``resolve_symlinks``) and images.
+    """
+    try:
+        doc = yaml.load(text, Loader=_RulesLoader)  # noqa: S506 - a SafeLoader subclass
+    except RulesError as exc:
+        raise RulesError(f"{source}: {exc}") from None
+    except yaml.YAMLError as exc:
+        raise RulesError(f"{source}: not YAML: {exc}") from None
+
+    def fail(where: dict[Any, Any] | None, key: Any, message: str) -> RulesError:
+        line = _lines(where).get(key) if where else None
+        return RulesError(f"{source}{f':{line}' if line else ''}: {message}")
+
+    if not isinstance(doc, dict):
+        raise RulesError(f"{source}: a rules file is a mapping with a 'rules' key")
+    for key in _plain(doc):
+        if key not in ("version", "rules"):
+            raise fail(doc, key, f"unknown key {key!r}; expected 'version' and 'rules'")
+    if doc.get("version", 1) != 1:
+        raise fail(doc, "version", f"version must be 1, not {doc['version']!r}")
+    rules = doc.get("rules")
+    if not isinstance(rules, dict):
+        raise fail(doc, "rules", "'rules' must be a mapping of rule names to settings")
+    settings: dict[str, Any] = {}
+    sources: dict[str, str] = {}
+    for name, value in _plain(rules).items():
+        if name not in _RULE_NAMES:
+            raise fail(rules, name, f"unknown rule {name!r}; rules are {', '.join(_RULE_NAMES)}")
+        sources[name] = f"{source}:{_lines(rules).get(name)}"
+        if name in _SWITCHES:
+            if value not in ("forbid", "allow"):
+                raise fail(rules, name, f"rule {name} is 'forbid' or 'allow', not {value!r}")
+            settings[name] = value == "forbid"
+            continue
+        if name == "cap_add" and value == "forbid":
+            settings[name] = frozenset()
+            continue
+        options = ("allow", "resolve_symlinks") if name == "bind_mounts" else ("allow",)
+        if not isinstance(value, dict) or "allow" not in value:
+            raise fail(rules, name, f"rule {name} needs {{allow: [...]}}"
+                       + (" or 'forbid'" if name == "cap_add" else ""))
+        for key in _plain(value):
+            if key not in options:
+                raise fail(value, key, f"unknown setting {key!r} of rule {name}")
+        allow = value["allow"]
+        if not isinstance(allow, list) or not all(isinstance(x, str) and x for x in allow):
+            raise fail(value, "allow", f"{name}.allow must be a list of strings")
+        if name == "cap_add":
+            settings[name] = frozenset(normalize_capability(c) for c in allow)
+        elif name == "bind_mounts":
+            for path in allow:
+                if not path.startswith("/"):
+                    raise fail(value, "allow", f"bind_mounts.allow: {path!r} is not absolute")
+            settings[name] = tuple(clean_path(p) for p in allow)
+            resolve = value.get("resolve_symlinks", True)
+            if not isinstance(resolve, bool):
+                raise fail(value, "resolve_symlinks", "resolve_symlinks must be true or false")
+            settings["resolve_symlinks"] = resolve
+        else:
+            try:
+                settings[name] = tuple(parse_image_reference(ref) for ref in allow)
+            except ImageRefError as exc:
+                raise fail(value, "allow", f"images.allow: {exc}") from None
+    return Rules(**settings, sources=sources)
+
+
+def load_rules(path: str | os.PathLike[str]) -> Rules:
+    """Rules from the file at ``path``; RulesError if it cannot be read or is wrong."""
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise RulesError(f"{path}: cannot read the rules file: {exc}") from None
+    return parse_rules(text, str(path))
+
+
+# =================================================================================================
+# Checks: pure functions from a request to the first rule it breaks (or None)
+# =================================================================================================
+
+_UNREADABLE = "body"
+
+
+def _body(kind: Struct, body: str | None, what: str) -> dict[str, Any]:
+    """The decoded body; _Unreadable if there is none to check. None means the proxy showed no
+    JSON: no body, a Content-Type that is not JSON, or bytes that are not UTF-8."""
+    if body is None:
+        raise _Unreadable(
+            f"{what} needs a JSON body the policy can read (Content-Type: application/json, "
+            "UTF-8); a body it cannot see is refused"
+        )
+    try:
+        decoded = go_decode(kind, body)
+    except GoJSONError as exc:
+        raise _Unreadable(f"{what}: the body is not valid for the daemon: {exc}") from None
+    return decoded or {}
+
+
+class _Unreadable(Exception):
+    """A body the policy cannot judge."""
+
+
+def _guard(check: Callable[..., Violation | None]) -> Callable[..., Violation | None]:
+    def guarded(*args: Any, **kwargs: Any) -> Violation | None:
+        try:
+            return check(*args, **kwargs)
+        except _Unreadable as exc:
+            return Violation(_UNREADABLE, str(exc))
+
+    guarded.__doc__ = check.__doc__
+    guarded.__name__ = check.__name__
+    return guarded
+
+
+def _first(violations: Iterator[Violation]) -> Violation | None:
+    return next(violations, None)
+
+
+def _host_config_violations(rules: Rules, hc: Mapping[str, Any], at: str) -> Iterator[Violation]:
+    if rules.privileged and hc.get("Privileged"):
+        yield Violation("privileged", f"privileged containers are not allowed ({at}Privileged)")
+    # dockerd takes only "host" as the host namespace ("HOST" fails later); refusing any case of
+    # it, and "host:..." too, costs no real request anything.
+    network = hc.get("NetworkMode") or ""
+    if rules.host_network and network.split(":", 1)[0].lower() == "host":
+        yield Violation("host_network", "the host's network namespace is not allowed "
+                                        f"({at}NetworkMode {network!r})")
+    pid = hc.get("PidMode") or ""
+    if rules.host_pid and pid.split(":", 1)[0].lower() == "host":
+        yield Violation("host_pid",
+                        f"the host's PID namespace is not allowed ({at}PidMode {pid!r})")
+    if rules.cap_add is not None:
+        for cap in hc.get("CapAdd") or []:
+            if normalize_capability(cap) not in rules.cap_add:
+                yield Violation("cap_add",
+                                f"adding capability {cap!r} is not allowed ({at}CapAdd)")
+    if rules.bind_mounts is not None:
+        yield from _bind_violations(rules, hc, at)
+
+
+def _bind_violations(rules: Rules, hc: Mapping[str, Any], at: str) -> Iterator[Violation]:
+    assert rules.bind_mounts is not None
+    for bind in hc.get("Binds") or []:
+        # "SOURCE:TARGET[:MODE]"; one part alone is a target (an anonymous volume), and a
+        # source not starting with "/" is a volume name.
+        source, colon, _ = bind.partition(":")
+        if colon and source.startswith("/") and not allowed_path(
+            source, rules.bind_mounts, rules.resolve_symlinks
+        ):
+            yield _path_violation(source, f"{at}Binds")
+    for mount in hc.get("Mounts") or []:
+        source = mount.get("Source") or ""
+        # Any type: only "bind" mounts a host path, but an absolute Source never means anything
+        # harmless (a volume named "/etc" is refused by the daemon anyway).
+        if source.startswith("/") and not allowed_path(
+            source, rules.bind_mounts, rules.resolve_symlinks
+        ):
+            yield _path_violation(source, f"{at}Mounts")
+        driver = (mount.get("VolumeOptions") or {}).get("DriverConfig") or {}
+        yield from _driver_opts_violations(
+            rules, driver.get("Options") or {}, f"{at}Mounts VolumeOptions.DriverConfig.Options"
+        )
+
+
+def _driver_opts_violations(
+    rules: Rules, opts: Mapping[str, str], at: str
+) -> Iterator[Violation]:
+    # The local driver mounts "device" (with o=bind, a bind of a host path; with a type such as
+    # ext4, a host block device). Any driver's absolute device path is judged as a bind source.
+    assert rules.bind_mounts is not None
+    device = opts.get("device", "")
+    if device.startswith("/") and not allowed_path(
+        device, rules.bind_mounts, rules.resolve_symlinks
+    ):
+        yield Violation("bind_mounts",
+                        f"a volume on host path {device!r} is outside the allowed paths ({at})")
+
+
+def _path_violation(source: str, at: str) -> Violation:
+    return Violation("bind_mounts", f"bind mount of host path {source!r} is outside the allowed "
+                                    f"paths ({at})")
+
+
+def _image_violation(rules: Rules, image: str) -> Violation | None:
+    if rules.images is None:
+        return None
+    if not image:
+        return Violation("images", "the request names no image")
+    try:
+        ref = parse_image_reference(image)
+    except ImageRefError as exc:
+        return Violation("images", str(exc))
+    if not image_allowed(ref, rules.images):
+        return Violation("images", f"image {image!r} ({ref}) is not in the allowlist")
+    return None
+
+
+@_guard
+def check_create(rules: Rules, body: str | None) -> Violation | None:
+    """The first rule ``POST /containers/create`` with ``body`` breaks, or None."""
+    decoded = _body(CREATE_BODY, body, "creating a container")
+    found = _image_violation(rules, decoded.get("Image") or "")
+    if found:
+        return found
+    for at, hc in host_configs(decoded):
+        found = _first(_host_config_violations(rules, hc, at))
+        if found:
+            return found
+    return None
+
+
+@_guard
+def check_start(rules: Rules, target: str, body: str | None) -> Violation | None:
+    """The first rule ``POST /containers/{id}/start`` breaks. Before API 1.24 dockerd still
+    applies a HostConfig sent with start (20.10 does, with a warning in its log)."""
+    if body is None:
+        # The proxy shows every JSON body (bytes that are not UTF-8 as U+FFFD, as the daemon
+        # reads them), and the daemon refuses a start body of any other type: nothing to judge.
+        return None
+    if len(body.encode("utf-8")) <= 7:
+        return None  # dockerd ignores a body this short ("a non-nil json object is at least 7")
+    decoded = _body(CREATE_BODY, body, "starting a container with a HostConfig")
+    for at, hc in host_configs(decoded):
+        found = _first(_host_config_violations(rules, hc, at))
+        if found:
+            return found
+    return None
+
+
+@_guard
+def check_exec(rules: Rules, body: str | None) -> Violation | None:
+    """The first rule ``POST /containers/{id}/exec`` breaks (``docker exec --privileged``)."""
+    if not rules.privileged:
+        return None
+    decoded = _body(EXEC_BODY, body, "creating an exec session")
+    if decoded.get("Privileged"):
+        return Violation("privileged", "privileged exec sessions are not allowed (Privileged)")
+    return None
+
+
+@_guard
+def check_volume_create(rules: Rules, body: str | None) -> Violation | None:
+    """The first rule ``POST /volumes/create`` breaks (a local volume that binds a host path)."""
+    if rules.bind_mounts is None:
+        return None
+    decoded = _body(VOLUME_BODY, body, "creating a volume")
+    return _first(_driver_opts_violations(rules, decoded.get("DriverOpts") or {}, "DriverOpts"))
+
+
+def _query(target: str) -> dict[str, list[str]]:
+    # Go's url.ParseQuery: "&"-separated, "+" is a space; a ";" makes dockerd answer 400.
+    return parse_qs(target.partition("?")[2], keep_blank_values=True)
+
+
+def check_build(rules: Rules, target: str) -> Violation | None:
+    """The first rule ``POST /build`` breaks: ``networkmode=host``, or a tag (``t``) that would
+    give an allowlisted image name to whatever the build makes."""
+    query = _query(target)
+    network = (query.get("networkmode") or [""])[0]
+    if rules.host_network and network.split(":", 1)[0].lower() == "host":
+        return Violation("host_network", f"building with networkmode {network!r} is not allowed")
+    # dockerd reads every t= value.
+    for tag in query.get("t", []):
+        found = _naming_violation(rules, tag, "building")
+        if found:
+            return found
+    return None
+
+
+def check_image_naming(rules: Rules, kind: str, target: str) -> Violation | None:
+    """The first rule a request that names local images breaks (``kind``: "tag", "commit",
+    "import" or "load"). With an image allowlist, nothing but a pull may give an allowlisted
+    name to an image, or ``docker tag evil busybox`` would let ``evil`` run as busybox."""
+    if rules.images is None:
+        return None
+    if kind == "load":
+        return Violation("images", "docker load names images from inside the archive, where the "
+                                   "policy cannot see; loading images is not allowed")
+    query = _query(target)
+    repo = (query.get("repo") or [""])[0]
+    if kind == "import" and not (query.get("fromSrc") or [""])[0]:
+        return None  # a pull (fromImage): the registry decides what the name holds
+    if not repo:
+        return None
+    tag = (query.get("tag") or [""])[0]
+    return _naming_violation(rules, f"{repo}:{tag}" if tag else repo, kind)
+
+
+def _naming_violation(rules: Rules, name: str, doing: str) -> Violation | None:
+    if rules.images is None:
+        return None
+    try:
+        ref = parse_image_reference(name, id_like=True)
+    except ImageRefError:
+        return None  # the daemon refuses what is not a name
+    # Any tag of an allowlisted repository counts: a tag-specific entry is still the repository.
+    if any(entry.repository == ref.repository for entry in rules.images):
+        return Violation("images", f"{doing} may not name an image {name!r}: "
+                                   f"{ref.repository} is on the allowlist")
+    return None
+
+
+# =================================================================================================
+# The adapter
+# =================================================================================================
+
+
+def make_adapter(rules: Rules, name: str = "policy") -> Adapter:
+    """An Adapter enforcing ``rules`` on the endpoints listed in docs/policy.md."""
+    app = Adapter(name)
+
+    def enforce(found: Violation | None) -> None:
+        if found is not None:
+            raise Refuse(403, found.message())
+
+    @app.pre("POST /*/containers/create")
+    def create(req: Request) -> None:
+        enforce(check_create(rules, req.body))
+
+    @app.pre("POST /*/containers/*/start")
+    def start(req: Request) -> None:
+        enforce(check_start(rules, req.target, req.body))
+
+    @app.pre("POST /*/containers/*/exec")
+    def exec_create(req: Request) -> None:
+        enforce(check_exec(rules, req.body))
+
+    @app.pre("POST /*/volumes/create")
+    def volume_create(req: Request) -> None:
+        enforce(check_volume_create(rules, req.body))
+
+    @app.pre("POST /*/build")
+    def build(req: Request) -> None:
+        enforce(check_build(rules, req.target))
+
+    @app.pre("POST /*/images/*/tag")
+    def tag(req: Request) -> None:
+        enforce(check_image_naming(rules, "tag", req.target))
+
+    @app.pre("POST /*/commit")
+    def commit(req: Request) -> None:
+        enforce(check_image_naming(rules, "commit", req.target))
+
+    @app.pre("POST /*/images/create")
+    def image_import(req: Request) -> None:
+        enforce(check_image_naming(rules, "import", req.target))
+
+    @app.pre("POST /*/images/load")
+    def load(req: Request) -> None:
+        enforce(check_image_naming(rules, "load", req.target))
+
+    return app
+
+
+def main(argv: list[str] | None = None) -> None:
+    """``policy.py --listen HOST:PORT|--unix PATH --rules FILE``: load the rules, then serve."""
+    app = Adapter("policy")
+    parser = app.argument_parser()
+    parser.add_argument("--rules", required=True, metavar="FILE", help="the YAML rules file")
+    args = parser.parse_args(argv)
+    try:
+        rules = load_rules(args.rules)
+    except RulesError as exc:
+        print(f"policy: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None
+    make_adapter(rules).serve(args)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,440 @@
+"""The policy adapter's pure parts: Go-like JSON reading, normalisation, rules and checks.
+
+The Go behaviours modelled here were probed on dockerd 20.10.24 (Go 1.19); docs/policy.md has
+the table and tests/e2e/test_policy_adapter.py replays the gaps against a real daemon.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from adapters.policy import (
+    CREATE_BODY,
+    EXEC_BODY,
+    VOLUME_BODY,
+    GoJSONError,
+    ImageRef,
+    ImageRefError,
+    Rules,
+    RulesError,
+    allowed_path,
+    check_build,
+    check_create,
+    check_exec,
+    check_image_naming,
+    check_start,
+    check_volume_create,
+    clean_path,
+    go_decode,
+    go_fold_equal,
+    host_configs,
+    image_allowed,
+    load_rules,
+    make_adapter,
+    normalize_capability,
+    parse_image_reference,
+    parse_rules,
+)
+from powerstrip.adapter import Request
+
+REPO = Path(__file__).resolve().parents[2]
+RULES = Rules(
+    privileged=True, host_network=True, host_pid=True,
+    cap_add=frozenset({"CAP_NET_BIND_SERVICE"}), bind_mounts=("/flocker", "/srv/data"),
+    resolve_symlinks=False, images=(parse_image_reference("busybox"),),
+)
+
+
+def create(**body: object) -> str:
+    return json.dumps({"Image": "busybox", **body})
+
+
+def members(*parts: str) -> str:
+    """A JSON object written from its members as text, so duplicate keys stay in it."""
+    return "{" + ",".join(parts) + "}"
+
+
+def rule(violation: object) -> str | None:
+    return None if violation is None else violation.rule  # type: ignore[attr-defined]
+
+
+# -- Go key folding ------------------------------------------------------------------------------
+
+
+def spellings(name: str) -> st.SearchStrategy[str]:
+    """Every spelling of ``name`` that Go's EqualFold matches: either case, and the KELVIN SIGN
+    and LONG S for k and s."""
+
+    def variants(c: str) -> list[str]:
+        out = [c.lower(), c.upper()]
+        out += {"k": ["\u212a"], "s": ["\u017f"]}.get(c.lower(), [])
+        return out
+
+    return st.tuples(*(st.sampled_from(variants(c)) for c in name)).map("".join)
+
+
+@given(spellings("HostConfig"), spellings("Privileged"))
+def test_any_folded_spelling_reaches_the_field(outer: str, inner: str) -> None:
+    body = members('"Image":"busybox"', f'"{outer}":{{"{inner}":true}}')
+    assert rule(check_create(RULES, body)) == "privileged"
+
+
+@pytest.mark.parametrize("key", ["prıvileged", "Privileged ", "Privilege", "Privilegeds",
+                                 "Pr\u0130vileged", "privi\u2c6dged"])
+def test_near_spellings_are_other_keys(key: str) -> None:
+    # U+0131 dotless i upper-cases to I in Python, but Go does not fold it to i: not the field.
+    assert not go_fold_equal(key, "Privileged")
+    body = members('"Image":"busybox"', f'"HostConfig":{{"{key}":true}}')
+    assert check_create(RULES, body) is None
+
+
+def test_exact_match_wins_over_folded_one_only_by_order() -> None:
+    assert go_decode(EXEC_BODY, '{"privileged":true,"Privileged":false}') == {"Privileged": False}
+    assert go_decode(EXEC_BODY, '{"Privileged":false,"PRIVILEGED":true}') == {"Privileged": True}
+
+
+# -- Go decoding: duplicates merge, first value only, type errors ---------------------------------
+
+
+@given(st.booleans(), st.sampled_from(["none", "bridge", "host"]))
+def test_duplicate_objects_merge_field_by_field(privileged: bool, network: str) -> None:
+    body = members('"Image":"busybox"', f'"HostConfig":{{"Privileged":{json.dumps(privileged)}}}',
+                   f'"hostconfig":{{"NetworkMode":"{network}"}}')
+    hc = go_decode(CREATE_BODY, body)["HostConfig"]
+    assert hc == {"Privileged": privileged, "NetworkMode": network}
+
+
+def test_null_resets_a_pointer_and_the_top_level_fields_then_count() -> None:
+    body = '{"Image":"busybox","HostConfig":{"Privileged":true},"HostConfig":null}'
+    decoded = go_decode(CREATE_BODY, body)
+    assert decoded["HostConfig"] is None and host_configs(decoded) == []
+    assert check_create(RULES, body) is None  # the daemon creates it unprivileged (probed)
+    body = '{"Image":"busybox","Privileged":true,"HostConfig":null}'
+    assert rule(check_create(RULES, body)) == "privileged"
+
+
+def test_top_level_host_config_fields_are_checked() -> None:
+    assert rule(check_create(RULES, create(Privileged=True))) == "privileged"
+    assert rule(check_create(RULES, create(Binds=["/etc:/h"]))) == "bind_mounts"
+    # dockerd ignores them when HostConfig is there; refusing anyway costs no real client.
+    assert rule(check_create(RULES, create(Privileged=True, HostConfig={}))) == "privileged"
+
+
+def test_duplicate_map_keys_merge() -> None:
+    body = '{"DriverOpts":{"device":"/etc"},"driveropts":{"type":"none","o":"bind"}}'
+    assert go_decode(VOLUME_BODY, body)["DriverOpts"] == {
+        "device": "/etc", "type": "none", "o": "bind"}
+    assert rule(check_volume_create(RULES, body)) == "bind_mounts"
+
+
+def test_slice_elements_are_decoded_into_the_old_ones() -> None:
+    body = ('{"Image":"busybox","HostConfig":{"Mounts":[{"Source":"/etc","Target":"/h"}]},'
+            '"HostConfig":{"Mounts":[{"Type":"bind"}]}}')
+    mounts = go_decode(CREATE_BODY, body)["HostConfig"]["Mounts"]
+    assert list(mounts) == [{"Source": "/etc", "Target": "/h", "Type": "bind"}]
+    assert rule(check_create(RULES, body)) == "bind_mounts"
+
+
+def test_a_shorter_array_truncates_and_a_longer_one_brings_elements_back() -> None:
+    first = '"HostConfig":{"Mounts":[{"Source":"/srv/data"},{"Source":"/etc","Target":"/h"}]}'
+    short = '"HostConfig":{"Mounts":[{"Type":"bind"}]}'
+    assert check_create(RULES, members('"Image":"busybox"', first, short)) is None
+    longer = '"HostConfig":{"Mounts":[{"Type":"bind"},{"Type":"bind"}]}'
+    found = check_create(RULES, members('"Image":"busybox"', first, short, longer))
+    assert rule(found) == "bind_mounts"
+    empty = '"HostConfig":{"Mounts":[]}'
+    assert check_create(RULES, members('"Image":"busybox"', first, empty, longer)) is None
+
+
+@given(st.lists(st.sampled_from(["/etc:/a", "/srv/data:/b", "vol:/c"]), min_size=1),
+       st.lists(st.sampled_from(["/srv/data:/b", "vol:/c"])))
+def test_string_slices_take_the_last_array(first: list[str], last: list[str]) -> None:
+    body = members('"Image":"busybox"', f'"HostConfig":{{"Binds":{json.dumps(first)}}}',
+                   f'"HostConfig":{{"Binds":{json.dumps(last)}}}')
+    assert check_create(RULES, body) is None
+
+
+def test_only_the_first_json_value_counts() -> None:
+    body = create(HostConfig={"Privileged": True}) + " trailing garbage {"
+    assert rule(check_create(RULES, body)) == "privileged"
+
+
+@pytest.mark.parametrize("body", [
+    '{"Image":"busybox","HostConfig":{"Privileged":"true"}}',
+    '{"Image":"busybox","HostConfig":{"Privileged":1}}',
+    '{"Image":"busybox","HostConfig":{"Privileged":NaN}}',
+    '{"Image":"busybox","HostConfig":{"Privileged":true,}}',
+    '{"Image":"busybox","HostConfig":[]}',
+    "", "   ", "[]", '"x"',
+])
+def test_bodies_the_daemon_rejects_are_refused(body: str) -> None:
+    assert rule(check_create(RULES, body)) == "body"
+
+
+def test_strslice_takes_a_string_or_an_array() -> None:
+    assert go_decode(CREATE_BODY, '{"CapAdd":"SYS_ADMIN"}')["CapAdd"] == ["SYS_ADMIN"]
+    assert go_decode(CREATE_BODY, '{"CapAdd":["A",null]}')["CapAdd"] == ["A", ""]
+    with pytest.raises(GoJSONError):
+        go_decode(CREATE_BODY, '{"CapAdd":1}')
+
+
+def test_lone_surrogates_read_as_replacement_characters() -> None:
+    assert go_decode(CREATE_BODY, '{"Image":"a\\ud800"}')["Image"] == "a\ufffd"
+
+
+# -- rules in create, start, exec, volumes --------------------------------------------------------
+
+
+def test_a_body_the_policy_cannot_see_is_refused() -> None:
+    assert rule(check_create(RULES, None)) == "body"
+    assert rule(check_exec(RULES, None)) == "body"
+    assert rule(check_volume_create(RULES, None)) == "body"
+
+
+@pytest.mark.parametrize(("hc", "expected"), [
+    ({"NetworkMode": "host"}, "host_network"),
+    ({"NetworkMode": "HOST"}, "host_network"),
+    ({"NetworkMode": "bridge"}, None),
+    ({"NetworkMode": "container:abc"}, None),
+    ({"PidMode": "host"}, "host_pid"),
+    ({"PidMode": "Host"}, "host_pid"),
+    ({"PidMode": "container:abc"}, None),
+    ({"CapAdd": ["sys_admin"]}, "cap_add"),
+    ({"CapAdd": ["CAP_SYS_ADMIN"]}, "cap_add"),
+    ({"CapAdd": ["\u017fys_admin"]}, "cap_add"),
+    ({"CapAdd": ["all"]}, "cap_add"),
+    ({"CapAdd": ["net_bind_service", "cap_NET_BIND_SERVICE"]}, None),
+    ({"Binds": ["/flocker/../etc:/h"]}, "bind_mounts"),
+    ({"Binds": ["//etc:/h"]}, "bind_mounts"),
+    ({"Binds": ["/etc/:/h:ro"]}, "bind_mounts"),
+    ({"Binds": ["/flockerx:/h"]}, "bind_mounts"),
+    ({"Binds": ["/flocker/a/:/h", "/srv/data:/d:ro", "etc:/v", "/anon"]}, None),
+    ({"Mounts": [{"Type": "bind", "Source": "/srv/data/../../etc", "Target": "/h"}]},
+     "bind_mounts"),
+    ({"Mounts": [{"Type": "volume", "Target": "/h", "VolumeOptions": {"DriverConfig": {
+        "Options": {"type": "none", "o": "bind", "device": "/etc"}}}}]}, "bind_mounts"),
+    ({"Mounts": [{"Type": "volume", "Source": "v", "Target": "/h", "VolumeOptions": {
+        "DriverConfig": {"Options": {"type": "none", "o": "bind", "device": "/flocker/v"}}}}]},
+     None),
+    ({"Mounts": [{"Type": "tmpfs", "Target": "/t"}]}, None),
+    ({"Privileged": False}, None),
+])
+def test_host_config_rules(hc: dict[str, object], expected: str | None) -> None:
+    assert rule(check_create(RULES, create(HostConfig=hc))) == expected
+
+
+def test_start_before_1_24_is_judged_like_a_create() -> None:
+    assert rule(check_start(RULES, "/v1.23/containers/c/start", '{"Privileged":true}')) == (
+        "privileged")
+    body = '{"HostConfig":{"PidMode":"host"}}'
+    assert rule(check_start(RULES, "/v1.23/containers/c/start", body)) == "host_pid"
+    # No body (the proxy shows every JSON body): nothing to judge, whatever the version.
+    assert check_start(RULES, "/v1.23/containers/c/start", None) is None
+    assert check_start(RULES, "/v1.41/containers/c/start", None) is None
+    assert check_start(RULES, "/containers/c/start", None) is None
+    assert check_start(RULES, "/v1.23/containers/c/start", "{}") is None
+
+
+def test_exec() -> None:
+    assert rule(check_exec(RULES, '{"Cmd":["sh"],"PRIVILEGED":true}')) == "privileged"
+    assert check_exec(RULES, '{"Cmd":["sh"]}') is None
+    assert check_exec(Rules(), None) is None
+
+
+def test_volume_devices() -> None:
+    assert check_volume_create(RULES, '{"Name":"v"}') is None
+    assert check_volume_create(RULES, '{"DriverOpts":{"type":"tmpfs","device":"tmpfs"}}') is None
+    body = '{"DriverOpts":{"type":"nfs","o":"addr=1.2.3.4","device":":/export"}}'
+    assert check_volume_create(RULES, body) is None
+    body = '{"DriverOpts":{"type":"ext4","device":"/dev/sda1"}}'
+    assert rule(check_volume_create(RULES, body)) == "bind_mounts"
+
+
+# -- paths ----------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("path", "clean"), [
+    ("/etc", "/etc"), ("//etc", "/etc"), ("/etc/", "/etc"), ("/a/../etc", "/etc"),
+    ("/../../etc", "/etc"), ("/etc/./x/", "/etc/x"), ("/", "/"), ("///", "/"),
+])
+def test_clean_path(path: str, clean: str) -> None:
+    assert clean_path(path) == clean
+
+
+@given(st.lists(st.sampled_from(["a", "..", ".", "", "etc", "flocker"]), max_size=8))
+def test_cleaning_is_idempotent_and_escapes_only_by_text(parts: list[str]) -> None:
+    path = "/" + "/".join(parts)
+    cleaned = clean_path(path)
+    assert clean_path(cleaned) == cleaned
+    assert "/../" not in cleaned + "/" and "//" not in cleaned[1:]
+    if allowed_path(path, ["/flocker"], resolve=False):
+        assert cleaned == "/flocker" or cleaned.startswith("/flocker/")
+
+
+def test_symlinks_are_followed(tmp_path: Path) -> None:
+    (tmp_path / "allowed").mkdir()
+    (tmp_path / "allowed" / "link").symlink_to("/etc")
+    allowed = [str(tmp_path / "allowed")]
+    assert allowed_path(str(tmp_path / "allowed" / "link"), allowed, resolve=False)
+    assert not allowed_path(str(tmp_path / "allowed" / "link"), allowed)
+    assert allowed_path(str(tmp_path / "allowed" / "x"), allowed)
+
+
+# -- capabilities and images ---------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("cap", "normal"), [
+    ("sys_admin", "CAP_SYS_ADMIN"), ("CAP_SYS_ADMIN", "CAP_SYS_ADMIN"),
+    ("cap_sys_admin", "CAP_SYS_ADMIN"), ("\u017fys_admin", "CAP_SYS_ADMIN"),
+    ("all", "ALL"), ("ALL", "ALL"),
+])
+def test_normalize_capability(cap: str, normal: str) -> None:
+    assert normalize_capability(cap) == normal
+
+
+@pytest.mark.parametrize(("ref", "normal"), [
+    ("busybox", "docker.io/library/busybox"),
+    ("busybox:latest", "docker.io/library/busybox:latest"),
+    ("docker.io/library/busybox", "docker.io/library/busybox"),
+    ("library/busybox:latest", "docker.io/library/busybox:latest"),
+    ("docker.io/busybox", "docker.io/library/busybox"),
+    ("index.docker.io/library/busybox", "docker.io/library/busybox"),
+    ("localhost/busybox", "localhost/busybox"),
+    ("localhost:5000/a/b:1.0", "localhost:5000/a/b:1.0"),
+    ("quay.io/org/img@sha256:" + "a" * 64, "quay.io/org/img@sha256:" + "a" * 64),
+    ("myorg/busybox", "docker.io/myorg/busybox"),
+    ("docker.io/library/cafe", "docker.io/library/cafe"),
+])
+def test_image_references_normalise(ref: str, normal: str) -> None:
+    assert str(parse_image_reference(ref)) == normal
+
+
+@pytest.mark.parametrize("ref", [
+    "64e93288725a", "64e", "a" * 64, "sha256:" + "a" * 64, "sha256:64e", "cafe",
+    "BUSYBOX", "Busybox", " busybox", "busybox ", "busybox@sha256:zz", "busybox:", "",
+    "busybox:" + "x" * 129, "a//b", "-a",
+])
+def test_ids_and_malformed_references_are_refused(ref: str) -> None:
+    with pytest.raises(ImageRefError):
+        parse_image_reference(ref)
+
+
+@given(st.sampled_from(["busybox", "library/busybox", "docker.io/busybox",
+                        "docker.io/library/busybox", "index.docker.io/library/busybox"]),
+       st.sampled_from(["", ":latest", ":1.36", "@sha256:" + "b" * 64]))
+def test_every_spelling_of_an_allowed_repository_is_allowed(name: str, suffix: str) -> None:
+    assert check_create(RULES, create(Image=name + suffix)) is None
+
+
+def test_tag_and_digest_entries() -> None:
+    tagged = [parse_image_reference("alpine:3.19")]
+    assert image_allowed(parse_image_reference("alpine:3.19"), tagged)
+    assert not image_allowed(parse_image_reference("alpine"), tagged)
+    assert not image_allowed(parse_image_reference("alpine:3.20"), tagged)
+    digest = "sha256:" + "c" * 64
+    pinned = [parse_image_reference(f"alpine@{digest}")]
+    assert image_allowed(parse_image_reference(f"docker.io/library/alpine@{digest}"), pinned)
+    assert not image_allowed(parse_image_reference("alpine:3.19"), pinned)
+    assert not image_allowed(ImageRef("docker.io/library/busybox"), tagged)
+
+
+def test_images_outside_the_allowlist() -> None:
+    assert rule(check_create(RULES, create(Image="evil"))) == "images"
+    assert rule(check_create(RULES, create(Image="64e93288725a"))) == "images"
+    assert rule(check_create(RULES, '{"Image":"busybox","image":"evil"}')) == "images"
+    assert check_create(RULES, '{"Image":"evil","IMAGE":"busybox"}') is None
+    assert rule(check_create(RULES, "{}")) == "images"
+
+
+def test_naming_an_allowlisted_image_is_refused() -> None:
+    assert rule(check_image_naming(RULES, "tag", "/v1.41/images/evil/tag?repo=busybox")) == (
+        "images")
+    assert rule(check_image_naming(RULES, "tag", "/images/e/tag?repo=docker.io/busybox&tag=x")) \
+        == "images"
+    assert check_image_naming(RULES, "tag", "/images/e/tag?repo=mine&tag=latest") is None
+    assert rule(check_image_naming(RULES, "commit", "/commit?container=c&repo=busybox")) == (
+        "images")
+    assert rule(check_image_naming(RULES, "import", "/images/create?fromSrc=-&repo=busybox")) == (
+        "images")
+    assert check_image_naming(RULES, "import", "/images/create?fromImage=busybox&tag=1") is None
+    assert rule(check_image_naming(RULES, "load", "/images/load")) == "images"
+    assert check_image_naming(Rules(), "load", "/images/load") is None
+    assert rule(check_build(RULES, "/build?t=mine&t=busybox:x")) == "images"
+    assert rule(check_build(RULES, "/build?networkmode=host")) == "host_network"
+    assert check_build(RULES, "/build?t=mine&networkmode=default") is None
+
+
+# -- the rules file -------------------------------------------------------------------------------
+
+
+def test_the_example_rules_load() -> None:
+    rules = load_rules(REPO / "adapters" / "policy.yml")
+    assert rules.privileged and rules.host_network and rules.host_pid
+    assert rules.images and rules.bind_mounts and rules.cap_add is not None
+
+
+@pytest.mark.parametrize(("text", "message"), [
+    ("rules: {privileged: forbid, privileged: allow}", "duplicate key 'privileged'"),
+    ("rules: {privilegd: forbid}", "unknown rule 'privilegd'"),
+    ("rules: {privileged: yes}", "rule privileged is 'forbid' or 'allow'"),
+    ("rules: {bind_mounts: {allow: [tmp]}}", "'tmp' is not absolute"),
+    ("rules: {bind_mounts: [/tmp]}", "rule bind_mounts needs {allow: [...]}"),
+    ("rules: {images: {allow: [64e93288725a]}}", "may be an image ID"),
+    ("rules: {images: {allow: busybox}}", "images.allow must be a list"),
+    ("rules: {images: {allow: [busybox], deny: []}}", "unknown setting 'deny'"),
+    ("version: 2\nrules: {}", "version must be 1"),
+    ("rule: {}", "unknown key 'rule'"),
+    ("rules: [", "not YAML"),
+    ("- a", "a rules file is a mapping"),
+])
+def test_rules_errors_are_clear(text: str, message: str) -> None:
+    with pytest.raises(RulesError, match="policy.yml") as caught:
+        parse_rules(text, "policy.yml")
+    assert message in str(caught.value)
+
+
+def test_rules_errors_name_the_line() -> None:
+    with pytest.raises(RulesError, match=r"policy.yml:3: unknown rule 'host_ipc'"):
+        parse_rules("version: 1\nrules:\n  host_ipc: forbid\n", "policy.yml")
+
+
+def test_cap_add_forbid_refuses_every_addition() -> None:
+    rules = parse_rules("rules: {cap_add: forbid}")
+    assert rule(check_create(rules, create(HostConfig={"CapAdd": ["NET_BIND_SERVICE"]}))) == (
+        "cap_add")
+    assert check_create(rules, create(HostConfig={"CapAdd": []})) is None
+
+
+# -- the hooks, through the SDK -------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("method", "target", "body", "refused"), [
+    ("POST", "/v1.41/containers/create", create(HostConfig={"Privileged": True}), "privileged"),
+    ("POST", "/v1.41%2Fcontainers%2Fcreate", create(Privileged=True), "privileged"),
+    ("POST", "/containers/create?name=x", create(), None),
+    ("POST", "/v1.23/containers/c/start", '{"PidMode":"host"}', "host_pid"),
+    ("POST", "/v1.41/containers/c/exec", '{"Privileged":true}', "privileged"),
+    ("POST", "/volumes/create", '{"DriverOpts":{"device":"/etc","o":"bind"}}', "bind_mounts"),
+    ("POST", "/v1.41/images/x/tag?repo=busybox", None, "images"),
+    ("POST", "/v1.41/build?networkmode=host", None, "host_network"),
+    ("GET", "/v1.41/containers/json", None, None),
+])
+def test_hooks(method: str, target: str, body: str | None, refused: str | None) -> None:
+    app = make_adapter(RULES)
+    payload = json.dumps({"PowerstripProtocolVersion": 1, "Type": "pre-hook",
+                          "ClientRequest": {"Method": method, "Request": target, "Body": body}})
+    results: list[tuple[int, bytes]] = []
+    app.handle(payload.encode()).addCallback(results.append)
+    status, answer = results[0]
+    if refused is None:
+        assert status == 200
+        assert json.loads(answer)["ModifiedClientRequest"]["Body"] == body
+    else:
+        assert status == 403
+        assert json.loads(answer)["message"].startswith(f"refused by policy rule {refused}: ")
+    assert app.matching("pre-hook", Request(method, target, body)) or refused is None
