@@ -43,9 +43,20 @@ endpoints:
   "POST /*/containers/*/start":
     pre: [policy]
     post: [debug, network]
+  # The policy adapter also sees every other way to get what its rules forbid (docs/policy.md).
   "POST /*/containers/*/exec":
     pre: [policy]
   "POST /*/volumes/create":
+    pre: [policy]
+  "POST /*/build":
+    pre: [policy]
+  "POST /*/images/*/tag":
+    pre: [policy]
+  "POST /*/commit":
+    pre: [policy]
+  "POST /*/images/create":
+    pre: [policy]
+  "POST /*/images/load":
     pre: [policy]
 adapters:
   debug: {urls["debug"]}
