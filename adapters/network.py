@@ -56,6 +56,7 @@ from twisted.internet import defer
 from powerstrip.adapter import Adapter, Refuse, Request, Response
 from powerstrip.addresses import AddressError, parse_address
 from powerstrip.engine_api import EngineClient, EngineError
+from powerstrip.gojson import go_fold_equal
 
 __all__ = [
     "BadCidr",
@@ -118,8 +119,7 @@ class Conflict(ValueError):
 
 
 def _variants(obj: Mapping[str, Any], name: str) -> list[str]:
-    lower = name.lower()
-    return [key for key in obj if isinstance(key, str) and key.lower() == lower]
+    return [key for key in obj if isinstance(key, str) and go_fold_equal(key, name)]
 
 
 def _lookup(obj: Mapping[str, Any], name: str) -> Any:
@@ -144,8 +144,7 @@ def _object(obj: Mapping[str, Any], name: str) -> dict[str, Any]:
 def _put(obj: Mapping[str, Any], name: str, value: Any) -> dict[str, Any]:
     """A copy of ``obj`` with field ``name`` set to ``value`` under its canonical spelling and
     every other spelling removed."""
-    lower = name.lower()
-    copy = {k: v for k, v in obj.items() if not (isinstance(k, str) and k.lower() == lower)}
+    copy = {k: v for k, v in obj.items() if not (isinstance(k, str) and go_fold_equal(k, name))}
     copy[name] = value
     return copy
 

@@ -37,6 +37,7 @@ from twisted.internet import defer
 from powerstrip.adapter import Adapter, Refuse, Request
 from powerstrip.addresses import AddressError, parse_address
 from powerstrip.engine_api import EngineClient, EngineError
+from powerstrip.gojson import go_fold_equal
 
 __all__ = [
     "BadBind",
@@ -167,8 +168,7 @@ def rewrite_bind(bind: Any, prefix: str) -> tuple[Any, str | None]:
 def _keys(obj: dict[str, Any], name: str) -> list[str]:
     # The daemon decodes with Go's encoding/json, which matches keys case-insensitively: every
     # spelling it could read is one this adapter must see.
-    folded = name.casefold()
-    return [key for key in obj if key.casefold() == folded]
+    return [key for key in obj if go_fold_equal(key, name)]
 
 
 def _effective(obj: dict[str, Any], name: str) -> Any:
@@ -192,8 +192,9 @@ def rewrite_mount(mount: Any, prefix: str) -> tuple[Any, str | None]:
             "directories, not to datasets"
         )
     # Docker refuses BindOptions on a volume mount; what is left of them means nothing there.
-    dropped = {"type", "source", "bindoptions"}
-    rewritten = {key: value for key, value in mount.items() if key.casefold() not in dropped}
+    dropped = ("Type", "Source", "BindOptions")
+    rewritten = {key: value for key, value in mount.items()
+                 if not any(go_fold_equal(key, name) for name in dropped)}
     return {"Type": "volume", "Source": volume_name(name), **rewritten}, name
 
 

@@ -280,6 +280,13 @@ def test_rewrite_replaces_every_spelling_of_a_key():
         NAME: {"aliases": None, "IPAMConfig": {"IPv4Address": "10.2.1.5"}}}}
 
 
+def test_rewrite_folds_keys_as_go_does():
+    # U+212A KELVIN SIGN folds to k in Go's key matching.
+    body = {"Env": ["WEAVE_CIDR=10.2.1.5/24"], "HostConfig": {"Networ\u212aMode": "host"}}
+    with pytest.raises(net.Conflict, match="'host'"):
+        net.rewrite_create(body, IFACE)
+
+
 def test_rewrite_sees_a_mode_under_another_spelling():
     body = {"Env": ["WEAVE_CIDR=10.2.1.5/24"], "hostConfig": {"networkMode": "host"}}
     with pytest.raises(net.Conflict, match="'host'"):

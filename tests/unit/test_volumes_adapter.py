@@ -240,6 +240,14 @@ def test_rewrite_create_sees_every_spelling_the_daemon_accepts():
     assert rewritten["hostconfig"]["MOUNTS"][0]["Source"] == "flocker-b"
 
 
+def test_rewrite_create_folds_keys_as_go_does():
+    # U+017F LONG S folds to s in Go's key matching; U+0131 DOTLESS I does not fold to i.
+    body = {"HostConfig": {"Bind\u017f": ["/flocker/a:/a"]}}
+    assert volumes.rewrite_create(body, PREFIX)[1] == ["a"]
+    body = {"HostConfig": {"B\u0131nds": ["/flocker/a:/a"]}}
+    assert volumes.rewrite_create(body, PREFIX) == (body, [])
+
+
 @pytest.mark.parametrize(
     "body",
     [None, [], "x", {}, {"HostConfig": None}, {"HostConfig": {"Binds": None}},
