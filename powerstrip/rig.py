@@ -154,8 +154,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             "powerstrip: try, in another shell, after the export line below:\n"
             "  docker run --rm busybox echo hello through powerstrip\n"
             "  docker run --rm -v /flocker/db:/data busybox sh -c 'date >> /data/d; cat /data/d'\n"
-            "  docker run -d --name web -e WEAVE_CIDR=10.2.1.5/24 busybox httpd -f -p 80\n"
-            "  docker run --rm -e WEAVE_CIDR=10.2.1.6/24 busybox wget -qO- 10.2.1.5 || true\n"
+            "  docker run -d --name web -e WEAVE_CIDR=10.2.1.5/24 busybox httpd -f -p 80 -h /etc\n"
+            "  docker run --rm -e WEAVE_CIDR=10.2.1.6/24 busybox wget -qO- 10.2.1.5/hostname\n"
             "  docker run --rm --privileged busybox true   # refused by the policy adapter",
             file=sys.stderr,
         )
