@@ -15,6 +15,8 @@ from http import HTTPStatus
 
 import httptools
 
+from powerstrip.matching import SpellingError, canonical_path
+
 #: A request head larger than this is refused: dockerd itself caps headers at 1 MiB, and a head
 #: that never ends must not grow the proxy's memory without bound.
 MAX_HEAD_SIZE = 1024 * 1024
@@ -84,6 +86,14 @@ class RequestHead:
         if self.method != b"POST":
             return False
         path = self.path
+        if b"%" in path:
+            # dockerd routes the percent-decoded path: an escaped attach is still an attach.
+            try:
+                routed = canonical_path(self.target.decode("latin-1"))
+            except SpellingError:
+                routed = None
+            if routed is not None:
+                path = routed.encode("utf-8", "surrogateescape")
         return path.endswith(b"/attach") or (b"/exec/" in path and path.endswith(b"/start"))
 
 

@@ -161,8 +161,10 @@ def test_wait_headers_arrive_before_the_container_exits(engine, proxy, scratch):
     assert time.monotonic() - started >= 2.5
 
 
-def test_legacy_hijack_without_upgrade_header(engine, proxy, scratch):
-    """Old clients call exec start without Upgrade and get 200 then a raw stream."""
+@pytest.mark.parametrize("start_path", ["/v1.41/exec/{}/start", "/v1.41/exec/{}/%73tart"])
+def test_legacy_hijack_without_upgrade_header(engine, proxy, scratch, start_path):
+    """Old clients call exec start without Upgrade and get 200 then a raw stream; the daemon
+    routes a percent-escaped spelling to the same endpoint, and hijacks it all the same."""
     name = scratch.name("legacy")
     ok(docker(engine.host, "run", "-d", "--name", name, "busybox", "sleep", "60"))
     sock = connect(proxy.host)
@@ -178,7 +180,7 @@ def test_legacy_hijack_without_upgrade_header(engine, proxy, scratch):
     exec_id = json.loads(answer)["Id"]
     start = b'{"Detach": false, "Tty": false}'
     sock.sendall(
-        f"POST /v1.41/exec/{exec_id}/start HTTP/1.1\r\nHost: x\r\n"
+        f"POST {start_path.format(exec_id)} HTTP/1.1\r\nHost: x\r\n"
         f"Content-Type: application/json\r\nContent-Length: {len(start)}\r\n\r\n".encode() + start
     )
     status, headers = reader.head()

@@ -153,6 +153,11 @@ def test_head_fields():
         (b"GET /containers/x/attach/ws HTTP/1.1\r\n\r\n", False),
         (b"POST /containers/x/start HTTP/1.1\r\n\r\n", False),
         (b"GET /containers/json HTTP/1.1\r\n\r\n", False),
+        # Routed as the daemon routes them: percent-decoded.
+        (b"POST /v1.41/containers/x/%61ttach?stream=1 HTTP/1.1\r\n\r\n", True),
+        (b"POST /v1.41/exec%2Fx%2Fstart HTTP/1.1\r\n\r\n", True),
+        (b"POST /containers/x%2Fattach%2Fws HTTP/1.1\r\n\r\n", False),
+        (b"POST /containers/%zz/attach HTTP/1.1\r\n\r\n", True),
     ],
 )
 def test_which_requests_may_be_hijacked(raw, hijack):
