@@ -458,6 +458,19 @@ class ResponseReader:
                 return
             raise FramingError(f"malformed HTTP response from the daemon: {exc}", 502) from None
 
+    def end_of_stream(self) -> bool:
+        """The daemon closed the connection: if that is how this response's body ends (no
+        length, not chunked, as for an HTTP/1.0 client), mark it complete. Returns whether the
+        response is complete now."""
+        head = self.head
+        if self.complete or head is None:
+            return self.complete
+        if (head.header(b"content-length") is None
+                and head.header(b"transfer-encoding") is None
+                and head.status not in (204, 304)):
+            self.complete = True
+        return self.complete
+
     @property
     def hijacked(self) -> bool:
         """Whether the daemon took the connection over (101, or a legacy 200 raw stream)."""

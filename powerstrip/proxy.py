@@ -585,6 +585,13 @@ class ClientConnection(Protocol):
             # idle): the client sees its connection end, exactly as it would direct.
             self._close()
             return
+        if (exchange.collect and not exchange.forwarded and exchange.response.head is not None
+                and exchange.response.end_of_stream()):
+            # A response whose body ends with the connection (an HTTP/1.0 client's): complete
+            # now, so post-hooks see it; the client's connection ends after it, as it would.
+            self.draining = True
+            self._collect(exchange, b"")
+            return
         if exchange.response.head is None or (exchange.collect and not exchange.forwarded):
             self._refuse(
                 502,

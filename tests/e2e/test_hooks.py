@@ -1181,3 +1181,43 @@ def test_https_adapter_with_an_untrusted_certificate_is_a_502(hooked_proxy, tls_
     message = json.loads(response.body)["message"]
     assert "adapter secure" in message and "certificate" in message.lower()
     assert tls_counting.calls == 0
+
+
+# -- HTTP/1.0 clients -------------------------------------------------------------------------
+
+
+def http10(host: str, target: str) -> tuple[bytes, bytes]:
+    """``GET target HTTP/1.0`` on a fresh connection: the head and the body, read to the close
+    (the daemon ends a long HTTP/1.0 answer by closing, with no length)."""
+    address, port = host[len("tcp://"):].rsplit(":", 1)
+    with socket.create_connection((address, int(port)), timeout=30) as sock:
+        sock.sendall(f"GET {target} HTTP/1.0\r\nHost: x\r\n\r\n".encode())
+        data = b""
+        while chunk := sock.recv(65536):
+            data += chunk
+    head, _, body = data.partition(b"\r\n\r\n")
+    return head, body
+
+
+@pytest.mark.timeout(60)
+def test_post_hooks_see_a_response_that_ends_with_the_connection(engine, adapter, hooked_proxy):
+    """An HTTP/1.0 client gets a long answer delimited by the connection's close; post-hooks
+    still see it whole, and the client gets it (unchanged, or as the hook changed it)."""
+    log = new_log()
+    proxy = hooked_proxy(adapters_file(
+        {"GET /*/info": {"post": ["echo"]},
+         "GET /*/version": {"post": ["body"]}},
+        {"echo": adapter.url(f"/record/{log}"),
+         "body": adapter.url("/respond?body=" + quote('{"rewritten": true}'))},
+    ))
+    head, body = http10(proxy.host, "/v1.41/info")
+    assert head.startswith(b"HTTP/1.0 200"), head
+    # Long enough that the daemon sent it without a length: the case this test is about.
+    assert b"content-length" not in head.lower(), head
+    assert json.loads(body)["ServerVersion"]
+    [seen] = adapter.calls(log)
+    assert json.loads(seen["ServerResponse"]["Body"]) == json.loads(body)
+
+    head, body = http10(proxy.host, "/v1.41/version")
+    assert head.startswith(b"HTTP/1.0 200") or head.startswith(b"HTTP/1.1 200"), head
+    assert json.loads(body) == {"rewritten": True}

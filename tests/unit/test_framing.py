@@ -230,3 +230,21 @@ def test_garbage_from_the_daemon_is_a_502():
     with pytest.raises(FramingError) as info:
         ResponseReader(b"GET").feed(b"SSH-2.0-OpenSSH\r\n\r\n")
     assert info.value.status == 502
+
+
+def test_a_body_delimited_by_the_close_completes_at_end_of_stream():
+    reader = ResponseReader(b"GET")
+    reader.feed(b"HTTP/1.0 200 OK\r\nContent-Type: application/json\r\n\r\n{\"a\": 1}")
+    assert reader.head is not None and not reader.complete
+    assert reader.end_of_stream() and reader.complete
+
+
+@pytest.mark.parametrize("raw", [
+    b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\n{\"a\"",  # cut short
+    b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n4\r\n{\"a\"\r\n",  # cut short
+    b"HTTP/1.1 200 OK\r\nContent-Le",  # no head yet
+])
+def test_a_response_cut_short_is_not_complete_at_end_of_stream(raw):
+    reader = ResponseReader(b"GET")
+    reader.feed(raw)
+    assert not reader.end_of_stream() and not reader.complete
