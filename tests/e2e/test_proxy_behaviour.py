@@ -256,3 +256,21 @@ def test_large_bodies_stream_both_ways_in_bounded_memory(engine, fresh_proxy, sc
         received += n
     assert received > size
     assert rss_peak_mib(proc.pid) < 100
+
+
+def test_http_1_0_client(engine, proxy):
+    """An HTTP/1.0 client: the daemon answers HTTP/1.0 and ends a long body by closing; through
+    the proxy the client gets the same, and its connection ends with the answer."""
+    answers = {}
+    for name, host in (("direct", engine.host), ("proxy", proxy.host)):
+        sock = connect(host)
+        sock.sendall(b"GET /v1.41/info HTTP/1.0\r\nHost: x\r\n\r\n")
+        data = b""
+        while chunk := sock.recv(65536):
+            data += chunk
+        sock.close()
+        head, _, body = data.partition(b"\r\n\r\n")
+        answers[name] = (head.split(b"\r\n")[0], b"content-length" in head.lower(),
+                         set(json.loads(body)))
+    assert answers["proxy"] == answers["direct"]
+    assert answers["proxy"][0] == b"HTTP/1.0 200 OK"
