@@ -481,11 +481,21 @@ def _driver_opts_violations(
     # ext4, a host block device). Any driver's absolute device path is judged as a bind source.
     assert rules.bind_mounts is not None
     device = opts.get("device", "")
-    if device.startswith("/") and not allowed_path(
-        device, rules.bind_mounts, rules.resolve_symlinks
-    ):
+    kind = opts.get("type", "")
+    if not device or kind in _DEVICE_NOT_A_PATH or (kind.startswith("nfs") and ":" in device):
+        return
+    if not device.startswith("/"):
+        # mount(2) resolves a relative device against dockerd's working directory, which the
+        # policy cannot know: "../../etc" is as much a host path as "/etc".
+        yield Violation("bind_mounts", f"a volume on the relative host path {device!r} cannot "
+                                       f"be checked against the allowed paths ({at})")
+    elif not allowed_path(device, rules.bind_mounts, rules.resolve_symlinks):
         yield Violation("bind_mounts",
                         f"a volume on host path {device!r} is outside the allowed paths ({at})")
+
+
+#: Local-driver mount types whose ``device`` names no file (``--opt device=tmpfs``).
+_DEVICE_NOT_A_PATH = frozenset(("tmpfs", "ramfs"))
 
 
 def _path_violation(source: str, at: str) -> Violation:
@@ -594,8 +604,9 @@ def check_image_naming(rules: Rules, kind: str, target: str) -> Violation | None
         return None  # a pull (fromImage): the registry decides what the name holds
     if not repo:
         return None
-    tag = (query.get("tag") or [""])[0]
-    return _naming_violation(rules, f"{repo}:{tag}" if tag else repo, kind)
+    # dockerd parses repo as a reference, drops any tag or digest it carries and applies the tag
+    # parameter to what is left: the repository is repo's, whatever either says of tags.
+    return _naming_violation(rules, repo, kind)
 
 
 def _naming_violation(rules: Rules, name: str, doing: str) -> Violation | None:
@@ -603,8 +614,9 @@ def _naming_violation(rules: Rules, name: str, doing: str) -> Violation | None:
         return None
     try:
         ref = parse_image_reference(name, id_like=True)
-    except ImageRefError:
-        return None  # the daemon refuses what is not a name
+    except ImageRefError as exc:
+        # Fail closed: a name this reader cannot parse must not be one the daemon can.
+        return Violation("images", f"{doing}: cannot read the image name {name!r}: {exc}")
     # Any tag of an allowlisted repository counts: a tag-specific entry is still the repository.
     if any(entry.repository == ref.repository for entry in rules.images):
         return Violation("images", f"{doing} may not name an image {name!r}: "

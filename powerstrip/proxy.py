@@ -240,6 +240,13 @@ class ClientConnection(Protocol):
             self._to_daemon(head.raw)
             return True
         exchange.held = []
+        if sum(name.lower() == b"content-type" for name, _ in head.headers) > 1:
+            # The daemon reads the first, a naive reader the last: adapters could be shown a
+            # body as one thing while the daemon reads it as another.
+            self._refuse(400, f"refused {head.method.decode()} {_text(head.target)}: more than "
+                              "one Content-Type header on an endpoint with pre-hooks "
+                              f"(endpoint {plan.endpoints})")
+            return False
         content_type = head.header(b"content-type")
         if (head.body_kind is not BodyKind.NONE and head.method in _FORM_METHODS
                 and is_form(content_type)):

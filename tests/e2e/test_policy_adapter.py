@@ -467,3 +467,96 @@ def test_naming_an_image_busybox(policy: Policy, scratch: Scratch) -> None:
     answer = send(policy.proxy.host, "POST", "/v1.41/build?networkmode=host", b"",
                   "application/x-tar")
     assert_refused(answer, "host_network")
+
+
+# -- found by review ------------------------------------------------------------------------------
+
+
+@pytest.mark.timeout(60)
+def test_a_repo_carrying_its_own_tag_still_names_the_repository(
+    policy: Policy, scratch: Scratch
+) -> None:
+    """dockerd drops repo's own tag and applies the tag parameter: ``repo=busybox:x&tag=T``
+    names busybox:T."""
+    engine = policy.engine
+    other, direct_tag, proxied_tag = scratch.name("evil"), scratch.name("t"), scratch.name("t")
+    ok(docker(engine.host, "tag", "busybox:latest", other))
+    status, data = send(engine.host, "POST",
+                        f"/v1.41/images/{other}/tag?repo=busybox:x&tag={direct_tag}",
+                        content_type=None)
+    assert status == 201, data
+    assert exists(engine, "images", f"busybox:{direct_tag}"), "the daemon did not do it"
+    docker(engine.host, "rmi", f"busybox:{direct_tag}")
+    answer = send(policy.proxy.host, "POST",
+                  f"/v1.41/images/{other}/tag?repo=busybox:x&tag={proxied_tag}", content_type=None)
+    assert_refused(answer, "images")
+    assert not exists(engine, "images", f"busybox:{proxied_tag}")
+
+
+RELATIVE_ETC = "../../../../../../../etc"
+
+
+@pytest.mark.timeout(60)
+def test_a_volume_on_a_relative_device_path(policy: Policy, scratch: Scratch) -> None:
+    """The local driver mounts a relative device against dockerd's working directory."""
+    engine = policy.engine
+    direct, proxied, cli = scratch.name("rel"), scratch.name("rel"), scratch.name("rel")
+    opts = f'"DriverOpts":{{"type":"none","o":"bind","device":"{RELATIVE_ETC}"}}'
+    status, data = send(engine.host, "POST", "/v1.41/volumes/create",
+                        f'{{"Name":"{direct}",{opts}}}')
+    assert status == 201, data
+    ok(docker(engine.host, "run", "--rm", "-v", f"{direct}:/h", "busybox", "test", "-f",
+              "/h/passwd"))  # the host's /etc: the daemon did it
+    answer = send(policy.proxy.host, "POST", "/v1.41/volumes/create",
+                  f'{{"Name":"{proxied}",{opts}}}')
+    assert_refused(answer, "bind_mounts")
+    assert not exists(engine, "volumes", proxied)
+    refused = docker(policy.proxy.host, "run", "--rm", "--mount",
+                     f"type=volume,source={cli},target=/h,volume-opt=type=none,"
+                     f"volume-opt=o=bind,volume-opt=device={RELATIVE_ETC}",
+                     "busybox", "true")
+    assert refused.returncode != 0
+    assert b"refused by policy rule bind_mounts" in refused.stderr, refused.stderr
+    assert not exists(engine, "volumes", cli)
+
+
+def send_raw(host: str, head: str, body: bytes) -> tuple[int, bytes]:
+    """Send a request head written by hand (any headers, repeated or not) and a body; the
+    status and the answer's body (read to the close: the request asks for one)."""
+    if host.startswith("unix://"):
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock.connect(host[len("unix://"):])
+    else:
+        address, _, port = host[len("tcp://"):].rpartition(":")
+        sock = socket.create_connection((address, int(port)))
+    with sock:
+        sock.settimeout(30)
+        sock.sendall(head.replace("\n", "\r\n").encode() + b"Connection: close\r\n"
+                     + f"Content-Length: {len(body)}\r\n\r\n".encode() + body)
+        data = b""
+        while chunk := sock.recv(65536):
+            data += chunk
+    status = int(data.split(b" ", 2)[1])
+    return status, data.partition(b"\r\n\r\n")[2]
+
+
+@pytest.mark.timeout(60)
+def test_two_content_types(policy: Policy, scratch: Scratch) -> None:
+    """dockerd reads the first of two Content-Type headers: with JSON first and text second, a
+    reader of the last would show adapters no body while the daemon applies it."""
+    engine = policy.engine
+    direct, proxied = scratch.name("ct"), scratch.name("ct")
+    for name in (direct, proxied):
+        status, data = send(engine.host, "POST", f"/containers/create?name={name}",
+                            '{"Image":"busybox","Cmd":["true"]}')
+        assert status == 201, data
+    body = b'{"Privileged":true}'
+    for host, name in ((engine.host, direct), (policy.proxy.host, proxied)):
+        head = (f"POST /v1.23/containers/{name}/start HTTP/1.1\nHost: x\n"
+                "Content-Type: application/json\nContent-Type: text/plain\n")
+        status, answer = send_raw(host, head, body)
+        if host == engine.host:
+            assert privileged(inspect(engine, "containers", direct)), "the daemon did not do it"
+        else:
+            assert status == 400 and b"more than one Content-Type" in answer, answer
+    assert not privileged(inspect(engine, "containers", proxied))

@@ -249,6 +249,12 @@ def test_exec() -> None:
 def test_volume_devices() -> None:
     assert check_volume_create(RULES, '{"Name":"v"}') is None
     assert check_volume_create(RULES, '{"DriverOpts":{"type":"tmpfs","device":"tmpfs"}}') is None
+    nfs = '{"DriverOpts":{"type":"nfs","o":"addr=10.0.0.1","device":":/export"}}'
+    assert check_volume_create(RULES, nfs) is None
+    # A relative device is resolved against dockerd's working directory: not checkable.
+    for device in ("../../etc", "etc", "./flocker/x"):
+        body = json.dumps({"DriverOpts": {"type": "none", "o": "bind", "device": device}})
+        assert rule(check_volume_create(RULES, body)) == "bind_mounts"
     body = '{"DriverOpts":{"type":"nfs","o":"addr=1.2.3.4","device":":/export"}}'
     assert check_volume_create(RULES, body) is None
     body = '{"DriverOpts":{"type":"ext4","device":"/dev/sda1"}}'
@@ -364,6 +370,21 @@ def test_naming_an_allowlisted_image_is_refused() -> None:
     assert check_image_naming(RULES, "import", "/images/create?fromImage=busybox&tag=1") is None
     assert rule(check_image_naming(RULES, "load", "/images/load")) == "images"
     assert check_image_naming(Rules(), "load", "/images/load") is None
+
+
+@pytest.mark.parametrize("query", [
+    # dockerd drops repo's own tag or digest and applies the tag parameter to the rest.
+    "repo=busybox:x&tag=latest",
+    "repo=busybox@sha256:" + "a" * 64 + "&tag=latest",
+    "repo=docker.io/library/busybox:1&tag=2",
+    # A repo this reader cannot parse is refused rather than trusted to fail at the daemon.
+    "repo=busybox::x&tag=latest",
+])
+@pytest.mark.parametrize("kind", ["tag", "commit", "import"])
+def test_naming_reads_the_repository_as_the_daemon_does(kind: str, query: str) -> None:
+    target = {"tag": "/v1.41/images/evil/tag?", "commit": "/v1.41/commit?container=c&",
+              "import": "/v1.41/images/create?fromSrc=-&"}[kind] + query
+    assert rule(check_image_naming(RULES, kind, target)) == "images"
     assert rule(check_build(RULES, "/build?t=mine&t=busybox:x")) == "images"
     assert rule(check_build(RULES, "/build?networkmode=host")) == "host_network"
     assert check_build(RULES, "/build?t=mine&networkmode=default") is None
