@@ -508,6 +508,19 @@ class _AdapterResource(resource.Resource):
         super().__init__()
         self._adapter = adapter
 
+    def render(self, request: server.Request) -> Any:
+        """Hook calls are POSTs; anything else gets a JSON 405, as a Docker-style client
+        expects of an error."""
+        if request.method != b"POST":
+            body = _document({"message": f"adapter {self._adapter.name}: hook calls are POSTs, "
+                                         f"not {request.method.decode('latin-1')}"})
+            request.setResponseCode(405)
+            request.setHeader(b"Allow", b"POST")
+            request.setHeader(b"Content-Type", b"application/json")
+            request.setHeader(b"Content-Length", str(len(body)).encode())
+            return b"" if request.method == b"HEAD" else body
+        return super().render(request)
+
     def render_POST(self, request: server.Request) -> Any:  # noqa: N802 - twisted.web's name
         """Hand the call to the adapter and answer when its hooks are done."""
         payload = request.content.read() if request.content is not None else b""
@@ -530,3 +543,49 @@ class _AdapterResource(resource.Resource):
         done.addCallback(answer)
 
         return server.NOT_DONE_YET
+
+
+def load(target: str) -> Adapter:
+    """The Adapter named by ``target``: ``path/to/file.py`` or ``package.module``, with
+    ``:name`` for an attribute other than ``app``."""
+    import importlib
+    import importlib.util
+
+    where, _, attribute = target.partition(":")
+    attribute = attribute or "app"
+    if where.endswith(".py") or os.sep in where:
+        path = os.path.abspath(where)
+        # Its own directory first, so that it can import its neighbours as when run directly.
+        sys.path.insert(0, os.path.dirname(path))
+        spec = importlib.util.spec_from_file_location(
+            os.path.splitext(os.path.basename(path))[0], path)
+        if spec is None or spec.loader is None:
+            raise SystemExit(f"powerstrip-adapter: cannot load {where}")
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+    else:
+        sys.path.insert(0, os.getcwd())
+        module = importlib.import_module(where)
+    # Compared with the class as imported by name: run as ``python -m powerstrip.adapter``,
+    # this file is also ``__main__``, whose Adapter is a different class.
+    from powerstrip.adapter import Adapter as adapter_class
+
+    app = getattr(module, attribute, None)
+    if not isinstance(app, adapter_class):
+        raise SystemExit(f"powerstrip-adapter: {where} has no Adapter called {attribute!r}")
+    return app
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """``powerstrip-adapter TARGET --listen HOST:PORT | --unix PATH``: serve an adapter module
+    (see ``load``) without a ``__main__`` block of its own."""
+    args = list(sys.argv[1:] if argv is None else argv)
+    if not args or args[0].startswith("-"):
+        print("usage: powerstrip-adapter FILE.py|MODULE[:NAME] (--listen HOST:PORT | --unix PATH)",
+              file=sys.stderr)
+        raise SystemExit(2)
+    load(args[0]).run(args[1:])
+
+
+if __name__ == "__main__":
+    main()

@@ -19,10 +19,12 @@ from __future__ import annotations
 import argparse
 import re
 import shutil
+import sqlite3
 import subprocess
 import sys
 import tempfile
 from collections.abc import Callable, Sequence
+from contextlib import closing
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -119,7 +121,7 @@ def stop_host(host: Host) -> None:
     host.engine.stop(remove=True)
 
 
-def story(a: Host, b: Host) -> None:
+def story(a: Host, b: Host, state: Path) -> None:
     """The steps; raises StepFailed at the first that does not hold."""
     run_args = ["run", "--rm", "-e", f"WEAVE_CIDR={CIDR}", "-v", f"/flocker/{DATASET}:/data",
                 "busybox", "sh", "-c"]
@@ -142,16 +144,25 @@ def story(a: Host, b: Host) -> None:
     say("3. What each adapter did")
     debug_path = b.logdir / f"{b.name.lower()}-debug.log"
     debug_log = debug_path.read_text(errors="replace") if debug_path.exists() else ""
-    expect(f'"flocker-{DATASET}' in debug_log or f"flocker-{DATASET}" in debug_log,
+    # The chain is debug, volumes, debug, network, debug: the diff printed with the debug
+    # adapter's second call is the volumes adapter's change, with its third the network's.
+    by_volumes, by_network = _diff(debug_log, 1), _diff(debug_log, 2)
+    expect(any(f"flocker-{DATASET}" in line for line in by_volumes),
            f"debug (host B): the volumes adapter rewrote /flocker/{DATASET} into a volume")
-    for line in _diff_lines(debug_log):
+    for line in by_volumes:
         say(f"      {line}")
-    expect(f'"IPv4Address": "{ADDRESS}"' in debug_log,
+    expect(any(f'"IPv4Address": "{ADDRESS}"' in line for line in by_network),
            f"debug (host B): the network adapter set the address {ADDRESS}")
+    for line in by_network:
+        say(f"      {line}")
     volumes_log = b.adapters["volumes"].log()
     moved = f"dataset {DATASET}: moved from host A to host B"
     expect(moved in volumes_log, f"volumes (host B): {moved}")
     _show(volumes_log, lambda line: moved in line)
+    with closing(sqlite3.connect(state)) as db:
+        row = db.execute("SELECT host FROM datasets WHERE name = ?", (DATASET,)).fetchone()
+    expect(row == ("B",), f"volumes: the control service's state file says host B owns "
+                          f"{DATASET!r}")
     network_log = b.adapters["network"].log()
     confirmed = f"has {ADDRESS} on weave-10.2.1.0-24"
     expect(confirmed in network_log, f"network (host B): the start post-hook confirmed {ADDRESS}")
@@ -161,10 +172,15 @@ def story(a: Host, b: Host) -> None:
            "policy (host B): a privileged container is refused, and the CLI says why")
 
 
-def _diff_lines(text: str) -> list[str]:
-    """The changed lines of the debug adapter's diffs (not the ---/+++ headers)."""
-    return [line.strip() for line in text.splitlines()
-            if re.match(r"^\s+[+-]\s", line) and not re.match(r"^\s+(\+\+\+|---)", line)][:20]
+def _diff(text: str, since: int) -> list[str]:
+    """The changed lines (not the ---/+++ headers) the debug adapter printed after
+    ``changed since call N`` for the last create request in ``text``."""
+    sections = text.split(f"changed since call {since}:")
+    if len(sections) < 2:
+        return []
+    block = sections[-1].split("── ", 1)[0]
+    return [line.strip() for line in block.splitlines()
+            if re.match(r"^\s+[+-]\s", line) and not re.match(r"^\s+(\+\+\+|---)", line)]
 
 
 def _show(log: str, keep: Callable[[str], bool]) -> None:
@@ -189,7 +205,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         state = workdir / "datasets.sqlite"
         for name in ("A", "B"):
             hosts.append(start_host(name, workdir, state))
-        story(*hosts)
+        story(*hosts, state)
     except (StepFailed, ServiceError, engine.EngineError) as exc:
         say(f"  ✗ {exc}")
         say(f"demo FAILED; logs in {workdir / 'logs'}")

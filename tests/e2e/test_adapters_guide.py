@@ -4,8 +4,11 @@ adapter, through the real proxy to the real engine; and its in-process testing e
 from __future__ import annotations
 
 import importlib.util
+import json
 import re
 import sys
+import urllib.error
+import urllib.request
 from pathlib import Path
 from types import ModuleType
 
@@ -105,3 +108,22 @@ def test_the_snippet_through_powerstrip_with_debug_around_it(
     assert re.search(r'^\s+\+\s+"owner": "ops"', diff, re.M), diff
     # Paired by request: the refused request is a new one, not a third call of the first.
     assert "call 1" in calls[3] and calls[3].split("·")[1] != calls[1].split("·")[1]
+
+
+@pytest.mark.timeout(60)
+def test_the_snippet_served_by_powerstrip_adapter(snippet_file: Path, adapter_process) -> None:
+    """``python -m powerstrip.adapter FILE`` (the ``powerstrip-adapter`` command) serves a module
+    that has no ``__main__`` block of its own; anything but a POST gets a JSON error."""
+    served: AdapterProcess = adapter_process(
+        [sys.executable, "-m", "powerstrip.adapter", f"{snippet_file}:app",
+         "--listen", "127.0.0.1:0"], "powerstrip-adapter")
+    call = json.dumps({"PowerstripProtocolVersion": 1, "Type": "pre-hook", "ClientRequest": {
+        "Method": "POST", "Request": "/v1.41/containers/create",
+        "Body": json.dumps({"Image": "busybox"})}}).encode()
+    with urllib.request.urlopen(urllib.request.Request(served.url, data=call), timeout=10) as got:
+        answer = json.loads(got.read())
+    assert json.loads(answer["ModifiedClientRequest"]["Body"])["Labels"] == {"owner": "ops"}
+    with pytest.raises(urllib.error.HTTPError) as refused:
+        urllib.request.urlopen(served.url, timeout=10)
+    assert refused.value.code == 405
+    assert "hook calls are POSTs" in json.loads(refused.value.read())["message"]
