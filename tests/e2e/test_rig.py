@@ -58,6 +58,45 @@ def test_run_command_chains_the_example_adapters(engine) -> None:
             socket.create_connection(("127.0.0.1", port), timeout=2).close()
 
 
+@pytest.mark.timeout(180)
+def test_run_command_starts_a_throwaway_engine_when_no_daemon_answers() -> None:
+    """With no daemon at the upstream address, the rig starts its own engine, serves through
+    it, and stops it again on SIGTERM."""
+    rundir = Path(tempfile.mkdtemp(prefix="ps-rig-", dir="/tmp"))
+    missing = rundir / "no-daemon.sock"
+    try:
+        rig = start_service(
+            "rig",
+            [sys.executable, "-m", "powerstrip.rig", "--listen", "tcp://127.0.0.1:0",
+             "--upstream", f"unix://{missing}", "--run-dir", str(rundir)],
+            rundir, prefix="export DOCKER_HOST=", timeout=120, cwd=REPO,
+        )
+    except ServiceError as exc:
+        shutil.rmtree(rundir, ignore_errors=True)
+        pytest.fail(str(exc))
+    pid = 0
+    try:
+        assert f"no Docker daemon at unix://{missing}; starting a throwaway engine" in rig.log()
+        out = ok(docker(rig.value, "run", "--rm", "busybox", "echo", "through the rig"))
+        assert out == b"through the rig\n"
+        pid = int((rundir / "engine" / "docker.pid").read_text())
+        assert Path(f"/proc/{pid}").exists()
+    finally:
+        rig.proc.send_signal(signal.SIGTERM)
+        code = rig.proc.wait(30)
+        log = rig.log()
+    try:
+        assert code == 0, log
+        # The engine it started is gone with it.
+        assert pid and (not Path(f"/proc/{pid}").exists() or b"dockerd" not in Path(
+            f"/proc/{pid}/cmdline").read_bytes()), log
+    finally:
+        subprocess.run([sys.executable, "-m", "powerstrip.engine", "stop", "--root",
+                        str(rundir / "engine"), "--remove"], cwd=REPO, check=False,
+                       capture_output=True)
+        shutil.rmtree(rundir, ignore_errors=True)
+
+
 @pytest.mark.timeout(300)
 def test_demo_tells_the_story_end_to_end() -> None:
     """``powerstrip demo``: two engines, the data and the address follow the container."""
