@@ -22,7 +22,7 @@ import time
 import urllib.request
 import uuid
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
@@ -46,6 +46,7 @@ from tests.e2e.conftest import (
     stop_proxy,
     wait_for,
 )
+from tests.rawhttp import Conn, Response, call, connect
 
 HOOK_ADAPTER = Path(__file__).resolve().parent / "hook_adapter.py"
 
@@ -174,124 +175,6 @@ def hooked_proxy(engine, tmp_path) -> Iterator[Callable[[str], ProxyProcess]]:
 
 
 # -- raw HTTP ---------------------------------------------------------------------------------
-
-
-@dataclass
-class Response:
-    """One HTTP response as it came off the socket."""
-
-    status_line: str
-    headers: list[tuple[str, str]]
-    body: bytes
-
-    @property
-    def status(self) -> int:
-        return int(self.status_line.split()[1])
-
-    def header(self, name: str) -> str | None:
-        """The value of the (first) header called ``name``, any case."""
-        for key, value in self.headers:
-            if key.lower() == name.lower():
-                return value
-        return None
-
-    def json(self) -> Any:
-        return json.loads(self.body)
-
-    def message(self) -> str:
-        """The ``message`` of a Docker-style error."""
-        assert "json" in (self.header("content-type") or ""), self
-        document = self.json()
-        assert isinstance(document, dict) and isinstance(document.get("message"), str), self
-        return document["message"]
-
-
-@dataclass
-class Conn:
-    """A keep-alive HTTP/1.1 connection, written and read by hand so that framing is visible."""
-
-    host: str
-    sock: socket.socket = field(init=False)
-    buffer: bytes = b""
-
-    def __post_init__(self) -> None:
-        if self.host.startswith("unix://"):
-            self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-            self.sock.connect(self.host[len("unix://"):])
-        else:
-            address, port = self.host[len("tcp://"):].rsplit(":", 1)
-            self.sock = socket.create_connection((address, int(port)))
-        self.sock.settimeout(30)
-
-    def close(self) -> None:
-        self.sock.close()
-
-    def send(
-        self, method: str, target: str, body: bytes | None = None,
-        headers: dict[str, str] | None = None, chunks: list[bytes] | None = None,
-    ) -> None:
-        """Send one request: ``body`` with a Content-Length, or ``chunks`` chunked."""
-        lines = [f"{method} {target} HTTP/1.1", "Host: powerstrip-e2e"]
-        lines += [f"{k}: {v}" for k, v in (headers or {}).items()]
-        payload = b""
-        if chunks is not None:
-            lines.append("Transfer-Encoding: chunked")
-            payload = b"".join(b"%x\r\n%s\r\n" % (len(c), c) for c in chunks) + b"0\r\n\r\n"
-        elif body is not None:
-            lines.append(f"Content-Length: {len(body)}")
-            payload = body
-        self.sock.sendall(("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + payload)
-
-    def _more(self) -> None:
-        data = self.sock.recv(65536)
-        if not data:
-            raise EOFError(f"connection closed; have {self.buffer[:300]!r}")
-        self.buffer += data
-
-    def read(self, head_only: bool = False) -> Response:
-        """Read one response, framed by its Content-Length or chunked encoding."""
-        while b"\r\n\r\n" not in self.buffer:
-            self._more()
-        raw, self.buffer = self.buffer.split(b"\r\n\r\n", 1)
-        status_line, *lines = raw.decode("latin-1").split("\r\n")
-        headers = [(k.strip(), v.strip()) for k, _, v in (line.partition(":") for line in lines)]
-        response = Response(status_line, headers, b"")
-        if head_only or response.status in (204, 304):
-            return response
-        length = response.header("content-length")
-        if length is not None:
-            while len(self.buffer) < int(length):
-                self._more()
-            response.body, self.buffer = self.buffer[:int(length)], self.buffer[int(length):]
-        elif (response.header("transfer-encoding") or "").lower() == "chunked":
-            while True:
-                while b"\r\n" not in self.buffer:
-                    self._more()
-                size_line, self.buffer = self.buffer.split(b"\r\n", 1)
-                size = int(size_line.split(b";")[0], 16)
-                while len(self.buffer) < size + 2:
-                    self._more()
-                response.body += self.buffer[:size]
-                self.buffer = self.buffer[size + 2:]
-                if size == 0:
-                    break
-        return response
-
-    def request(self, method: str, target: str, body: bytes | None = None,
-                headers: dict[str, str] | None = None, **kwargs: Any) -> Response:
-        """Send a request and read its response."""
-        self.send(method, target, body, headers, **kwargs)
-        return self.read(head_only=method == "HEAD")
-
-
-def call(host: str, method: str, target: str, body: bytes | None = None,
-         headers: dict[str, str] | None = None) -> Response:
-    """One request on a fresh connection."""
-    conn = Conn(host)
-    try:
-        return conn.request(method, target, body, headers)
-    finally:
-        conn.close()
 
 
 JSON = {"Content-Type": "application/json"}
@@ -1189,12 +1072,9 @@ def test_https_adapter_with_an_untrusted_certificate_is_a_502(hooked_proxy, tls_
 def http10(host: str, target: str) -> tuple[bytes, bytes]:
     """``GET target HTTP/1.0`` on a fresh connection: the head and the body, read to the close
     (the daemon ends a long HTTP/1.0 answer by closing, with no length)."""
-    address, port = host[len("tcp://"):].rsplit(":", 1)
-    with socket.create_connection((address, int(port)), timeout=30) as sock:
+    with connect(host) as sock:
         sock.sendall(f"GET {target} HTTP/1.0\r\nHost: x\r\n\r\n".encode())
-        data = b""
-        while chunk := sock.recv(65536):
-            data += chunk
+        data = Conn(sock=sock).read_to_close()
     head, _, body = data.partition(b"\r\n\r\n")
     return head, body
 

@@ -35,6 +35,7 @@ from tests.e2e.conftest import (
     stop_process,
     stop_proxy,
 )
+from tests.rawhttp import Conn, connect
 
 POLICY = REPO / "adapters" / "policy.py"
 ENDPOINTS = [
@@ -522,22 +523,12 @@ def test_a_volume_on_a_relative_device_path(policy: Policy, scratch: Scratch) ->
 
 def send_raw(host: str, head: str, body: bytes) -> tuple[int, bytes]:
     """Send a request head written by hand (any headers, repeated or not) and a body; the
-    status and the answer's body (read to the close: the request asks for one)."""
-    if host.startswith("unix://"):
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        sock.connect(host[len("unix://"):])
-    else:
-        address, _, port = host[len("tcp://"):].rpartition(":")
-        sock = socket.create_connection((address, int(port)))
-    with sock:
-        sock.settimeout(30)
-        sock.sendall(head.replace("\n", "\r\n").encode() + b"Connection: close\r\n"
+    status and the answer's body."""
+    with connect(host) as sock:
+        sock.sendall(head.replace("\n", "\r\n").encode()
                      + f"Content-Length: {len(body)}\r\n\r\n".encode() + body)
-        data = b""
-        while chunk := sock.recv(65536):
-            data += chunk
-    status = int(data.split(b" ", 2)[1])
-    return status, data.partition(b"\r\n\r\n")[2]
+        answer = Conn(sock=sock).read()
+    return answer.status, answer.body
 
 
 @pytest.mark.timeout(60)

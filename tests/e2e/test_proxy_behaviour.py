@@ -19,77 +19,17 @@ from pathlib import Path
 import pytest
 
 from tests.e2e.conftest import REPO, docker, ok
+from tests.rawhttp import Conn, connect
 
 pytestmark = pytest.mark.timeout(120)
 
 
-def connect(host: str) -> socket.socket:
-    if host.startswith("unix://"):
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        sock.connect(host[len("unix://"):])
-    else:
-        address, port = host[len("tcp://"):].rsplit(":", 1)
-        sock = socket.create_connection((address, int(port)))
-    sock.settimeout(30)
-    return sock
-
-
-class Reader:
-    """Reads HTTP/1.1 responses off a socket, one at a time."""
-
-    def __init__(self, sock: socket.socket) -> None:
-        self.sock = sock
-        self.buffer = b""
-
-    def _more(self) -> None:
-        chunk = self.sock.recv(65536)
-        if not chunk:
-            raise EOFError(f"connection closed; have {self.buffer[:200]!r}")
-        self.buffer += chunk
-
-    def head(self) -> tuple[int, dict[str, str]]:
-        while b"\r\n\r\n" not in self.buffer:
-            self._more()
-        raw, self.buffer = self.buffer.split(b"\r\n\r\n", 1)
-        lines = raw.decode("latin-1").split("\r\n")
-        headers = {}
-        for line in lines[1:]:
-            name, value = line.split(":", 1)
-            headers[name.strip().lower()] = value.strip()
-        return int(lines[0].split()[1]), headers
-
-    def body(self, headers: dict[str, str]) -> bytes:
-        if "content-length" in headers:
-            length = int(headers["content-length"])
-            while len(self.buffer) < length:
-                self._more()
-            body, self.buffer = self.buffer[:length], self.buffer[length:]
-            return body
-        if headers.get("transfer-encoding") == "chunked":
-            out = b""
-            while True:
-                while b"\r\n" not in self.buffer:
-                    self._more()
-                size_line, self.buffer = self.buffer.split(b"\r\n", 1)
-                size = int(size_line.split(b";")[0], 16)
-                while len(self.buffer) < size + 2:
-                    self._more()
-                out, self.buffer = out + self.buffer[:size], self.buffer[size + 2:]
-                if size == 0:
-                    return out
-        return b""
-
-    def response(self) -> tuple[int, dict[str, str], bytes]:
-        status, headers = self.head()
-        return status, headers, self.body(headers)
-
-
 def test_keep_alive_and_pipelined_requests_are_answered_in_order(proxy):
     sock = connect(proxy.host)
-    reader = Reader(sock)
+    reader = Conn(sock=sock)
     for _ in range(3):  # keep-alive: one connection, several exchanges
         sock.sendall(b"GET /_ping HTTP/1.1\r\nHost: api.moby.localhost\r\n\r\n")
-        assert reader.response()[2] == b"OK"
+        assert reader.read().body == b"OK"
     # Pipelined: three requests in one write, the middle one with a body.
     body = b'{"Image": "no-such-image-anywhere", "Cmd": ["true"]}'
     sock.sendall(
@@ -98,11 +38,14 @@ def test_keep_alive_and_pipelined_requests_are_answered_in_order(proxy):
         b"Content-Type: application/json\r\nContent-Length: %d\r\n\r\n%s"
         b"GET /v1.41/_ping HTTP/1.1\r\nHost: x\r\n\r\n" % (len(body), body)
     )
-    status, _, version = reader.response()
+    response = reader.read()
+    status, version = response.status, response.body
     assert status == 200 and "ApiVersion" in json.loads(version)
-    status, _, error = reader.response()
+    response = reader.read()
+    status, error = response.status, response.body
     assert status == 404 and "no-such-image-anywhere" in json.loads(error)["message"]
-    status, _, ping = reader.response()
+    response = reader.read()
+    status, ping = response.status, response.body
     assert status == 200 and ping == b"OK"
 
 
@@ -110,10 +53,10 @@ def test_ping_headers_reach_the_client_unchanged(engine, proxy):
     def head_ping(host: str) -> dict[str, str]:
         sock = connect(host)
         sock.sendall(b"HEAD /_ping HTTP/1.1\r\nHost: api.moby.localhost\r\n\r\n")
-        status, headers = Reader(sock).head()
-        assert status == 200
+        head = Conn(sock=sock).read(head_only=True)
+        assert head.status == 200
         sock.close()
-        return headers
+        return {name.lower(): value for name, value in head.headers}
 
     direct, proxied = head_ping(engine.host), head_ping(proxy.host)
     for name in ("api-version", "ostype", "docker-experimental", "server", "builder-version"):
@@ -138,7 +81,8 @@ def test_chunked_request_body_is_forwarded(engine, proxy):
         piece = image[start:start + 40_000]
         sock.sendall(b"%x\r\n%s\r\n" % (len(piece), piece))
     sock.sendall(b"0\r\n\r\n")
-    status, _, body = Reader(sock).response()
+    response = Conn(sock=sock).read()
+    status, body = response.status, response.body
     assert status == 200, body
     assert b"Loaded image" in body
 
@@ -151,13 +95,13 @@ def test_wait_headers_arrive_before_the_container_exits(engine, proxy, scratch):
         f"POST /v1.41/containers/{name}/wait?condition=next-exit HTTP/1.1\r\n"
         "Host: x\r\nContent-Length: 0\r\n\r\n".encode()
     )
-    reader = Reader(sock)
+    reader = Conn(sock=sock)
     started = time.monotonic()
-    status, headers = reader.head()
-    assert status == 200
+    head = reader.read(head_only=True)
+    assert head.status == 200
     assert time.monotonic() - started < 2, "wait's headers were held back"
     ok(docker(engine.host, "start", name))
-    assert json.loads(reader.body(headers))["StatusCode"] == 7
+    assert json.loads(reader.read_body(head))["StatusCode"] == 7
     assert time.monotonic() - started >= 2.5
 
 
@@ -174,8 +118,9 @@ def test_legacy_hijack_without_upgrade_header(engine, proxy, scratch, start_path
         f"POST /v1.41/containers/{name}/exec HTTP/1.1\r\nHost: x\r\n"
         f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n".encode() + body
     )
-    reader = Reader(sock)
-    status, _, answer = reader.response()
+    reader = Conn(sock=sock)
+    response = reader.read()
+    status, answer = response.status, response.body
     assert status == 201
     exec_id = json.loads(answer)["Id"]
     start = b'{"Detach": false, "Tty": false}'
@@ -183,17 +128,12 @@ def test_legacy_hijack_without_upgrade_header(engine, proxy, scratch, start_path
         f"POST {start_path.format(exec_id)} HTTP/1.1\r\nHost: x\r\n"
         f"Content-Type: application/json\r\nContent-Length: {len(start)}\r\n\r\n".encode() + start
     )
-    status, headers = reader.head()
-    assert status == 200
-    assert headers["content-type"] == "application/vnd.docker.raw-stream"
+    head = reader.read(head_only=True)
+    assert head.status == 200
+    assert head.header("content-type") == "application/vnd.docker.raw-stream"
     sock.sendall(b"hello\n")
     sock.shutdown(socket.SHUT_WR)  # stdin ends with a half-close
-    out = reader.buffer
-    while True:
-        chunk = sock.recv(65536)
-        if not chunk:
-            break
-        out += chunk
+    out = reader.read_to_close()
     # Stream frames: 8-byte header then the payload.
     assert out[8:] == b"got:hello\n" and out[0] == 1
 
@@ -241,13 +181,13 @@ def test_large_bodies_stream_both_ways_in_bounded_memory(engine, fresh_proxy, sc
         f"Content-Type: application/x-tar\r\nContent-Length: {len(data)}\r\n\r\n".encode()
     )
     sock.sendall(data)
-    reader = Reader(sock)
-    status, _, body = reader.response()
+    reader = Conn(sock=sock)
+    response = reader.read()
+    status, body = response.status, response.body
     assert status == 200, body
     sock.sendall(f"GET /v1.41/containers/{name}/archive?path=/tmp/big.bin HTTP/1.1\r\n"
                  "Host: x\r\nConnection: close\r\n\r\n".encode())
-    status, _ = reader.head()
-    assert status == 200
+    assert reader.read(head_only=True).status == 200
     # Read slowly at first, so the proxy has to hold the daemon back rather than buffer.
     time.sleep(2)
     received = len(reader.buffer)
@@ -265,9 +205,7 @@ def test_http_1_0_client(engine, proxy):
     for name, host in (("direct", engine.host), ("proxy", proxy.host)):
         sock = connect(host)
         sock.sendall(b"GET /v1.41/info HTTP/1.0\r\nHost: x\r\n\r\n")
-        data = b""
-        while chunk := sock.recv(65536):
-            data += chunk
+        data = Conn(sock=sock).read_to_close()
         sock.close()
         head, _, body = data.partition(b"\r\n\r\n")
         answers[name] = (head.split(b"\r\n")[0], b"content-length" in head.lower(),

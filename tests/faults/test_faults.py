@@ -18,6 +18,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.rawhttp import Conn
+
 pytestmark = pytest.mark.timeout(30)
 
 
@@ -100,19 +102,10 @@ def answer_pings(conn: socket.socket) -> None:
 
 
 def read_response(sock: socket.socket) -> tuple[bytes, bytes]:
-    data = b""
-    while b"\r\n\r\n" not in data:
-        chunk = sock.recv(65536)
-        assert chunk, f"connection closed before a response head: {data!r}"
-        data += chunk
-    head, body = data.split(b"\r\n\r\n", 1)
-    lines = head.split(b"\r\n")
-    length = next(int(line[15:]) for line in lines if line.lower().startswith(b"content-length:"))
-    while len(body) < length:
-        chunk = sock.recv(65536)
-        assert chunk
-        body += chunk
-    return head, body
+    """The next response's status line with its headers, and its body."""
+    response = Conn(sock=sock).read()
+    head = "\r\n".join([response.status_line, *(f"{k}: {v}" for k, v in response.headers)])
+    return head.encode("latin-1"), response.body
 
 
 def test_daemon_down_answers_502_at_once_naming_the_daemon(proxy_factory, tmp_path):
