@@ -49,6 +49,7 @@ from powerstrip.gojson import (
     go_decode,
     go_fold_equal,
 )
+from powerstrip.matching import clean_path
 
 __all__ = [
     "ANY", "BOOL", "CREATE_BODY", "EXEC_BODY", "HOST_CONFIG", "MOUNT", "STRING", "STRSLICE",
@@ -103,19 +104,6 @@ def host_configs(body: Mapping[str, Any]) -> list[tuple[str, dict[str, Any]]]:
 # =================================================================================================
 # Normalisation: paths, capabilities, image references
 # =================================================================================================
-
-
-def clean_path(path: str) -> str:
-    """Go's ``path.Clean`` for an absolute path: ``//etc/``, ``/a/../etc`` and ``/etc/.`` are all
-    ``/etc``, as dockerd cleans a bind source before mounting it."""
-    kept: list[str] = []
-    for segment in path.split("/"):
-        if segment == "..":
-            if kept:
-                kept.pop()
-        elif segment and segment != ".":
-            kept.append(segment)
-    return "/" + "/".join(kept)
 
 
 def allowed_path(path: str, allowed: Iterable[str], resolve: bool = True) -> bool:

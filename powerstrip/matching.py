@@ -149,12 +149,9 @@ def _unescape(escape: re.Match[bytes]) -> bytes:
     return bytes((int(escape[1], 16),))
 
 
-def _clean(path: str) -> str:
-    """Go's ``path.Clean`` for a rooted path, keeping a trailing slash, as gorilla/mux does."""
-    if not path:
-        return "/"
-    if "//" not in path and "/." not in path:
-        return path
+def clean_path(path: str) -> str:
+    """Go's ``path.Clean`` for a rooted path: ``//etc/``, ``/a/../etc`` and ``/etc/.`` are all
+    ``/etc``. dockerd cleans bind sources this way before mounting them."""
     kept: list[str] = []
     for segment in path.split("/"):
         if segment == "..":
@@ -162,7 +159,16 @@ def _clean(path: str) -> str:
                 kept.pop()
         elif segment and segment != ".":
             kept.append(segment)
-    cleaned = "/" + "/".join(kept)
+    return "/" + "/".join(kept)
+
+
+def _clean(path: str) -> str:
+    """Go's ``path.Clean`` for a rooted path, keeping a trailing slash, as gorilla/mux does."""
+    if not path:
+        return "/"
+    if "//" not in path and "/." not in path:
+        return path
+    cleaned = clean_path(path)
     if path.endswith("/") and cleaned != "/":
         cleaned += "/"
     return cleaned
