@@ -51,7 +51,14 @@ from twisted.internet import defer
 from twisted.web import resource, server
 
 from powerstrip.matching import Matcher, SpellingError
-from powerstrip.wire import PROTOCOL_VERSION, ClientRequest, ServerResponse
+from powerstrip.wire import (
+    CallError,
+    ClientRequest,
+    ServerResponse,
+    parse_hook_call,
+    post_hook_answer,
+    pre_hook_answer,
+)
 
 __all__ = ["Adapter", "Refuse", "Request", "Response"]
 
@@ -214,56 +221,13 @@ class _Hook:
         return getattr(self.func, "__qualname__", repr(self.func))
 
 
-class _BadCall(ValueError):
-    """A hook call that does not follow the protocol."""
-
-
-def _field(obj: dict[str, Any], owner: str, name: str, kinds: tuple[type, ...]) -> Any:
-    if name not in obj:
-        raise _BadCall(f"{owner} has no {name}")
-    value = obj[name]
-    if not isinstance(value, kinds) or isinstance(value, bool):
-        wanted = " or ".join("null" if k is type(None) else k.__name__ for k in kinds)
-        raise _BadCall(f"{owner}.{name} must be {wanted}, not {json.dumps(value)[:60]}")
-    return value
-
-
 def _decode_call(
     payload: bytes, call: str | None = None
 ) -> tuple[str, Request, Response | None]:
     """The hook type, request and (for post-hooks) response of a hook-call document."""
-    try:
-        document = json.loads(payload)
-    except (UnicodeDecodeError, ValueError) as exc:
-        raise _BadCall(f"not JSON ({exc})") from None
-    if not isinstance(document, dict):
-        raise _BadCall(f"a JSON {type(document).__name__}, not an object")
-    version = document.get("PowerstripProtocolVersion", PROTOCOL_VERSION)
-    if version != PROTOCOL_VERSION:
-        raise _BadCall(f"PowerstripProtocolVersion {version!r} is not supported, only 1")
-    kind = document.get("Type")
-    if kind not in ("pre-hook", "post-hook"):
-        raise _BadCall(f"Type must be \"pre-hook\" or \"post-hook\", not {json.dumps(kind)}")
-    wire_request = document.get("ClientRequest")
-    if not isinstance(wire_request, dict):
-        raise _BadCall("no ClientRequest object")
-    request = Request(
-        _field(wire_request, "ClientRequest", "Method", (str,)),
-        _field(wire_request, "ClientRequest", "Request", (str,)),
-        _field(wire_request, "ClientRequest", "Body", (str, type(None))),
-        call,
-    )
-    if kind == "pre-hook":
-        return kind, request, None
-    wire_response = document.get("ServerResponse")
-    if not isinstance(wire_response, dict):
-        raise _BadCall("post-hook call has no ServerResponse object")
-    response = Response(
-        _field(wire_response, "ServerResponse", "Code", (int,)),
-        _field(wire_response, "ServerResponse", "ContentType", (str, type(None))),
-        _field(wire_response, "ServerResponse", "Body", (str, type(None))),
-    )
-    return kind, request, response
+    kind, request, response = parse_hook_call(payload)
+    return (kind, dataclasses.replace(Request.from_wire(request), call=call),
+            None if response is None else Response.from_wire(response))
 
 
 def _document(obj: dict[str, Any]) -> bytes:
@@ -345,7 +309,7 @@ class Adapter:
         kind, what, names = "?", "-", "-"
         try:
             kind, request, response = _decode_call(payload, call)
-        except _BadCall as exc:
+        except CallError as exc:
             status, document, outcome = (
                 400, {"message": f"adapter {self.name}: not a hook call: {exc}"}, "bad call"
             )
@@ -372,18 +336,12 @@ class Adapter:
             for hook in hooks:
                 result = await self._invoke(hook, request)
                 request = self._check(hook, result, Request, request)
-            return {
-                "PowerstripProtocolVersion": PROTOCOL_VERSION,
-                "ModifiedClientRequest": request.to_wire().to_wire(),
-            }
+            return pre_hook_answer(request.to_wire())
         assert response is not None
         for hook in hooks:
             result = await self._invoke(hook, request, response)
             response = self._check(hook, result, Response, response)
-        return {
-            "PowerstripProtocolVersion": PROTOCOL_VERSION,
-            "ModifiedServerResponse": response.to_wire().to_wire(),
-        }
+        return post_hook_answer(response.to_wire())
 
     async def _invoke(self, hook: _Hook, *args: Any) -> Any:
         try:

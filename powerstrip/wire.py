@@ -84,15 +84,21 @@ def _answer_object(data: bytes, key: str) -> dict[str, Any]:
     return inner
 
 
+_REQUIRED: Any = object()
+
+
 def _field(
-    inner: dict[str, Any], key: str, name: str, kinds: tuple[type, ...], default: Any
+    inner: dict[str, Any], key: str, name: str, kinds: tuple[type, ...],
+    default: Any = _REQUIRED, error: type[ValueError] = AnswerError,
 ) -> Any:
     if name not in inner:
+        if default is _REQUIRED:
+            raise error(f"{key} has no {name}")
         return default
     value = inner[name]
     if not isinstance(value, kinds) or isinstance(value, bool):
         wanted = " or ".join("null" if k is type(None) else k.__name__ for k in kinds)
-        raise AnswerError(f"{key}.{name} must be {wanted}, not {json.dumps(value)[:60]}")
+        raise error(f"{key}.{name} must be {wanted}, not {json.dumps(value)[:60]}")
     return value
 
 
@@ -122,6 +128,62 @@ def parse_post_hook_answer(data: bytes, sent: ServerResponse) -> ServerResponse:
     if content_type is not None and any(c in content_type for c in "\r\n\x00"):
         raise AnswerError(f"{key}.ContentType is not a header value: {content_type[:80]!r}")
     return ServerResponse(content_type, body, code)
+
+
+class CallError(ValueError):
+    """A hook call (as an adapter receives it) that does not follow the protocol."""
+
+
+def parse_hook_call(
+    payload: bytes,
+) -> tuple[str, ClientRequest, ServerResponse | None]:
+    """Read a hook call, adapter side: its ``Type`` ("pre-hook" or "post-hook"), the request,
+    and for a post-hook the response. Raises CallError saying what is wrong."""
+    try:
+        document = json.loads(payload)
+    except (UnicodeDecodeError, ValueError) as exc:
+        raise CallError(f"not JSON ({exc})") from None
+    if not isinstance(document, dict):
+        raise CallError(f"a JSON {type(document).__name__}, not an object")
+    version = document.get("PowerstripProtocolVersion", PROTOCOL_VERSION)
+    if version != PROTOCOL_VERSION:
+        raise CallError(f"PowerstripProtocolVersion {version!r} is not supported, only 1")
+    kind = document.get("Type")
+    if kind not in ("pre-hook", "post-hook"):
+        raise CallError(f"Type must be \"pre-hook\" or \"post-hook\", not {json.dumps(kind)}")
+    inner = document.get("ClientRequest")
+    if not isinstance(inner, dict):
+        raise CallError("no ClientRequest object")
+    key = "ClientRequest"
+    request = ClientRequest(
+        _field(inner, key, "Method", (str,), error=CallError),
+        _field(inner, key, "Request", (str,), error=CallError),
+        _field(inner, key, "Body", (str, type(None)), error=CallError),
+    )
+    if kind == "pre-hook":
+        return kind, request, None
+    inner = document.get("ServerResponse")
+    if not isinstance(inner, dict):
+        raise CallError("post-hook call has no ServerResponse object")
+    key = "ServerResponse"
+    response = ServerResponse(
+        _field(inner, key, "ContentType", (str, type(None)), error=CallError),
+        _field(inner, key, "Body", (str, type(None)), error=CallError),
+        _field(inner, key, "Code", (int,), error=CallError),
+    )
+    return kind, request, response
+
+
+def pre_hook_answer(request: ClientRequest) -> dict[str, Any]:
+    """The answer document to a pre-hook call: the request to forward."""
+    return {"PowerstripProtocolVersion": PROTOCOL_VERSION,
+            "ModifiedClientRequest": request.to_wire()}
+
+
+def post_hook_answer(response: ServerResponse) -> dict[str, Any]:
+    """The answer document to a post-hook call: the response to pass on."""
+    return {"PowerstripProtocolVersion": PROTOCOL_VERSION,
+            "ModifiedServerResponse": response.to_wire()}
 
 
 def refusal_message(body: bytes) -> str:
