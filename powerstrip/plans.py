@@ -95,31 +95,48 @@ def is_stream(path: str, query: str = "") -> bool:
     return False
 
 
+def media_type(content_type: bytes | str | None) -> str | None:
+    """A Content-Type's media type without parameters, lower-cased as Go's ``mime`` reads it;
+    None for no header."""
+    if content_type is None:
+        return None
+    if isinstance(content_type, bytes):
+        content_type = content_type.decode("latin-1")
+    return content_type.split(";", 1)[0].strip().lower()
+
+
 def is_json(content_type: bytes | str | None) -> bool:
     """Whether a Content-Type names JSON, whatever its parameters (``; charset=utf-8``)."""
-    if content_type is None:
-        return False
-    if isinstance(content_type, bytes):
-        content_type = content_type.decode("latin-1")
-    media = content_type.split(";", 1)[0].strip().lower()
-    return media == "application/json" or media.endswith("+json")
-
-
-def is_form(content_type: bytes | str | None) -> bool:
-    """Whether a Content-Type is a URL-encoded form: the daemon (Go's ``ParseForm``) reads such a
-    body as request parameters that override the query string's."""
-    if content_type is None:
-        return False
-    if isinstance(content_type, bytes):
-        content_type = content_type.decode("latin-1")
-    return content_type.split(";", 1)[0].strip().lower() == "application/x-www-form-urlencoded"
+    media = media_type(content_type)
+    return media is not None and (media == "application/json" or media.endswith("+json"))
 
 
 def is_text(content_type: bytes | str | None) -> bool:
     """Whether post-hooks can be shown a body of this type: JSON or text."""
-    if content_type is None:
-        return False
-    if isinstance(content_type, bytes):
-        content_type = content_type.decode("latin-1")
-    media = content_type.split(";", 1)[0].strip().lower()
-    return is_json(media) or media.startswith("text/")
+    media = media_type(content_type)
+    return media is not None and (is_json(media) or media.startswith("text/"))
+
+
+#: The methods whose form-encoded bodies Go's ``ParseForm`` reads as parameters.
+_FORM_METHODS = frozenset((b"POST", b"PUT", b"PATCH"))
+
+
+def hidden_from_hooks(
+    method: bytes, headers: list[tuple[bytes, bytes]], has_body: bool
+) -> str | None:
+    """Why a request must not reach pre-hooks, or None: what the daemon would read from it and
+    adapters could not see.
+
+    - A second Content-Type: the daemon reads the first, a naive reader the last, so a body
+      could be shown to adapters as one thing and read by the daemon as another.
+    - A form-encoded body (POST, PUT, PATCH): Go's ``ParseForm`` reads its values as parameters
+      over the query string's (a tag's repo, a build's networkmode), while adapters see no body.
+    """
+    content_types = [value for name, value in headers if name.lower() == b"content-type"]
+    if len(content_types) > 1:
+        return "more than one Content-Type header"
+    if (has_body and method in _FORM_METHODS and content_types
+            and media_type(content_types[0]) == "application/x-www-form-urlencoded"):
+        return ("a form-encoded body (application/x-www-form-urlencoded); send parameters in "
+                "the query")
+    return None

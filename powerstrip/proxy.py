@@ -40,15 +40,13 @@ from powerstrip.framing import (
 from powerstrip.hooks import HookError
 from powerstrip.live import LiveConfig
 from powerstrip.matching import SpellingError, canonical_path
-from powerstrip.plans import Plan, is_form, is_json, is_stream, is_text
+from powerstrip.plans import Plan, hidden_from_hooks, is_json, is_stream, is_text
 from powerstrip.wire import ClientRequest, ServerResponse
 
 log = logging.getLogger("powerstrip.proxy")
 
 #: Bytes of pipelined requests held before the proxy stops reading from the client.
 PIPELINE_HIGH_WATER = 256 * 1024
-#: The methods whose form-encoded bodies Go's ``ParseForm`` reads as parameters.
-_FORM_METHODS = frozenset((b"POST", b"PUT", b"PATCH"))
 
 
 @implementer(interfaces.IPushProducer)
@@ -240,23 +238,14 @@ class ClientConnection(Protocol):
             self._to_daemon(head.raw)
             return True
         exchange.held = []
-        if sum(name.lower() == b"content-type" for name, _ in head.headers) > 1:
-            # The daemon reads the first, a naive reader the last: adapters could be shown a
-            # body as one thing while the daemon reads it as another.
-            self._refuse(400, f"refused {head.method.decode()} {_text(head.target)}: more than "
-                              "one Content-Type header on an endpoint with pre-hooks "
+        problem = hidden_from_hooks(head.method, head.headers,
+                                    head.body_kind is not BodyKind.NONE)
+        if problem is not None:
+            self._refuse(400, f"refused {head.method.decode()} {_text(head.target)}: "
+                              f"{problem}, on an endpoint with pre-hooks "
                               f"(endpoint {plan.endpoints})")
             return False
         content_type = head.header(b"content-type")
-        if (head.body_kind is not BodyKind.NONE and head.method in _FORM_METHODS
-                and is_form(content_type)):
-            # Adapters would see no body while the daemon read its values as parameters (a tag's
-            # repo, a build's networkmode), so a hook deciding on the query could be bypassed.
-            self._refuse(400, f"refused {head.method.decode()} {_text(head.target)}: a "
-                              "form-encoded body (application/x-www-form-urlencoded) is not "
-                              "accepted on an endpoint with pre-hooks "
-                              f"(endpoint {plan.endpoints}); send parameters in the query")
-            return False
         if head.body_kind is not BodyKind.NONE and is_json(content_type):
             limit = plan.config.max_body
             if head.body_kind is BodyKind.LENGTH and head.content_length > limit:

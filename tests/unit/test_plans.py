@@ -14,7 +14,7 @@ from powerstrip.framing import (
     decode_chunked,
     parse_request_head,
 )
-from powerstrip.plans import is_form, is_json, is_stream, is_text, make_plan
+from powerstrip.plans import hidden_from_hooks, is_json, is_stream, is_text, make_plan
 
 
 @pytest.mark.parametrize(
@@ -164,4 +164,16 @@ def test_load_time_warning_names_post_hooks_that_streams_pass_by():
 def test_form_bodies_are_recognised_as_go_parses_them(
     content_type: str | bytes | None, expected: bool
 ) -> None:
-    assert is_form(content_type) is expected
+    headers = [] if content_type is None else [(b"Content-Type", content_type)]
+    if isinstance(content_type, str):
+        headers = [(b"Content-Type", content_type.encode())]
+    assert (hidden_from_hooks(b"POST", headers, True) is not None) is expected
+
+
+def test_what_else_hides_a_request_from_hooks() -> None:
+    form = [(b"Content-Type", b"application/x-www-form-urlencoded")]
+    assert hidden_from_hooks(b"GET", form, True) is None  # ParseForm reads no GET body
+    assert hidden_from_hooks(b"POST", form, False) is None
+    both = [(b"Content-Type", b"application/json"), (b"content-type", b"text/plain")]
+    assert "more than one Content-Type" in (hidden_from_hooks(b"POST", both, True) or "")
+    assert hidden_from_hooks(b"POST", [(b"Content-Type", b"application/json")], True) is None
