@@ -57,7 +57,6 @@ class RequestHead:
     raw: bytes
     body_kind: BodyKind = BodyKind.NONE
     content_length: int = 0
-    keep_alive: bool = True
     upgrade: bool = False
 
     def header(self, name: bytes) -> bytes | None:
@@ -139,7 +138,6 @@ def parse_request_head(raw: bytes) -> RequestHead:
         version=parser.get_http_version(),
         headers=collector.headers,
         raw=raw,
-        keep_alive=parser.should_keep_alive(),
         upgrade=parser.should_upgrade(),
     )
     if not head.target.startswith(b"/"):
@@ -373,7 +371,6 @@ class ResponseHead:
 
     status: int
     headers: list[tuple[bytes, bytes]] = field(default_factory=list)
-    keep_alive: bool = True
 
     def header(self, name: bytes) -> bytes | None:
         """Return the last value of header ``name`` (case-insensitive), or None."""
@@ -433,7 +430,7 @@ class ResponseReader:
             self._headers = []
             return
         self._final = True
-        self.head = ResponseHead(status, self._headers, self._parser.should_keep_alive())
+        self.head = ResponseHead(status, self._headers)
         if self._head_only:
             self.complete = True
 
