@@ -40,7 +40,7 @@ from twisted.internet import defer
 from powerstrip import processes
 from powerstrip.adapter import Adapter, Request, Response
 from powerstrip.engine import Engine, ensure_packages
-from powerstrip.processes import ServiceError, child_env, wait_for_line
+from powerstrip.processes import Service, ServiceError, start_service, wait_for_line
 from powerstrip.wire import (
     ClientRequest,
     ServerResponse,
@@ -267,23 +267,22 @@ def launch_proxy(upstream: str, config: Path | None = None) -> ProxyProcess:
     for. Its stderr goes to a file (``ProxyProcess.stderr()``).
     """
     workdir = Path(tempfile.mkdtemp(prefix="ps-proxy-"))
-    stdout_path, stderr_path = workdir / "stdout", workdir / "stderr"
-    env = child_env()
-    # Only --config names a file; an empty cwd keeps ./powerstrip.yml out of reach.
-    env.pop("POWERSTRIP_CONFIG", None)
     argv = [sys.executable, "-m", "powerstrip", "serve",
             "--listen", "tcp://127.0.0.1:0", "--upstream", upstream]
     if config is not None:
         argv += ["--config", str(config)]
-    with open(stdout_path, "wb") as out, open(stderr_path, "wb") as err:
-        # Files, not pipes: a pipe nobody drains would eventually block the proxy's logging.
-        proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=out, stderr=err,
-                                env=env, cwd=workdir)
-    host = await_line(proc, stdout_path, "export DOCKER_HOST=", PROXY_START_TIMEOUT, "proxy",
-                      stderr_path)
-    match = re.fullmatch(r"tcp://127\.0\.0\.1:(\d+)", host)
-    assert match, f"unexpected proxy address {host!r}"
-    return ProxyProcess(host, int(match.group(1)), proc, stderr_path, workdir, config)
+    try:
+        # Only --config names a file; an empty cwd keeps ./powerstrip.yml out of reach.
+        service = start_service("powerstrip", argv, workdir, prefix="export DOCKER_HOST=",
+                                timeout=PROXY_START_TIMEOUT, cwd=workdir,
+                                env={"POWERSTRIP_CONFIG": ""})
+    except ServiceError as exc:
+        shutil.rmtree(workdir, ignore_errors=True)
+        pytest.fail(str(exc))
+    match = re.fullmatch(r"tcp://127\.0\.0\.1:(\d+)", service.value)
+    assert match, f"unexpected proxy address {service.value!r}"
+    return ProxyProcess(service.value, int(match.group(1)), service.proc, service.stderr_path,
+                        workdir, config)
 
 
 def stop_proxy(running: ProxyProcess) -> None:
@@ -305,39 +304,28 @@ def stop_proxy(running: ProxyProcess) -> None:
 
 
 @dataclass
-class AdapterProcess:
+class AdapterProcess(Service):
     """An adapter service started by ``start_adapter``; ``url`` is what it printed."""
 
-    url: str
-    proc: subprocess.Popen
-    stdout_path: Path
-    stderr_path: Path
     workdir: Path = field(repr=False, default=Path())
 
-    def log(self) -> str:
-        """Everything the adapter has logged to stderr so far."""
-        try:
-            return self.stderr_path.read_text(errors="replace")
-        except OSError:
-            return ""
-
-    def stop(self) -> None:
-        """Stop the adapter and remove its output files."""
-        stop_process(self.proc)
+    def stop(self, timeout: float = 5.0) -> int:
+        """Stop the adapter and remove its output files; returns its exit status."""
+        code = super().stop(timeout)
         shutil.rmtree(self.workdir, ignore_errors=True)
+        return code
 
 
 def start_adapter(argv: Sequence[str], name: str = "adapter") -> AdapterProcess:
     """Run ``argv`` (e.g. ``[sys.executable, "my_adapter.py", "--listen", "127.0.0.1:0"]``)
     and return once it has printed ``listening on URL``, as SDK adapters do."""
     workdir = Path(tempfile.mkdtemp(prefix=f"ps-{name}-"))
-    stdout_path, stderr_path = workdir / "stdout", workdir / "stderr"
-    with open(stdout_path, "wb") as out, open(stderr_path, "wb") as err:
-        proc = subprocess.Popen(list(argv), stdin=subprocess.DEVNULL, stdout=out, stderr=err,
-                                env=child_env())
-    url = await_line(proc, stdout_path, "listening on ", ADAPTER_START_TIMEOUT, name,
-                     stderr_path)
-    return AdapterProcess(url, proc, stdout_path, stderr_path, workdir)
+    try:
+        service = start_service(name, argv, workdir, timeout=ADAPTER_START_TIMEOUT)
+    except ServiceError as exc:
+        shutil.rmtree(workdir, ignore_errors=True)
+        pytest.fail(str(exc))
+    return AdapterProcess(**vars(service), workdir=workdir)
 
 
 # -- pytest fixtures (``pytest_plugins = ["powerstrip.testing"]``) --------------------------

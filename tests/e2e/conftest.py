@@ -87,32 +87,15 @@ HOOKED = os.environ.get("POWERSTRIP_E2E_HOOKED", "") not in ("", "0")
 NULL_ADAPTER = REPO / "adapters" / "null_adapter.py"
 
 
-@dataclass
-class NullAdapterProcess:
-    """``adapters/null_adapter.py``, listening on a TCP port of its choosing."""
-
-    url: str
-    proc: subprocess.Popen
-    stderr_path: Path
-
-    def calls(self) -> int:
-        """How many hook calls it has answered (it logs one line per call)."""
-        try:
-            return self.stderr_path.read_text(errors="replace").count('"POST ')
-        except OSError:
-            return 0
-
-
-def start_null_adapter(workdir: Path) -> NullAdapterProcess:
+def start_null_adapter() -> AdapterProcess:
     """Start the null adapter on 127.0.0.1, any free port; return once it listens."""
-    stdout_path, stderr_path = workdir / "null-adapter.out", workdir / "null-adapter.err"
-    with open(stdout_path, "wb") as out, open(stderr_path, "wb") as err:
-        proc = subprocess.Popen(
-            [sys.executable, str(NULL_ADAPTER), "--listen", "127.0.0.1:0"],
-            stdin=subprocess.DEVNULL, stdout=out, stderr=err,
-        )
-    url = await_line(proc, stdout_path, "listening on ", 10, "null adapter", stderr_path)
-    return NullAdapterProcess(url, proc, stderr_path)
+    return start_adapter([sys.executable, str(NULL_ADAPTER), "--listen", "127.0.0.1:0"],
+                         "null-adapter")
+
+
+def null_adapter_calls(adapter: AdapterProcess) -> int:
+    """How many hook calls the null adapter has answered (it logs one line per call)."""
+    return adapter.log().count('"POST ')
 
 
 def catch_all_config(url: str) -> str:
@@ -144,7 +127,7 @@ def proxy(engine: Engine) -> Iterator[ProxyProcess]:
         return
 
     workdir = Path(tempfile.mkdtemp(prefix="ps-hooked-"))
-    adapter = start_null_adapter(workdir)
+    adapter = start_null_adapter()
     try:
         config = workdir / "adapters.yml"
         config.write_text(catch_all_config(adapter.url))
@@ -153,14 +136,14 @@ def proxy(engine: Engine) -> Iterator[ProxyProcess]:
             # Prove the hooks are in force before the suite relies on them: one request, one
             # pre-hook call and one post-hook call.
             ok(docker(running.host, "version", "--format", "{{.Server.APIVersion}}"))
-            assert wait_for(lambda: adapter.calls() >= 2, 5), (
+            assert wait_for(lambda: null_adapter_calls(adapter) >= 2, 5), (
                 f"the null adapter saw no hook calls\n{running.stderr()}")
             yield running
         finally:
             stop_proxy(running)
-        print(f"\nnull adapter answered {adapter.calls()} hook calls", file=sys.stderr)
+        print(f"\nnull adapter answered {null_adapter_calls(adapter)} hook calls", file=sys.stderr)
     finally:
-        stop_process(adapter.proc)
+        adapter.stop()
         shutil.rmtree(workdir, ignore_errors=True)
 
 

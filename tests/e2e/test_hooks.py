@@ -889,8 +889,8 @@ def test_streams_pass_through_a_catch_all_hook(engine, adapter, hooked_proxy, sc
 
 
 @pytest.mark.timeout(30)
-def test_null_adapter_echoes_both_hook_types(tmp_path):
-    null = start_null_adapter(tmp_path)
+def test_null_adapter_echoes_both_hook_types():
+    null = start_null_adapter()
     try:
         pre = {"PowerstripProtocolVersion": 1, "Type": "pre-hook",
                "ClientRequest": {"Method": "POST", "Request": "/v1.41/containers/create?name=x",
@@ -911,7 +911,7 @@ def test_null_adapter_echoes_both_hook_types(tmp_path):
         finally:
             conn.close()
     finally:
-        stop_process(null.proc)
+        null.stop()
 
 
 @pytest.mark.timeout(60)
