@@ -102,13 +102,14 @@ class Conn:
         status_line, *lines = raw.decode("latin-1").split("\r\n")
         headers = [(k.strip(), v.strip()) for k, _, v in (line.partition(":") for line in lines)]
         response = Response(status_line, headers, b"")
-        if head_only or response.status in (204, 304):
+        if head_only or response.status < 200 or response.status in (204, 304):
             return response
         response.body = self.read_body(response)
         return response
 
     def read_body(self, response: Response) -> bytes:
-        """The body of ``response``, whose head was read with ``head_only``."""
+        """The body of ``response``, whose head was read with ``head_only``: framed by its
+        Content-Length or chunked encoding, else (RFC 9112 6.3) by the connection's close."""
         length = response.header("content-length")
         if length is not None:
             while len(self.buffer) < int(length):
@@ -116,7 +117,7 @@ class Conn:
             body, self.buffer = self.buffer[:int(length)], self.buffer[int(length):]
             return body
         if (response.header("transfer-encoding") or "").lower() != "chunked":
-            return b""
+            return self.read_to_close()
         body = b""
         while True:
             while b"\r\n" not in self.buffer:

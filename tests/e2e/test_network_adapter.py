@@ -8,9 +8,7 @@ conflicts are refused with the adapter's message on the CLI's stderr; the start 
 
 from __future__ import annotations
 
-import http.client
 import json
-import os
 import shutil
 import subprocess
 import sys
@@ -25,18 +23,19 @@ from powerstrip.engine import Engine
 from tests.e2e.conftest import (
     DOCKER_CLI,
     REPO,
+    AdapterProcess,
     ProxyProcess,
     Scratch,
-    await_line,
     docker,
     docker_env,
     launch_proxy,
     ok,
     short_tmpdir,
-    stop_process,
+    start_adapter,
     stop_proxy,
     wait_for,
 )
+from tests.rawhttp import call
 
 ADAPTER = REPO / "adapters" / "network.py"
 LABEL = "org.powerstrip.adapter=network"
@@ -47,12 +46,11 @@ class Rig:
     """The adapter process and the proxy that calls it."""
 
     proxy: ProxyProcess
-    adapter: subprocess.Popen
-    log_path: Path
+    adapter: AdapterProcess
 
     def log(self) -> str:
         """What the adapter has logged so far."""
-        return self.log_path.read_text(errors="replace")
+        return self.adapter.log()
 
 
 @pytest.fixture(scope="module")
@@ -60,16 +58,10 @@ def rig(engine: Engine) -> Iterator[Rig]:
     """The network adapter, talking to the engine directly, and a proxy hooking it into create
     (pre and post) and start (post)."""
     workdir = Path(short_tmpdir("ps-net-"))
-    stdout_path, stderr_path = workdir / "adapter.out", workdir / "adapter.err"
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
-    with open(stdout_path, "wb") as out, open(stderr_path, "wb") as err:
-        proc = subprocess.Popen(
-            [sys.executable, str(ADAPTER), "--listen", "127.0.0.1:0", "--docker", engine.host],
-            stdin=subprocess.DEVNULL, stdout=out, stderr=err, env=env,
-        )
+    adapter = start_adapter(
+        [sys.executable, str(ADAPTER), "--listen", "127.0.0.1:0", "--docker", engine.host],
+        "network-adapter")
     try:
-        url = await_line(proc, stdout_path, "listening on ", 10, "network adapter", stderr_path)
         config = workdir / "adapters.yml"
         config.write_text(
             "version: 1\n"
@@ -80,15 +72,15 @@ def rig(engine: Engine) -> Iterator[Rig]:
             '  "POST /*/containers/*/start":\n'
             "    post: [network]\n"
             "adapters:\n"
-            f"  network: {url}\n"
+            f"  network: {adapter.url}\n"
         )
         proxy = launch_proxy(engine.host, config)
         try:
-            yield Rig(proxy, proc, stderr_path)
+            yield Rig(proxy, adapter)
         finally:
             stop_proxy(proxy)
     finally:
-        stop_process(proc)
+        adapter.stop()
         # The tests' containers are gone by now (scratch); the networks the adapter made are not.
         made = ok(docker(engine.host, "network", "ls", "-q", "--filter", f"label={LABEL}"))
         if made.split():
@@ -114,14 +106,9 @@ def refused(result: subprocess.CompletedProcess[bytes], *words: str) -> str:
 
 def raw_create(proxy: ProxyProcess, body: dict[str, Any]) -> tuple[int, dict[str, Any]]:
     """POST a create body through the proxy; the status and the JSON answer."""
-    connection = http.client.HTTPConnection("127.0.0.1", proxy.port, timeout=20)
-    try:
-        connection.request("POST", "/v1.41/containers/create", json.dumps(body),
-                           {"Content-Type": "application/json"})
-        answer = connection.getresponse()
-        return answer.status, json.loads(answer.read())
-    finally:
-        connection.close()
+    answer = call(proxy.host, "POST", "/v1.41/containers/create", json.dumps(body).encode(),
+                  {"Content-Type": "application/json"})
+    return answer.status, answer.json()
 
 
 @pytest.mark.timeout(60)

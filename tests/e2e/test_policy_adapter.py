@@ -9,11 +9,8 @@ table these cases come from.
 
 from __future__ import annotations
 
-import http.client
 import json
 import shutil
-import socket
-import subprocess
 import sys
 import tempfile
 from collections.abc import Callable, Iterator
@@ -26,16 +23,16 @@ import pytest
 from powerstrip.engine import Engine
 from tests.e2e.conftest import (
     REPO,
+    AdapterProcess,
     ProxyProcess,
     Scratch,
-    await_line,
     docker,
     launch_proxy,
     ok,
-    stop_process,
+    start_adapter,
     stop_proxy,
 )
-from tests.rawhttp import Conn, connect
+from tests.rawhttp import Conn, call, connect
 
 POLICY = REPO / "adapters" / "policy.py"
 ENDPOINTS = [
@@ -50,7 +47,7 @@ class Policy:
     """The proxy with the policy adapter hooked on every endpoint docs/policy.md lists."""
 
     proxy: ProxyProcess
-    adapter: subprocess.Popen
+    adapter: AdapterProcess
     allowed: Path  # a host directory bind mounts may use
     engine: Engine
 
@@ -72,19 +69,15 @@ def policy(engine: Engine) -> Iterator[Policy]:
         f"  bind_mounts: {{allow: [{allowed}]}}\n"
         "  images: {allow: [busybox]}\n"
     )
-    out, err = workdir / "adapter.out", workdir / "adapter.err"
-    with open(out, "wb") as stdout, open(err, "wb") as stderr:
-        adapter = subprocess.Popen(
-            [sys.executable, str(POLICY), "--listen", "127.0.0.1:0", "--rules", str(rules)],
-            stdin=subprocess.DEVNULL, stdout=stdout, stderr=stderr, cwd=REPO,
-        )
+    adapter = start_adapter(
+        [sys.executable, str(POLICY), "--listen", "127.0.0.1:0", "--rules", str(rules)],
+        "policy-adapter")
     try:
-        url = await_line(adapter, out, "listening on ", 10, "policy adapter", err)
         config = workdir / "adapters.yml"
         config.write_text(
             "version: 1\nendpoints:\n"
             + "".join(f'  "{endpoint}": {{pre: [policy]}}\n' for endpoint in ENDPOINTS)
-            + f"adapters:\n  policy: {url}\n"
+            + f"adapters:\n  policy: {adapter.url}\n"
         )
         proxy = launch_proxy(engine.host, config)
         try:
@@ -92,23 +85,13 @@ def policy(engine: Engine) -> Iterator[Policy]:
         finally:
             stop_proxy(proxy)
     finally:
-        stop_process(adapter)
-        assert "Traceback" not in err.read_text(errors="replace"), err.read_text()
+        log = adapter.log()
+        adapter.stop()
+        assert "Traceback" not in log, log
         shutil.rmtree(workdir, ignore_errors=True)
 
 
 # -- raw HTTP, byte for byte ----------------------------------------------------------------------
-
-
-class _UnixConnection(http.client.HTTPConnection):
-    def __init__(self, path: str) -> None:
-        super().__init__("localhost", timeout=30)
-        self._path = path
-
-    def connect(self) -> None:
-        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        self.sock.settimeout(30)
-        self.sock.connect(self._path)
 
 
 def send(
@@ -117,24 +100,16 @@ def send(
 ) -> tuple[int, Any]:
     """Send one request to ``host`` (``unix://`` or ``tcp://``) exactly as given; the status and
     the body, parsed when it is JSON."""
-    if host.startswith("unix://"):
-        conn: http.client.HTTPConnection = _UnixConnection(host[len("unix://"):])
-    else:
-        address, _, port = host[len("tcp://"):].rpartition(":")
-        conn = http.client.HTTPConnection(address, int(port), timeout=30)
     headers = {"Content-Type": content_type} if content_type else {}
     if isinstance(body, str):
         body = body.encode()
+    if body is None and method in ("POST", "PUT"):
+        body = b""  # a length, as HTTP clients send for these methods
+    answer = call(host, method, target, body, headers)
     try:
-        conn.request(method, target, body=body, headers=headers)
-        answer = conn.getresponse()
-        data = answer.read()
-    finally:
-        conn.close()
-    try:
-        return answer.status, json.loads(data)
+        return answer.status, answer.json()
     except ValueError:
-        return answer.status, data.decode(errors="replace")
+        return answer.status, answer.body.decode(errors="replace")
 
 
 def inspect(engine: Engine, kind: str, name: str) -> dict[str, Any]:

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import random
-import socket
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -21,6 +20,7 @@ import pytest
 
 from powerstrip.engine import Engine
 from powerstrip.matching import Matcher, SpellingError, canonical_path, split_version
+from tests.rawhttp import Response, call
 
 API = "1.41"
 BODY = json.dumps({"Image": "busybox", "Cmd": ["true"]}).encode()
@@ -40,44 +40,10 @@ MATCHER = Matcher([CREATE, START, LIST, INSPECT])
 HOOKS = {"create": [CREATE], "start": [START], "list": [LIST], "inspect": [INSPECT], "none": []}
 
 
-@dataclass
-class Response:
-    status: int
-    headers: dict[str, str]
-    body: bytes
-
-
 def send(engine: Engine, method: bytes, target: bytes, body: bytes | None = None) -> Response:
     """One request, exactly as given, on a fresh connection to the daemon."""
-    head = [method + b" " + target + b" HTTP/1.1", b"Host: docker", b"Connection: close"]
-    if body is not None:
-        head += [b"Content-Type: application/json", b"Content-Length: %d" % len(body)]
-    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
-        sock.settimeout(20)
-        sock.connect(str(engine.socket_path))
-        sock.sendall(b"\r\n".join(head) + b"\r\n\r\n" + (body or b""))
-        data = b""
-        while chunk := sock.recv(65536):
-            data += chunk
-    raw_head, _, payload = data.partition(b"\r\n\r\n")
-    lines = raw_head.decode("latin-1").split("\r\n")
-    headers = {}
-    for line in lines[1:]:
-        name, _, value = line.partition(":")
-        headers[name.strip().lower()] = value.strip()
-    if headers.get("transfer-encoding") == "chunked":
-        payload = _dechunk(payload)
-    return Response(int(lines[0].split()[1]), headers, payload)
-
-
-def _dechunk(data: bytes) -> bytes:
-    out = b""
-    while True:
-        size_line, _, data = data.partition(b"\r\n")
-        size = int(size_line.split(b";")[0], 16)
-        if size == 0:
-            return out
-        out, data = out + data[:size], data[size + 2:]
+    headers = None if body is None else {"Content-Type": "application/json"}
+    return call(engine.host, method.decode("latin-1"), target.decode("latin-1"), body, headers)
 
 
 def exists(engine: Engine, name: str) -> bool:
@@ -313,7 +279,7 @@ def _check_daemon(
     elif outcome.startswith("301:"):
         assert response.status == 301, seen
         location = fill(outcome.removeprefix("301:"), name, container)
-        assert response.headers.get("location") == location, seen
+        assert response.header("location") == location, seen
     elif outcome == "404":
         assert response.status == 404, seen
         assert case.method == "HEAD" or b"page not found" in response.body, seen
@@ -339,7 +305,7 @@ def test_a_followed_redirect_comes_back_clean(engine: Engine) -> None:
     """A client following the 301 sends the Location as a new request, which then matches."""
     response = send(engine, b"GET", b"/v1.41/x/%2e%2e//containers/json?all=1")
     assert response.status == 301
-    location = response.headers["location"]
+    location = response.header("location")
     assert MATCHER.match("GET", location) == [LIST]
     followed = send(engine, b"GET", location.encode())
     assert followed.status == 200 and isinstance(json.loads(followed.body), list)

@@ -4,7 +4,6 @@ must follow its dataset to the other."""
 
 from __future__ import annotations
 
-import http.client
 import importlib.util
 import json
 import shutil
@@ -21,16 +20,17 @@ import pytest
 from powerstrip.engine import Engine
 from tests.e2e.conftest import (
     REPO,
+    AdapterProcess,
     ProxyProcess,
-    await_line,
     docker,
     launch_proxy,
     ok,
-    short_tmpdir,
-    stop_process,
+    start_adapter,
+    start_engine,
     stop_proxy,
     unique,
 )
+from tests.rawhttp import call
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -58,9 +58,8 @@ class Host:
     engine: Engine
     state_path: Path
     workdir: Path
-    adapter: subprocess.Popen | None = None
+    adapter: AdapterProcess | None = None
     proxy: ProxyProcess | None = None
-    logs: str = ""
 
     @property
     def docker_host(self) -> str:
@@ -70,15 +69,11 @@ class Host:
 
     def start(self) -> None:
         """Start the adapter, then a proxy whose adapters file calls it on container create."""
-        out = self.workdir / f"volumes-{self.name}.out"
-        err = self.workdir / f"volumes-{self.name}.err"
-        argv = [sys.executable, str(VOLUMES), "--listen", "127.0.0.1:0",
-                "--host-name", self.name, "--docker", self.engine.host,
-                "--state", str(self.state_path), "--helper-image", "busybox"]
-        with open(out, "wb") as stdout, open(err, "wb") as stderr:
-            self.adapter = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=stdout,
-                                            stderr=stderr)
-        url = await_line(self.adapter, out, "listening on ", 10, "volumes adapter", err)
+        self.adapter = start_adapter(
+            [sys.executable, str(VOLUMES), "--listen", "127.0.0.1:0", "--host-name", self.name,
+             "--docker", self.engine.host, "--state", str(self.state_path),
+             "--helper-image", "busybox"],
+            f"volumes-{self.name}")
         config = self.workdir / f"adapters-{self.name}.yml"
         config.write_text(
             "version: 1\n"
@@ -86,7 +81,7 @@ class Host:
             '  "POST /*/containers/create":\n'
             "    pre: [volumes]\n"
             "adapters:\n"
-            f'  volumes: {{url: "{url}", timeout: 120}}\n'
+            f'  volumes: {{url: "{self.adapter.url}", timeout: 120}}\n'
         )
         self.proxy = launch_proxy(self.engine.host, config)
 
@@ -96,20 +91,17 @@ class Host:
             stop_proxy(self.proxy)
             self.proxy = None
         if self.adapter is not None:
-            stop_process(self.adapter)
+            log = self.adapter.log()
+            self.adapter.stop()
             self.adapter = None
-            log = (self.workdir / f"volumes-{self.name}.err").read_text(errors="replace")
-            self.logs += log
             assert "Traceback" not in log, log
 
 
 @pytest.fixture(scope="module")
 def engine_b() -> Iterator[Engine]:
     """Host B's own dockerd, with busybox."""
-    eng = Engine(short_tmpdir("ps-b-"))
-    eng.start()
+    eng = start_engine()
     try:
-        eng.ensure_image()
         yield eng
     finally:
         eng.stop(remove=True)
@@ -157,14 +149,9 @@ def transfer_containers(host: Host) -> bytes:
 def create_raw(host: Host, body: dict[str, Any]) -> tuple[int, str]:
     """POST a container create through ``host``'s proxy: the status and the message."""
     assert host.proxy is not None
-    connection = http.client.HTTPConnection("127.0.0.1", host.proxy.port, timeout=30)
-    try:
-        connection.request("POST", "/v1.41/containers/create", json.dumps(body),
-                           {"Content-Type": "application/json"})
-        answer = connection.getresponse()
-        return answer.status, json.loads(answer.read()).get("message", "")
-    finally:
-        connection.close()
+    answer = call(host.proxy.host, "POST", "/v1.41/containers/create",
+                  json.dumps(body).encode(), {"Content-Type": "application/json"})
+    return answer.status, answer.json().get("message", "")
 
 
 def binds(*binds: str) -> dict[str, Any]:
@@ -218,7 +205,7 @@ def test_a_large_dataset_moves_in_bounded_memory(hosts):
     assert owner(hosts, ds) == "B"
     # The archive went through a temporary file: the adapter never held it.
     assert b.adapter is not None
-    assert peak_memory(b.adapter) < size, f"peak {peak_memory(b.adapter)} bytes"
+    assert peak_memory(b.adapter.proc) < size, f"peak {peak_memory(b.adapter.proc)} bytes"
     docker(b.engine.host, "volume", "rm", f"flocker-{ds}")
 
 
