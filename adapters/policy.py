@@ -509,14 +509,8 @@ def _image_violation(rules: Rules, image: str) -> Violation | None:
 def check_create(rules: Rules, body: str | None) -> Violation | None:
     """The first rule ``POST /containers/create`` with ``body`` breaks, or None."""
     decoded = _body(CREATE_BODY, body, "creating a container")
-    found = _image_violation(rules, decoded.get("Image") or "")
-    if found:
-        return found
-    for at, hc in host_configs(decoded):
-        found = _first(_host_config_violations(rules, hc, at))
-        if found:
-            return found
-    return None
+    return _image_violation(rules, decoded.get("Image") or "") or _host_config_violation(
+        rules, decoded)
 
 
 @_guard
@@ -529,7 +523,11 @@ def check_start(rules: Rules, target: str, body: str | None) -> Violation | None
         return None
     if len(body.encode("utf-8")) <= 7:
         return None  # dockerd ignores a body this short ("a non-nil json object is at least 7")
-    decoded = _body(CREATE_BODY, body, "starting a container with a HostConfig")
+    return _host_config_violation(
+        rules, _body(CREATE_BODY, body, "starting a container with a HostConfig"))
+
+
+def _host_config_violation(rules: Rules, decoded: Mapping[str, Any]) -> Violation | None:
     for at, hc in host_configs(decoded):
         found = _first(_host_config_violations(rules, hc, at))
         if found:

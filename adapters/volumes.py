@@ -214,22 +214,13 @@ def rewrite_create(body: Any, prefix: str) -> tuple[Any, list[str]]:
         host_config = body[host_key]
         if not isinstance(host_config, dict):
             continue
-        for key in _keys(host_config, "Binds"):
-            if isinstance(host_config[key], list):
-                binds = []
-                for bind in host_config[key]:
-                    bind, name = rewrite_bind(bind, prefix)
-                    binds.append(bind)
-                    note(name)
-                host_config[key] = binds
-        for key in _keys(host_config, "Mounts"):
-            if isinstance(host_config[key], list):
-                mounts = []
-                for mount in host_config[key]:
-                    mount, name = rewrite_mount(mount, prefix)
-                    mounts.append(mount)
-                    note(name)
-                host_config[key] = mounts
+        for field, rewrite in (("Binds", rewrite_bind), ("Mounts", rewrite_mount)):
+            for key in _keys(host_config, field):
+                if isinstance(host_config[key], list):
+                    rewritten = [rewrite(item, prefix) for item in host_config[key]]
+                    host_config[key] = [item for item, _ in rewritten]
+                    for _, name in rewritten:
+                        note(name)
     return body, names
 
 

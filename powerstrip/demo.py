@@ -142,7 +142,7 @@ def story(a: Host, b: Host, state: Path) -> None:
 
     say()
     say("3. What each adapter did")
-    debug_path = b.logdir / f"{b.name.lower()}-debug.log"
+    debug_path = rig.debug_log(b.logdir, f"{b.name.lower()}-")
     debug_log = debug_path.read_text(errors="replace") if debug_path.exists() else ""
     # The chain is debug, volumes, debug, network, debug: the diff printed with the debug
     # adapter's second call is the volumes adapter's change, with its third the network's.

@@ -12,9 +12,8 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
-from urllib.parse import urlsplit
 
 from powerstrip import cli, engine
 from powerstrip.processes import Service, python, start_service
@@ -23,8 +22,9 @@ ROOT = Path(__file__).resolve().parent.parent
 ADAPTERS = ROOT / "adapters"
 #: The example adapters, in the order they are started.
 NAMES = ("debug", "volumes", "network", "policy")
-#: Where ``powerstrip.yml`` expects them.
-DEFAULT_URLS = {name: f"http://127.0.0.1:{9101 + n}/" for n, name in enumerate(NAMES)}
+#: Where the rig serves them, and ``powerstrip.yml`` expects them.
+DEFAULT_LISTEN = {name: f"127.0.0.1:{9101 + n}" for n, name in enumerate(NAMES)}
+DEFAULT_URLS = {name: f"http://{address}/" for name, address in DEFAULT_LISTEN.items()}
 
 
 def chain_config(urls: Mapping[str, str]) -> str:
@@ -100,7 +100,7 @@ def start_adapters(
     try:
         for name in NAMES:
             argv = adapter_argv(name, (listen or {}).get(name, "127.0.0.1:0"), docker, state,
-                                host_name, logdir / f"{prefix}debug.log")
+                                host_name, debug_log(logdir, prefix))
             started[name] = start_service(prefix + name, argv, logdir)
     except BaseException:
         stop_all(started.values())
@@ -108,7 +108,12 @@ def start_adapters(
     return started
 
 
-def stop_all(services: Sequence[Service] | object) -> None:
+def debug_log(logdir: Path, prefix: str = "") -> Path:
+    """Where the debug adapter started by ``start_adapters`` writes what it shows."""
+    return logdir / f"{prefix}debug.log"
+
+
+def stop_all(services: Iterable[Service]) -> None:
     """Stop services, last started first."""
     for service in reversed(list(services)):
         service.stop()
@@ -140,17 +145,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         upstream = throwaway.host
     adapters: dict[str, Service] = {}
     try:
-        listen = {}
-        for name, url in DEFAULT_URLS.items():
-            parts = urlsplit(url)
-            listen[name] = f"{parts.hostname}:{parts.port}"
         logdir = rundir / "logs"
-        adapters = start_adapters(upstream, logdir, rundir / "datasets.sqlite", "local", listen)
+        adapters = start_adapters(upstream, logdir, rundir / "datasets.sqlite", "local",
+                                  DEFAULT_LISTEN)
         for service in adapters.values():
             print(f"powerstrip: adapter {service.name} at {service.url} "
                   f"(log: {service.stderr_path})", file=sys.stderr)
         print(
-            f"powerstrip: the debug adapter's view: tail -f {logdir / 'debug.log'}\n"
+            f"powerstrip: the debug adapter's view: tail -f {debug_log(logdir)}\n"
             "powerstrip: try, in another shell, after the export line below:\n"
             "  docker run --rm busybox echo hello through powerstrip\n"
             "  docker run --rm -v /flocker/db:/data busybox sh -c 'date >> /data/d; cat /data/d'\n"
