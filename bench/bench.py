@@ -24,6 +24,7 @@ import sys
 import tempfile
 import time
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 
 from powerstrip import engine as engine_mod
@@ -112,23 +113,38 @@ def read_all(sock: socket.socket) -> int:
         total += n
 
 
+def interleaved_rates(
+    targets: list[Target], rounds: int, exchange: Callable[[socket.socket], int]
+) -> dict:
+    """The median MiB/s of ``exchange`` (given a fresh connection, it returns the bytes it
+    moved) per target, the targets taking turns in every round."""
+    samples: dict[str, list[float]] = {t.name: [] for t in targets}
+    for _ in range(rounds):
+        for target in targets:
+            sock = target.connect()
+            started = time.perf_counter()
+            try:
+                size = exchange(sock)
+            except RuntimeError as exc:
+                raise RuntimeError(f"via {target.name}: {exc}") from None
+            elapsed = time.perf_counter() - started
+            sock.close()
+            samples[target.name].append(size / elapsed / 2**20)
+    return {name: statistics.median(values) for name, values in samples.items()}
+
+
 def logs_throughput(targets: list[Target], container: str, rounds: int) -> dict:
     """MiB/s reading a container's whole log (a 256 MiB response)."""
     request = (
         f"GET /v1.41/containers/{container}/logs?stdout=1 HTTP/1.1\r\n"
         "Host: api.moby.localhost\r\nConnection: close\r\n\r\n"
     ).encode()
-    samples: dict[str, list[float]] = {t.name: [] for t in targets}
-    for _ in range(rounds):
-        for target in targets:
-            sock = target.connect()
-            started = time.perf_counter()
-            sock.sendall(request)
-            size = read_all(sock)
-            elapsed = time.perf_counter() - started
-            sock.close()
-            samples[target.name].append(size / elapsed / 2**20)
-    return {name: statistics.median(values) for name, values in samples.items()}
+
+    def exchange(sock: socket.socket) -> int:
+        sock.sendall(request)
+        return read_all(sock)
+
+    return interleaved_rates(targets, rounds, exchange)
 
 
 def load_throughput(targets: list[Target], tarball: Path, rounds: int) -> dict:
@@ -138,26 +154,19 @@ def load_throughput(targets: list[Target], tarball: Path, rounds: int) -> dict:
         "POST /v1.41/images/load?quiet=1 HTTP/1.1\r\nHost: api.moby.localhost\r\n"
         f"Content-Type: application/x-tar\r\nContent-Length: {size}\r\nConnection: close\r\n\r\n"
     ).encode()
-    samples: dict[str, list[float]] = {t.name: [] for t in targets}
-    for _ in range(rounds):
-        for target in targets:
-            sock = target.connect()
-            started = time.perf_counter()
-            sock.sendall(head)
-            with tarball.open("rb") as body:
-                sock.sendfile(body)
-            answer = b""
-            while True:
-                chunk = sock.recv(65536)
-                if not chunk:
-                    break
-                answer += chunk
-            elapsed = time.perf_counter() - started
-            sock.close()
-            if b" 200 " not in answer.split(b"\r\n", 1)[0]:
-                raise RuntimeError(f"images/load via {target.name} failed: {answer[:300]!r}")
-            samples[target.name].append(size / elapsed / 2**20)
-    return {name: statistics.median(values) for name, values in samples.items()}
+
+    def exchange(sock: socket.socket) -> int:
+        sock.sendall(head)
+        with tarball.open("rb") as body:
+            sock.sendfile(body)
+        answer = b""
+        while chunk := sock.recv(65536):
+            answer += chunk
+        if b" 200 " not in answer.split(b"\r\n", 1)[0]:
+            raise RuntimeError(f"images/load failed: {answer[:300]!r}")
+        return size
+
+    return interleaved_rates(targets, rounds, exchange)
 
 
 def peak_rss_mib(pid: int) -> float:
