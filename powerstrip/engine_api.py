@@ -116,9 +116,7 @@ class EngineClient:
             )
             content = yield response.content()
         except Exception as exc:  # noqa: BLE001 - every way of not getting an answer
-            raise EngineError(
-                502, f"Docker Engine at {self.address} unreachable: {type(exc).__name__}: {exc}"
-            ) from exc
+            raise self._unreachable(exc) from exc
         if not 200 <= response.code < 300:
             raise EngineError(response.code, _message(content))
         if not content:
@@ -140,9 +138,7 @@ class EngineClient:
             response = yield self._http.get(self.url(path, query), timeout=self.timeout,
                                             unbuffered=True)
         except Exception as exc:  # noqa: BLE001
-            raise EngineError(
-                502, f"Docker Engine at {self.address} unreachable: {type(exc).__name__}: {exc}"
-            ) from exc
+            raise self._unreachable(exc) from exc
         if not 200 <= response.code < 300:
             content = yield response.content()
             raise EngineError(response.code, _message(content))
@@ -154,6 +150,10 @@ class EngineClient:
 
         yield treq.collect(response, write)
         return written[0]
+
+    def _unreachable(self, exc: Exception) -> EngineError:
+        return EngineError(
+            502, f"Docker Engine at {self.address} unreachable: {type(exc).__name__}: {exc}")
 
     def close(self) -> defer.Deferred[None]:
         """Close the pooled connections."""

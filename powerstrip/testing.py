@@ -36,6 +36,7 @@ from typing import Any
 
 import pytest
 from twisted.internet import defer
+from twisted.python.failure import Failure
 
 from powerstrip import processes
 from powerstrip.adapter import Adapter, Request, Response
@@ -159,24 +160,23 @@ def call_post_async(
     return adapter.handle(post_hook_call(request, sent)).addCallback(_result, request, sent)
 
 
-def _now(deferred: defer.Deferred[HookResult], what: str) -> HookResult:
+def _now(deferred: defer.Deferred[HookResult], kind: str) -> HookResult:
     results: list[Any] = []
     deferred.addBoth(results.append)
     if not results:
         raise AssertionError(
-            f"the {what} did not answer at once: it waits on I/O, which needs a running reactor. "
-            f"Use {what.replace('-', '_').replace('hook', '')}async (e.g. with pytest-twisted) "
-            "or an e2e test."
+            f"the {kind}-hook did not answer at once: it waits on I/O, which needs a running "
+            f"reactor. Use call_{kind}_async (e.g. with pytest-twisted) or an e2e test."
         )
     outcome = results[0]
-    if isinstance(outcome, BaseException) or hasattr(outcome, "raiseException"):
+    if isinstance(outcome, Failure):
         outcome.raiseException()
     return outcome
 
 
 def call_pre(adapter: Adapter, method: str, target: str, body: Any = None) -> HookResult:
     """``call_pre_async`` for hooks that answer without waiting on I/O: the result at once."""
-    return _now(call_pre_async(adapter, method, target, body), "call_pre-hook")
+    return _now(call_pre_async(adapter, method, target, body), "pre")
 
 
 def call_post(
@@ -193,7 +193,7 @@ def call_post(
     deferred = call_post_async(
         adapter, method, target, body, code=code, response=response, content_type=content_type
     )
-    return _now(deferred, "call_post-hook")
+    return _now(deferred, "post")
 
 
 # -- processes ----------------------------------------------------------------------------
