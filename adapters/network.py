@@ -56,7 +56,7 @@ from twisted.internet import defer
 from powerstrip.adapter import Adapter, Refuse, Request, Response
 from powerstrip.addresses import AddressError, parse_address
 from powerstrip.engine_api import EngineClient, EngineError
-from powerstrip.gojson import go_fold_equal
+from powerstrip.gojson import go_fold_equal, go_keys, go_value
 
 __all__ = [
     "BadCidr",
@@ -118,21 +118,11 @@ class Conflict(ValueError):
 # spelling a key differently neither escapes the adapter nor keeps a value the rewrite replaced.
 
 
-def _variants(obj: Mapping[str, Any], name: str) -> list[str]:
-    return [key for key in obj if isinstance(key, str) and go_fold_equal(key, name)]
-
-
-def _lookup(obj: Mapping[str, Any], name: str) -> Any:
-    """The value the daemon reads for field ``name``: the last key matching it in any case."""
-    keys = _variants(obj, name)
-    return obj[keys[-1]] if keys else None
-
-
 def _object(obj: Mapping[str, Any], name: str) -> dict[str, Any]:
     """The object field ``name`` as the daemon decodes it: every spelling merged in order (a
     null resets it); ``{}`` when absent or not an object."""
     merged: dict[str, Any] = {}
-    for key in _variants(obj, name):
+    for key in go_keys(obj, name):
         value = obj[key]
         if isinstance(value, dict):
             merged.update(value)
@@ -204,7 +194,7 @@ def weave_cidr(env: Any) -> str | None:
 
 def requested_interface(body: Mapping[str, Any]) -> ipaddress.IPv4Interface | None:
     """The address a create body asks for through ``WEAVE_CIDR``, or None when it asks none."""
-    value = weave_cidr(_lookup(body, "Env"))
+    value = weave_cidr(go_value(body, "Env"))
     return None if value is None else parse_cidr(value)
 
 
@@ -260,7 +250,7 @@ def rewrite_create(body: Mapping[str, Any], interface: ipaddress.IPv4Interface) 
     name = network_name(interface.network)
     address = str(interface.ip)
     host_config = _object(body, "HostConfig")
-    mode = _lookup(host_config, "NetworkMode")
+    mode = go_value(host_config, "NetworkMode")
     mode = "" if mode is None else str(mode)
     if mode not in (*_UNCHOSEN, name):
         raise Conflict(
@@ -280,7 +270,7 @@ def rewrite_create(body: Mapping[str, Any], interface: ipaddress.IPv4Interface) 
         settings = endpoints.get("default")
     settings = settings if isinstance(settings, dict) else {}
     ipam = _object(settings, "IPAMConfig")
-    asked = _lookup(ipam, "IPv4Address")
+    asked = go_value(ipam, "IPv4Address")
     if asked not in (None, "", address):
         raise Conflict(
             f"{ENV_NAME}={interface} asks for {address} on network {name}, but the request "

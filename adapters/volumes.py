@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import copy
 import logging
-import posixpath
 import re
 import sqlite3
 import sys
@@ -37,7 +36,8 @@ from twisted.internet import defer
 from powerstrip.adapter import Adapter, Refuse, Request
 from powerstrip.addresses import AddressError, parse_address
 from powerstrip.engine_api import EngineClient, EngineError
-from powerstrip.gojson import go_fold_equal
+from powerstrip.gojson import go_fold_equal, go_keys, go_value
+from powerstrip.matching import clean_path
 
 __all__ = [
     "BadBind",
@@ -110,18 +110,10 @@ def check_name(name: str) -> str:
 
 def normalise_prefix(prefix: str) -> str:
     """The directory under which bind sources name datasets, cleaned; ValueError if unusable."""
-    clean = _clean_path(prefix)
-    if clean is None or clean == "/":
+    clean = clean_path(prefix) if prefix.startswith("/") else "/"
+    if clean == "/":
         raise ValueError(f"the prefix must be an absolute directory other than /, not {prefix!r}")
     return clean
-
-
-def _clean_path(path: str) -> str | None:
-    if not path.startswith("/"):
-        return None
-    # Docker cleans bind sources before use: /flocker//web/ binds what /flocker/web does.
-    clean = posixpath.normpath(path)
-    return "/" + clean.lstrip("/")
 
 
 def dataset_of(source: Any, prefix: str) -> str | None:
@@ -129,8 +121,11 @@ def dataset_of(source: Any, prefix: str) -> str | None:
     not under ``prefix``; ``BadBind`` when it is, but is not a valid dataset name."""
     if not isinstance(source, str):
         return None
-    clean = _clean_path(source)
-    if clean is None or not clean.startswith(prefix + "/"):
+    if not source.startswith("/"):
+        return None
+    # Docker cleans bind sources before use: /flocker//web/ binds what /flocker/web does.
+    clean = clean_path(source)
+    if not clean.startswith(prefix + "/"):
         return None
     return check_name(clean[len(prefix) + 1:])
 
@@ -165,30 +160,18 @@ def rewrite_bind(bind: Any, prefix: str) -> tuple[Any, str | None]:
     return ":".join([volume_name(name), *parts[1:]]), name
 
 
-def _keys(obj: dict[str, Any], name: str) -> list[str]:
-    # The daemon decodes with Go's encoding/json, which matches keys case-insensitively: every
-    # spelling it could read is one this adapter must see.
-    return [key for key in obj if go_fold_equal(key, name)]
-
-
-def _effective(obj: dict[str, Any], name: str) -> Any:
-    # Of several spellings, Go keeps the value decoded last.
-    keys = _keys(obj, name)
-    return obj[keys[-1]] if keys else None
-
-
 def rewrite_mount(mount: Any, prefix: str) -> tuple[Any, str | None]:
     """A ``HostConfig.Mounts`` entry of type bind with a dataset source rewritten to a mount of
     the dataset's volume, and the dataset's name; other entries come back unchanged with None."""
-    if not isinstance(mount, dict) or _effective(mount, "Type") != "bind":
+    if not isinstance(mount, dict) or go_value(mount, "Type") != "bind":
         return mount, None
-    name = dataset_of(_effective(mount, "Source"), prefix)
+    name = dataset_of(go_value(mount, "Source"), prefix)
     if name is None:
         return mount, None
-    options = _effective(mount, "BindOptions")
-    if isinstance(options, dict) and _effective(options, "Propagation"):
+    options = go_value(mount, "BindOptions")
+    if isinstance(options, dict) and go_value(options, "Propagation"):
         raise BadBind(
-            f"mount of {_effective(mount, 'Source')!r}: bind propagation applies to host "
+            f"mount of {go_value(mount, 'Source')!r}: bind propagation applies to host "
             "directories, not to datasets"
         )
     # Docker refuses BindOptions on a volume mount; what is left of them means nothing there.
@@ -210,12 +193,12 @@ def rewrite_create(body: Any, prefix: str) -> tuple[Any, list[str]]:
         if name is not None and name not in names:
             names.append(name)
 
-    for host_key in _keys(body, "HostConfig"):
+    for host_key in go_keys(body, "HostConfig"):
         host_config = body[host_key]
         if not isinstance(host_config, dict):
             continue
         for field, rewrite in (("Binds", rewrite_bind), ("Mounts", rewrite_mount)):
-            for key in _keys(host_config, field):
+            for key in go_keys(host_config, field):
                 if isinstance(host_config[key], list):
                     rewritten = [rewrite(item, prefix) for item in host_config[key]]
                     host_config[key] = [item for item, _ in rewritten]

@@ -15,12 +15,13 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
 __all__ = [
     "ANY", "BOOL", "STRING", "STRSLICE", "GoJSONError", "GoSlice", "Map", "Ptr", "Slice",
-    "Struct", "go_decode", "go_fold_equal",
+    "Struct", "go_decode", "go_fold_equal", "go_keys", "go_value",
 ]
 
 
@@ -216,3 +217,16 @@ def _decode(kind: Any, value: Any, current: Any, where: str) -> Any:
         out.backing = items + backing[len(items):] if items else []
         return out
     raise TypeError(f"unknown kind {kind!r}")  # pragma: no cover - a programming error
+
+
+def go_keys(obj: Mapping[str, Any], name: str) -> list[str]:
+    """The keys of the (Python-parsed) object ``obj`` that the daemon reads as field ``name``,
+    in order: every spelling of it under Go's folding."""
+    return [key for key in obj if isinstance(key, str) and go_fold_equal(key, name)]
+
+
+def go_value(obj: Mapping[str, Any], name: str) -> Any:
+    """The value the daemon reads for field ``name`` of ``obj``: the last spelling's (None when
+    absent). Objects under several spellings merge in Go; ``go_decode`` models that."""
+    keys = go_keys(obj, name)
+    return obj[keys[-1]] if keys else None
