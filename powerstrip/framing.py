@@ -46,18 +46,45 @@ class BodyKind(enum.Enum):
     CHUNKED = "chunked"
 
 
-@dataclass(slots=True)
 class RequestHead:
     """A parsed request head; ``raw`` is the head exactly as the client sent it."""
 
-    method: bytes
-    target: bytes
-    version: str
-    headers: list[tuple[bytes, bytes]]
-    raw: bytes
-    body_kind: BodyKind = BodyKind.NONE
-    content_length: int = 0
-    upgrade: bool = False
+    __slots__ = ("method", "target", "version", "raw", "body_kind", "content_length", "upgrade",
+                 "_headers")
+
+    def __init__(
+        self, method: bytes, target: bytes, version: str,
+        headers: list[tuple[bytes, bytes]] | None, raw: bytes,
+        body_kind: BodyKind = BodyKind.NONE, content_length: int = 0, upgrade: bool = False,
+    ) -> None:
+        self.method = method
+        self.target = target
+        self.version = version
+        self.raw = raw
+        self.body_kind = body_kind
+        self.content_length = content_length
+        self.upgrade = upgrade
+        self._headers = headers
+
+    def __repr__(self) -> str:
+        return f"RequestHead({self.method!r}, {self.target!r}, {self.body_kind.name})"
+
+    @property
+    def headers(self) -> list[tuple[bytes, bytes]]:
+        """The header fields in order, as sent.
+
+        A head without body framing headers is parsed without collecting its fields (a request
+        no hook sees never needs them); they are collected here on first use.
+        """
+        if self._headers is None:
+            collector = _HeadCollector()
+            parser = httptools.HttpRequestParser(collector)
+            try:
+                parser.feed_data(self.raw)
+            except httptools.HttpParserUpgrade:
+                pass
+            self._headers = collector.headers
+        return self._headers
 
     def header(self, name: bytes) -> bytes | None:
         """Return the last value of header ``name`` (case-insensitive), or None."""
@@ -96,7 +123,21 @@ class RequestHead:
         return path.endswith(b"/attach") or (b"/exec/" in path and path.endswith(b"/start"))
 
 
-class _HeadCollector:
+class _Callbacks:
+    """Every callback httptools looks for, absent.
+
+    httptools asks a new parser's target for each callback with ``getattr(target, name, None)``;
+    a missing one costs a formatted AttributeError, a dozen of them per request and response.
+    Targets define what they use and inherit None for the rest.
+    """
+
+    __slots__ = ()
+
+    on_message_begin = on_url = on_status = on_header = on_headers_complete = None
+    on_body = on_message_complete = on_chunk_header = on_chunk_complete = None
+
+
+class _HeadCollector(_Callbacks):
     """httptools callback target collecting one request head."""
 
     __slots__ = ("url", "headers", "done")
@@ -116,13 +157,35 @@ class _HeadCollector:
         self.done = True
 
 
+class _TargetCollector(_Callbacks):
+    """httptools callback target collecting only the request target, for heads whose header
+    fields nothing needs to see yet (llhttp validates them all the same)."""
+
+    # Class-level starting values instead of an __init__: one Python call fewer per request.
+    url = b""
+    done = False
+
+    def on_url(self, url: bytes) -> None:
+        self.url += url
+
+    def on_headers_complete(self) -> None:
+        self.done = True
+
+
 def parse_request_head(raw: bytes) -> RequestHead:
     """Parse and validate one complete request head (ending in CRLF CRLF).
 
     Raises FramingError for anything llhttp refuses (bad request line, bad header syntax,
     conflicting Content-Length and Transfer-Encoding, ...).
     """
-    collector = _HeadCollector()
+    lowered = raw.lower()
+    # A head that nowhere spells either framing header has no body, and its fields are only
+    # collected (one Python call each) if something asks for them.
+    return _parse_head(raw, b"content-length" in lowered or b"transfer-encoding" in lowered)
+
+
+def _parse_head(raw: bytes, framed: bool) -> RequestHead:
+    collector = _HeadCollector() if framed else _TargetCollector()
     parser = httptools.HttpRequestParser(collector)
     try:
         parser.feed_data(raw)
@@ -132,26 +195,24 @@ def parse_request_head(raw: bytes) -> RequestHead:
         raise FramingError(f"malformed HTTP request: {exc}") from None
     if not collector.done:
         raise FramingError("malformed HTTP request: incomplete head")
-    head = RequestHead(
-        method=parser.get_method(),
-        target=collector.url,
-        version=parser.get_http_version(),
-        headers=collector.headers,
-        raw=raw,
-        upgrade=parser.should_upgrade(),
-    )
-    if not head.target.startswith(b"/"):
+    target = collector.url
+    if not target.startswith(b"/"):
         raise FramingError("malformed HTTP request: the target must be an absolute path")
-    transfer_encoding = head.header(b"transfer-encoding")
-    if transfer_encoding is not None:
-        # llhttp already refused a Transfer-Encoding whose last coding is not chunked.
-        head.body_kind = BodyKind.CHUNKED
-    else:
-        length = head.header(b"content-length")
-        if length is not None:
-            head.content_length = int(length)
-            if head.content_length:
-                head.body_kind = BodyKind.LENGTH
+    head = RequestHead(
+        parser.get_method(), target, parser.get_http_version(),
+        collector.headers if framed else None, raw, upgrade=parser.should_upgrade(),
+    )
+    if framed:
+        transfer_encoding = head.header(b"transfer-encoding")
+        if transfer_encoding is not None:
+            # llhttp already refused a Transfer-Encoding whose last coding is not chunked.
+            head.body_kind = BodyKind.CHUNKED
+        else:
+            length = head.header(b"content-length")
+            if length is not None:
+                head.content_length = int(length)
+                if head.content_length:
+                    head.body_kind = BodyKind.LENGTH
     return head
 
 
@@ -297,10 +358,25 @@ class RequestReader:
         self._buffer += data
         return self._drain()
 
+    def whole_request(self, data: bytes) -> RequestHead | None:
+        """The common case, cheaply: if the reader is between requests with nothing held and
+        ``data`` is exactly one complete request without a body, parse it where it lies and
+        return its head (the reader then waits, as after an END event). Otherwise return None
+        and change nothing: ``feed`` takes the data. Raises FramingError as ``feed`` would."""
+        if (self.waiting or self._buffer or self._in_body or len(data) <= 4
+                or data.find(b"\r\n\r\n") != len(data) - 4 or data[:2] == b"\r\n"):
+            return None
+        lowered = data.lower()
+        if b"content-length" in lowered or b"transfer-encoding" in lowered:
+            return None
+        head = _parse_head(data, False)
+        self.waiting = True
+        return head
+
     def next_request(self) -> list[Event]:
         """Let the reader go on to the next request after the current one completed."""
         self.waiting = False
-        return self._drain()
+        return self._drain() if self._buffer else []
 
     def take_rest(self) -> bytes:
         """Give up HTTP on this connection (it was hijacked): return and forget the held bytes."""
@@ -348,16 +424,19 @@ class RequestReader:
                 break
             head = parse_request_head(bytes(buffer[:end]))
             del buffer[:end]
-            events.append(Head(head))
-            if head.body_kind is BodyKind.LENGTH:
-                self._in_body = True
-                self._remaining = head.content_length
-            elif head.body_kind is BodyKind.CHUNKED:
-                self._in_body = True
-                self._chunked = ChunkedTracker()
-            else:
-                self._finish(events)
+            self._begin(head, events)
         return events
+
+    def _begin(self, head: RequestHead, events: list[Event]) -> None:
+        events.append(Head(head))
+        if head.body_kind is BodyKind.LENGTH:
+            self._in_body = True
+            self._remaining = head.content_length
+        elif head.body_kind is BodyKind.CHUNKED:
+            self._in_body = True
+            self._chunked = ChunkedTracker()
+        else:
+            self._finish(events)
 
     def _finish(self, events: list[Event]) -> None:
         self._in_body = False
@@ -388,7 +467,7 @@ class ResponseHead:
         return None if value is None else value.split(b";", 1)[0].strip().lower()
 
 
-class _FramingOnly:
+class _FramingOnly(_Callbacks):
     """httptools callback target that ignores headers, for responses nobody inspects."""
 
     __slots__ = ("on_headers_complete", "on_message_complete")
@@ -398,7 +477,16 @@ class _FramingOnly:
         self.on_message_complete = reader.on_message_complete
 
 
-class ResponseReader:
+class _CompletionOnly(_Callbacks):
+    """httptools callback target that only hears where a response ends."""
+
+    __slots__ = ("on_message_complete",)
+
+    def __init__(self, reader: ResponseReader) -> None:
+        self.on_message_complete = reader.on_unseen_message_complete
+
+
+class ResponseReader(_Callbacks):
     """Follows one daemon response through the raw byte stream.
 
     The proxy forwards the daemon's bytes unchanged; this reader only tells it when the head is
@@ -408,10 +496,17 @@ class ResponseReader:
     """
 
     def __init__(self, request_method: bytes = b"GET", *, headers: bool = True) -> None:
+        """With ``headers=False`` the reader only frames the response (``head`` stays None
+        unless the request was a HEAD); llhttp still validates every header, without a
+        Python call for each, which is all a response nobody inspects needs."""
         self._head_only = request_method == b"HEAD"
-        # Without an on_header callback llhttp still frames the message but spares a Python
-        # call per header; a plain pass-through needs only the status and the framing.
-        self._parser = httptools.HttpResponseParser(self if headers else _FramingOnly(self))
+        if headers:
+            target: object = self
+        elif self._head_only:
+            target = _FramingOnly(self)
+        else:
+            target = _CompletionOnly(self)
+        self._parser = httptools.HttpResponseParser(target)
         self._headers: list[tuple[bytes, bytes]] = []
         self.head: ResponseHead | None = None
         self.complete = False
@@ -436,6 +531,18 @@ class ResponseReader:
 
     def on_message_complete(self) -> None:
         if self._final:
+            self.complete = True
+
+    def restart(self) -> ResponseReader:
+        """Follow the next response on the same connection (a framing-only reader, after a
+        complete response that was not a HEAD's): llhttp is already between messages."""
+        self.complete = False
+        return self
+
+    def on_unseen_message_complete(self) -> None:
+        # The head was not looked at: an interim response (100 Continue) is told apart here.
+        status = self._parser.get_status_code()
+        if status >= 200 or status < 100 or status == 101:
             self.complete = True
 
     def feed(self, data: bytes) -> None:

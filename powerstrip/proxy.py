@@ -12,10 +12,9 @@ request and response ends and when a connection stops being HTTP.
 from __future__ import annotations
 
 import logging
-import types
 from collections.abc import Callable
 
-from twisted.internet import defer, interfaces, tcp, unix
+from twisted.internet import defer, interfaces, main, tcp
 from twisted.internet.endpoints import clientFromString, connectProtocol
 from twisted.internet.protocol import Factory, Protocol
 from twisted.python.failure import Failure
@@ -90,32 +89,36 @@ class Pauser:
 
 
 class Exchange:
-    """One request and its response on a client connection."""
+    """One request and its response on a client connection.
 
-    __slots__ = (
-        "head", "response", "request_done", "response_done", "forwarded", "plan", "held",
-        "held_size", "buffer_json", "hooked_request", "collect", "response_raw", "call_id",
-    )
+    The class attributes are the starting values: a plain request sets only what differs.
+    """
 
-    def __init__(self, head: RequestHead, plan: Plan | None = None) -> None:
+    #: Whether the whole request has been read from the client.
+    request_done = False
+    response_done = False
+    #: Whether any response byte has been sent to the client.
+    forwarded = False
+    #: Raw request body bytes held back while pre-hooks run; None once forwarding.
+    held: list[bytes] | None = None
+    held_size = 0
+    #: The body is JSON that pre-hooks are shown: held whole, until the request ends.
+    buffer_json = False
+    #: The request as the last pre-hook left it, for post-hooks.
+    hooked_request: ClientRequest | None = None
+    #: Post-hooks see this response: it is held whole instead of forwarded as it comes.
+    collect = False
+    response_raw: list[bytes] = []  # replaced, never appended to, while empty
+    #: Sent with every hook call for this request (``Powerstrip-Call``).
+    call_id: str | None = None
+
+    def __init__(
+        self, head: RequestHead, plan: Plan | None = None, framing: ResponseReader | None = None,
+    ) -> None:
+        """``framing`` is the connection's framing-only response reader, reused for a
+        response nobody inspects."""
         self.head = head
-        self.request_done = False
-        self.response_done = False
-        #: Whether any response byte has been sent to the client.
-        self.forwarded = False
         self.plan = plan
-        #: Raw request body bytes held back while pre-hooks run; None once forwarding.
-        self.held: list[bytes] | None = None
-        self.held_size = 0
-        #: The body is JSON that pre-hooks are shown: held whole, until the request ends.
-        self.buffer_json = False
-        #: The request as the last pre-hook left it, for post-hooks.
-        self.hooked_request: ClientRequest | None = None
-        #: Post-hooks see this response: it is held whole instead of forwarded as it comes.
-        self.collect = False
-        self.response_raw: list[bytes] = []
-        #: Sent with every hook call for this request (``Powerstrip-Call``).
-        self.call_id: str | None = None
         if plan is not None and plan.post and not head.may_hijack:
             target = head.target.decode("latin-1")
             # The routed path, so that no spelling of a stream gets it held for post-hooks.
@@ -123,6 +126,9 @@ class Exchange:
             self.collect = not is_stream(path, target.partition("?")[2])
         if self.collect:
             self.response: ResponseReader = CollectingResponseReader(head.method)
+            self.response_raw = []
+        elif framing is not None and head.method != b"HEAD" and not head.may_hijack:
+            self.response = framing.restart()
         else:
             self.response = ResponseReader(head.method, headers=head.may_hijack)
 
@@ -138,7 +144,7 @@ class DaemonConnection(Protocol):
     def connectionMade(self) -> None:  # noqa: N802
         self.pauser = Pauser(self.transport)
         _no_delay(self.transport)
-        _plain_reads(self.transport)
+        _direct_reads(self.transport, self.client.daemon_data)
 
     def dataReceived(self, data: bytes) -> None:  # noqa: N802
         self.client.daemon_data(data)
@@ -161,6 +167,8 @@ class ClientConnection(Protocol):
 
     def __init__(self) -> None:
         self.reader = RequestReader()
+        #: Follows the daemon's responses to plain requests, one llhttp parser for them all.
+        self.framing = ResponseReader(headers=False)
         self.daemon: DaemonConnection | None = None
         self.connecting: defer.Deferred | None = None
         #: Bytes for the daemon while no connection to it is ready.
@@ -179,6 +187,7 @@ class ClientConnection(Protocol):
     def connectionMade(self) -> None:  # noqa: N802
         self.pauser = Pauser(self.transport)
         _no_delay(self.transport)
+        _direct_reads(self.transport, self.dataReceived)
         self.factory.connections.add(self)
 
     def dataReceived(self, data: bytes) -> None:  # noqa: N802
@@ -187,14 +196,20 @@ class ClientConnection(Protocol):
             return
         if self.closing:
             return
+        reader = self.reader
         try:
-            events = self.reader.feed(data)
+            head = reader.whole_request(data)
+            if head is None:
+                events = reader.feed(data)
         except FramingError as exc:
             self._refuse(exc.status, str(exc))
             return
-        if events:
+        if head is not None:
+            if self._start(head):
+                self._request_read()
+        elif events:
             self._handle(events)
-        elif self.reader.waiting and self.reader.buffered > PIPELINE_HIGH_WATER:
+        elif reader.waiting and reader.buffered > PIPELINE_HIGH_WATER:
             self.pauser.pause("pipeline")
 
     def _handle(self, events: list) -> None:
@@ -212,19 +227,23 @@ class ClientConnection(Protocol):
                 if not self._start(event.head):
                     return
             elif event is END:
-                exchange = self.exchange
-                exchange.request_done = True
-                if exchange.buffer_json and exchange.held is not None:
-                    self._run_pre_hooks(exchange)
-                elif exchange.response_done:
-                    self._finish_exchange()
-                    return
+                self._request_read()
+                return  # the last event: the reader waits after each request
+
+    def _request_read(self) -> None:
+        """The current request has been read whole."""
+        exchange = self.exchange
+        exchange.request_done = True
+        if exchange.buffer_json and exchange.held is not None:
+            self._run_pre_hooks(exchange)
+        elif exchange.response_done:
+            self._finish_exchange()
 
     def _start(self, head: RequestHead) -> bool:
         """Begin an exchange; False if the request was refused and the connection is ending."""
         hooks = self.factory.hooks
         if hooks is None or not hooks.active:
-            self.exchange = Exchange(head)
+            self.exchange = Exchange(head, None, self.framing)
             self._to_daemon(head.raw)
             return True
         try:
@@ -233,7 +252,7 @@ class ClientConnection(Protocol):
             self.exchange = Exchange(head)
             self._refuse(400, f"refused {head.method.decode()} {_text(head.target)}: {exc}")
             return False
-        exchange = self.exchange = Exchange(head, plan)
+        exchange = self.exchange = Exchange(head, plan, self.framing)
         if plan is None or not plan.pre:
             self._to_daemon(head.raw)
             return True
@@ -544,10 +563,11 @@ class ClientConnection(Protocol):
         if events:
             self._handle(events)
             return
-        self.pauser.resume("pipeline")
+        if self.pauser.reasons:
+            self.pauser.resume("pipeline")
         if self.draining:
             self._close()
-        else:
+        elif self.client_eof:
             self._forward_eof()
 
     def daemon_eof(self, daemon: DaemonConnection) -> None:
@@ -588,7 +608,7 @@ class ClientConnection(Protocol):
             self.draining = True
             self._collect(exchange, b"")
             return
-        if exchange.response.head is None or (exchange.collect and not exchange.forwarded):
+        if not exchange.forwarded:
             self._refuse(
                 502,
                 f"the Docker daemon at {self.factory.upstream} closed the connection "
@@ -698,12 +718,34 @@ def _text(target: bytes) -> str:
     return target.decode("latin-1")
 
 
-def _plain_reads(transport: object) -> None:
-    # Twisted reads unix sockets with recvmsg so that protocols can receive file descriptors.
-    # The Docker API never passes any, and recvmsg with its ancillary buffer costs several
-    # times a plain recv on every read.
-    if isinstance(transport, unix.Client):
-        transport.doRead = types.MethodType(tcp.Connection.doRead, transport)
+def _direct_reads(transport: object, receive: Callable[[bytes], None]) -> None:
+    """Hand a plain socket transport's reads straight to ``receive``.
+
+    Twisted delivers a read through several layers (the transport's ``doRead`` and
+    ``_dataReceived``, the endpoint's wrapping protocol, then ours), and reads unix sockets with
+    ``recvmsg`` so that protocols can receive file descriptors, which the Docker API never
+    passes. On a small request each layer is a measurable share of the proxy's latency, so reads
+    of a TCP or unix socket go from ``recv`` to the proxy in one call. Everything else about the
+    transport (writes, pausing, half-close, loss) stays Twisted's; TLS transports are left alone.
+    """
+    if not isinstance(transport, tcp.Connection):
+        return
+    recv = transport.socket.recv
+    size = transport.bufferSize
+
+    def do_read() -> object:
+        try:
+            data = recv(size)
+        except BlockingIOError:
+            return None
+        except OSError:
+            return main.CONNECTION_LOST
+        if data:
+            receive(data)
+            return None
+        return main.CONNECTION_DONE
+
+    transport.doRead = do_read
 
 
 def _no_delay(transport: object) -> None:

@@ -34,8 +34,13 @@ def split_at(data: bytes, cuts: list[int]) -> list[bytes]:
     return pieces
 
 
-def run_reader(stream: bytes, cuts: list[int]) -> list[tuple[bytes, bytes, bytes]]:
-    """Feed ``stream`` in pieces; return (method, raw head, raw body) per request."""
+def run_reader(
+    stream: bytes, cuts: list[int], *, whole_first: bool = False,
+) -> list[tuple[bytes, bytes, bytes]]:
+    """Feed ``stream`` in pieces; return (method, raw head, raw body) per request.
+
+    With ``whole_first`` each piece is offered to ``whole_request`` first, as the proxy does.
+    """
     reader = RequestReader()
     requests: list[list] = []
 
@@ -51,7 +56,9 @@ def run_reader(stream: bytes, cuts: list[int]) -> list[tuple[bytes, bytes, bytes
         return False
 
     for piece in split_at(stream, cuts):
-        if take(reader.feed(piece)):
+        head = reader.whole_request(piece) if whole_first else None
+        events = [Head(head), END] if head is not None else reader.feed(piece)
+        if take(events):
             while take(reader.next_request()):
                 pass
     return [tuple(r) for r in requests]
@@ -74,6 +81,7 @@ def test_pipelined_requests_split_exactly_wherever_the_reads_fall(body_a, parts_
     stream = head_a + body_a + head_b + body_b + b"\r\n" + head_c
     got = run_reader(stream, cuts)
     assert got == [(b"POST", head_a, body_a), (b"POST", head_b, body_b), (b"HEAD", head_c, b"")]
+    assert run_reader(stream, cuts, whole_first=True) == got
     # Pass-through is exact: concatenating what the reader reports rebuilds the stream
     # (less the stray CRLF between requests, which is not part of any request).
     assert b"".join(h + b for _, h, b in got) == stream.replace(body_b + b"\r\n", body_b)
@@ -248,3 +256,75 @@ def test_a_response_cut_short_is_not_complete_at_end_of_stream(raw):
     reader = ResponseReader(b"GET")
     reader.feed(raw)
     assert not reader.end_of_stream() and not reader.complete
+
+
+@settings(max_examples=200)
+@given(
+    heads=st.lists(st.sampled_from([
+        b"GET /_ping HTTP/1.1\r\nHost: x\r\n\r\n",
+        b"GET /v1.41/containers/json?all=1 HTTP/1.1\r\nHost: x\r\nUser-Agent: t\r\n\r\n",
+        b"POST /v1.41/containers/c/start HTTP/1.1\r\nContent-Length: 0\r\n\r\n",
+        b"POST /v1.41/containers/create HTTP/1.1\r\nContent-Length: 2\r\n\r\n{}",
+        b"HEAD /_ping HTTP/1.1\r\n\r\n",
+    ]), min_size=1, max_size=6),
+    cuts=st.lists(st.integers(min_value=0, max_value=2_000), max_size=6),
+)
+def test_whole_request_fast_path_reads_the_same_requests_as_feed(heads, cuts):
+    stream = b"".join(heads)
+    assert run_reader(stream, cuts, whole_first=True) == run_reader(stream, cuts)
+    # One read per request, the usual shape of a keep-alive client's traffic.
+    assert run_reader(stream, [len(b"".join(heads[:i])) for i in range(len(heads))],
+                      whole_first=True) == run_reader(stream, [])
+
+
+def test_whole_request_takes_only_one_complete_request_without_a_body():
+    reader = RequestReader()
+    head = reader.whole_request(b"GET /v1.41/info HTTP/1.1\r\nHost: x\r\n\r\n")
+    assert head.method == b"GET" and head.target == b"/v1.41/info"
+    assert head.body_kind is BodyKind.NONE and reader.waiting
+    # Waiting for the proxy to finish that request: everything goes to feed, and is held.
+    assert reader.whole_request(b"GET /_ping HTTP/1.1\r\n\r\n") is None
+    assert reader.feed(b"GET /_ping HTTP/1.1\r\n\r\n") == [] and reader.buffered
+    fresh = RequestReader()
+    for data in (
+        b"POST /build HTTP/1.1\r\nContent-Length: 3\r\n\r\n",  # a body follows
+        b"POST /build HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n",
+        b"GET /a HTTP/1.1\r\n\r\nGET /b HTTP/1.1\r\n\r\n",  # two requests
+        b"GET /a HTTP/1.1\r\nHost: x\r\n",  # not complete yet
+        b"\r\n\r\n",
+        b"\r\nGET /a HTTP/1.1\r\n\r\n",  # a stray CRLF first: feed drops it
+    ):
+        assert fresh.whole_request(data) is None, data
+        assert not fresh.waiting and not fresh.buffered
+    with pytest.raises(FramingError):
+        fresh.whole_request(b"GET /a HTTP/1.1\r\nBad Header\r\n\r\n")
+    with pytest.raises(FramingError):
+        fresh.whole_request(b"GET http://x/a HTTP/1.1\r\n\r\n")
+
+
+def test_fields_of_a_head_without_framing_headers_are_collected_when_asked_for():
+    raw = b"GET /v1.41/info HTTP/1.1\r\nHost: x\r\nUser-Agent: Docker-Client/28\r\nX-A: 1\r\n\r\n"
+    head = parse_request_head(raw)
+    assert head.headers == [(b"Host", b"x"), (b"User-Agent", b"Docker-Client/28"), (b"X-A", b"1")]
+    assert head.header(b"user-agent") == b"Docker-Client/28"
+    framed = parse_request_head(raw.replace(b"X-A: 1", b"Content-Length: 0"))
+    assert framed.headers[2] == (b"Content-Length", b"0")
+    assert framed.body_kind is BodyKind.NONE
+
+
+def test_a_framing_only_reader_follows_one_response_after_another():
+    reader = ResponseReader(headers=False)
+    responses = [
+        b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nOK",
+        b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 201 Created\r\nContent-Length: 0\r\n\r\n",
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n",
+        b"HTTP/1.1 204 No Content\r\n\r\n",
+        b"HTTP/1.1 404 Not Found\r\nContent-Length: 13\r\n\r\n{\"message\":1}",
+    ]
+    for raw in responses:
+        reader.restart()
+        for i in range(len(raw) - 1):
+            reader.feed(raw[i:i + 1])
+            assert not reader.complete, (raw, i)
+        reader.feed(raw[-1:])
+        assert reader.complete and reader.head is None, raw
