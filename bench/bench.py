@@ -4,7 +4,9 @@ Starts a Powerstrip (and, when installed, an HAProxy in TCP mode for comparison)
 Docker Engine — the one at --docker-host, else a throwaway engine — and measures each workload
 alternately direct and through each proxy, printing ratios to direct:
 
-- latency of GET /_ping and GET /v1.41/containers/json on one keep-alive connection (median);
+- latency of GET /_ping and GET /v1.41/containers/json on one keep-alive connection (median),
+  through each proxy's TCP listener and through its unix listener (``ps-unix``, ``hap-unix``:
+  the direct socket's own transport, so the ratio is the proxy's cost without TCP loopback's);
 - wall time of ``docker run --rm busybox true``;
 - throughput of a 256 MiB response (container logs) and a 256 MiB request body (images/load);
 - the proxy's peak RSS (VmHWM) after those transfers.
@@ -176,8 +178,14 @@ def peak_rss_mib(pid: int) -> float:
     raise RuntimeError("no VmHWM")
 
 
-def start_powerstrip(upstream: str, config: Path | None = None) -> tuple[subprocess.Popen, str]:
+def start_powerstrip(
+    upstream: str, config: Path | None = None, unix_socket: Path | None = None,
+) -> tuple[subprocess.Popen, str]:
+    """Start a Powerstrip on a free TCP port (and on ``unix_socket`` too, when given);
+    return the process and its TCP address."""
     extra = ["--config", str(config)] if config is not None else []
+    if unix_socket is not None:
+        extra += ["--listen", f"unix://{unix_socket}"]
     proc = subprocess.Popen(
         [sys.executable, "-m", "powerstrip", "serve", "--listen", "tcp://127.0.0.1:0",
          "--upstream", upstream, *extra],
@@ -192,6 +200,7 @@ def start_powerstrip(upstream: str, config: Path | None = None) -> tuple[subproc
 
 
 def start_haproxy(socket_path: str, workdir: Path) -> tuple[subprocess.Popen, str] | None:
+    """Start an HAProxy in TCP mode on a free port and on ``workdir/haproxy.sock``."""
     binary = shutil.which("haproxy")
     if binary is None:
         return None
@@ -202,7 +211,8 @@ def start_haproxy(socket_path: str, workdir: Path) -> tuple[subprocess.Popen, st
     config.write_text(
         "global\n  maxconn 1000\ndefaults\n  mode tcp\n  timeout connect 5s\n"
         "  timeout client 1h\n  timeout server 1h\n"
-        f"listen docker\n  bind 127.0.0.1:{port}\n  server d {socket_path}\n"
+        f"listen docker\n  bind 127.0.0.1:{port}\n  bind unix@{workdir / 'haproxy.sock'}\n"
+        f"  server d {socket_path}\n"
     )
     proc = subprocess.Popen([binary, "-f", str(config), "-db"], stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL)
@@ -343,20 +353,26 @@ def main() -> int:
         host = throwaway.host
     processes: list[subprocess.Popen] = []
     try:
-        powerstrip, powerstrip_host = start_powerstrip(host)
+        powerstrip, powerstrip_host = start_powerstrip(
+            host, unix_socket=workdir / "powerstrip.sock")
         processes.append(powerstrip)
         targets = [Target("direct", host), Target("powerstrip", powerstrip_host)]
+        # The same proxies on a unix listener, the direct socket's own transport: their
+        # latency against direct is the proxy's cost alone, without TCP loopback's.
+        unix_targets = [Target("ps-unix", f"unix://{workdir / 'powerstrip.sock'}")]
         if not args.no_haproxy:
             started = start_haproxy(host[len("unix://"):], workdir)
             if started is not None:
                 processes.append(started[0])
                 targets.append(Target("haproxy", started[1]))
+                unix_targets.append(Target("hap-unix", f"unix://{workdir / 'haproxy.sock'}"))
 
         results: list[tuple[str, dict, str]] = []
         rss = None
         if "latency" in args.only:
             for path in ("/_ping", "/v1.41/containers/json"):
-                results.append((f"GET {path} latency", latency(targets, path, args.rounds), "us"))
+                results.append((f"GET {path} latency",
+                                latency(targets + unix_targets, path, args.rounds), "us"))
             results.append(("docker run --rm wall time", docker_run_wall(targets, 5), "s"))
         if "transfers" in args.only:
             container, tarball = prepare_payloads(host, args.size_mib, workdir)
@@ -367,15 +383,17 @@ def main() -> int:
             rss = peak_rss_mib(powerstrip.pid)
             docker(host, "rm", "-f", container)
 
-        names = [t.name for t in targets]
+        names = [t.name for t in targets + unix_targets]
         if results:
-            print(f"{'workload':40}{'unit':>7}" + "".join(f"{n:>12}" for n in names)
-                  + "".join(f"{n + '/direct':>19}" for n in names[1:]))
+            print(f"{'workload':36}{'unit':>6}" + "".join(f"{n:>11}" for n in names)
+                  + "".join(f"{n + '/direct':>18}" for n in names[1:]))
         for label, values, unit in results:
             scale = 1e6 if unit == "us" else 1
-            cells = "".join(f"{values[n] * scale:>12.1f}" for n in names)
-            ratios = "".join(f"{values[n] / values['direct']:>18.2f}x" for n in names[1:])
-            print(f"{label:40}{unit:>7}{cells}{ratios}")
+            cells = "".join(f"{values[n] * scale:>11.1f}" if n in values else f"{'-':>11}"
+                            for n in names)
+            ratios = "".join(f"{values[n] / values['direct']:>17.2f}x" if n in values
+                             else f"{'-':>18}" for n in names[1:])
+            print(f"{label:36}{unit:>6}{cells}{ratios}")
         if rss is not None:
             print(f"{'powerstrip peak RSS':40}{'MiB':>7}{rss:>12.1f}")
         if "hooks" in args.only:

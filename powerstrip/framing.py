@@ -49,17 +49,15 @@ class BodyKind(enum.Enum):
 class RequestHead:
     """A parsed request head; ``raw`` is the head exactly as the client sent it."""
 
-    __slots__ = ("method", "target", "version", "raw", "body_kind", "content_length", "upgrade",
-                 "_headers")
+    __slots__ = ("method", "target", "raw", "body_kind", "content_length", "upgrade", "_headers")
 
     def __init__(
-        self, method: bytes, target: bytes, version: str,
+        self, method: bytes, target: bytes,
         headers: list[tuple[bytes, bytes]] | None, raw: bytes,
         body_kind: BodyKind = BodyKind.NONE, content_length: int = 0, upgrade: bool = False,
     ) -> None:
         self.method = method
         self.target = target
-        self.version = version
         self.raw = raw
         self.body_kind = body_kind
         self.content_length = content_length
@@ -186,7 +184,13 @@ def parse_request_head(raw: bytes) -> RequestHead:
 
 def _parse_head(raw: bytes, framed: bool) -> RequestHead:
     collector = _HeadCollector() if framed else _TargetCollector()
-    parser = httptools.HttpRequestParser(collector)
+    return _parse_with(httptools.HttpRequestParser(collector), collector, raw, framed)
+
+
+def _parse_with(
+    parser: httptools.HttpRequestParser, collector: _HeadCollector | _TargetCollector,
+    raw: bytes, framed: bool,
+) -> RequestHead:
     try:
         parser.feed_data(raw)
     except httptools.HttpParserUpgrade:
@@ -199,8 +203,8 @@ def _parse_head(raw: bytes, framed: bool) -> RequestHead:
     if not target.startswith(b"/"):
         raise FramingError("malformed HTTP request: the target must be an absolute path")
     head = RequestHead(
-        parser.get_method(), target, parser.get_http_version(),
-        collector.headers if framed else None, raw, upgrade=parser.should_upgrade(),
+        parser.get_method(), target, collector.headers if framed else None, raw,
+        upgrade=parser.should_upgrade(),
     )
     if framed:
         transfer_encoding = head.header(b"transfer-encoding")
@@ -341,6 +345,8 @@ class RequestReader:
         self._remaining = 0
         self._chunked: ChunkedTracker | None = None
         self.waiting = False
+        #: A parser and its callback target kept for ``whole_request``, one per connection.
+        self._quick: tuple[httptools.HttpRequestParser, _TargetCollector] | None = None
 
     @property
     def buffered(self) -> int:
@@ -369,7 +375,27 @@ class RequestReader:
         lowered = data.lower()
         if b"content-length" in lowered or b"transfer-encoding" in lowered:
             return None
-        head = _parse_head(data, False)
+        quick = self._quick
+        if quick is not None:
+            parser, collector = quick
+            collector.url = b""
+            collector.done = False
+            try:
+                head = _parse_with(parser, collector, data, False)
+            except FramingError:
+                # Refused by a parser that has seen earlier requests: let a fresh one judge.
+                self._quick = None
+                head = _parse_head(data, False)
+        else:
+            collector = _TargetCollector()
+            parser = httptools.HttpRequestParser(collector)
+            head = _parse_with(parser, collector, data, False)
+            # llhttp is left between messages, ready for the next request, only after an
+            # HTTP/1.1 request that says nothing of its connection (no close, no upgrade).
+            line_end = data.find(b"\r\n")
+            if (data[line_end - 9:line_end] == b" HTTP/1.1" and b"connection" not in lowered
+                    and not head.upgrade):
+                self._quick = (parser, collector)
         self.waiting = True
         return head
 

@@ -119,7 +119,8 @@ class Exchange:
         response nobody inspects."""
         self.head = head
         self.plan = plan
-        if plan is not None and plan.post and not head.may_hijack:
+        hijack = head.may_hijack
+        if plan is not None and plan.post and not hijack:
             target = head.target.decode("latin-1")
             # The routed path, so that no spelling of a stream gets it held for post-hooks.
             path = canonical_path(target) or target.partition("?")[0]
@@ -127,10 +128,10 @@ class Exchange:
         if self.collect:
             self.response: ResponseReader = CollectingResponseReader(head.method)
             self.response_raw = []
-        elif framing is not None and head.method != b"HEAD" and not head.may_hijack:
+        elif framing is not None and not hijack and head.method != b"HEAD":
             self.response = framing.restart()
         else:
-            self.response = ResponseReader(head.method, headers=head.may_hijack)
+            self.response = ResponseReader(head.method, headers=hijack)
 
 
 @implementer(interfaces.IHalfCloseableProtocol)
@@ -206,7 +207,11 @@ class ClientConnection(Protocol):
             return
         if head is not None:
             if self._start(head):
-                self._request_read()
+                exchange = self.exchange
+                if exchange.buffer_json or exchange.response_done:
+                    self._request_read()
+                else:
+                    exchange.request_done = True
         elif events:
             self._handle(events)
         elif reader.waiting and reader.buffered > PIPELINE_HIGH_WATER:
@@ -254,7 +259,11 @@ class ClientConnection(Protocol):
             return False
         exchange = self.exchange = Exchange(head, plan, self.framing)
         if plan is None or not plan.pre:
-            self._to_daemon(head.raw)
+            daemon = self.daemon
+            if daemon is not None and not self.pending:
+                send(daemon.transport, head.raw)  # _to_daemon, inline on the most common path
+            else:
+                self._to_daemon(head.raw)
             return True
         exchange.held = []
         problem = hidden_from_hooks(head.method, head.headers,
