@@ -170,6 +170,15 @@ class _TargetCollector(_Callbacks):
         self.done = True
 
 
+class _Validator(_Callbacks):
+    """httptools callback target that only hears that a head was complete (and valid)."""
+
+    done = False
+
+    def on_headers_complete(self) -> None:
+        self.done = True
+
+
 def parse_request_head(raw: bytes) -> RequestHead:
     """Parse and validate one complete request head (ending in CRLF CRLF).
 
@@ -346,7 +355,7 @@ class RequestReader:
         self._chunked: ChunkedTracker | None = None
         self.waiting = False
         #: A parser and its callback target kept for ``whole_request``, one per connection.
-        self._quick: tuple[httptools.HttpRequestParser, _TargetCollector] | None = None
+        self._quick: tuple[httptools.HttpRequestParser, _Validator] | None = None
 
     @property
     def buffered(self) -> int:
@@ -375,27 +384,33 @@ class RequestReader:
         lowered = data.lower()
         if b"content-length" in lowered or b"transfer-encoding" in lowered:
             return None
-        quick = self._quick
-        if quick is not None:
-            parser, collector = quick
-            collector.url = b""
-            collector.done = False
+        # llhttp validates the head; method and target are read off the request line it
+        # accepted, which spares the parser's Python callback for the target.
+        parts = data[:data.find(b"\r\n")].split()
+        head = None
+        if len(parts) == 3 and parts[1][:1] == b"/":
+            quick = self._quick
+            if quick is None:
+                validator = _Validator()
+                parser = httptools.HttpRequestParser(validator)
+            else:
+                parser, validator = quick
+                validator.done = False
+            self._quick = None
             try:
-                head = _parse_with(parser, collector, data, False)
-            except FramingError:
-                # Refused by a parser that has seen earlier requests: let a fresh one judge.
-                self._quick = None
-                head = _parse_head(data, False)
-        else:
-            collector = _TargetCollector()
-            parser = httptools.HttpRequestParser(collector)
-            head = _parse_with(parser, collector, data, False)
-            # llhttp is left between messages, ready for the next request, only after an
-            # HTTP/1.1 request that says nothing of its connection (no close, no upgrade).
-            line_end = data.find(b"\r\n")
-            if (data[line_end - 9:line_end] == b" HTTP/1.1" and b"connection" not in lowered
-                    and not head.upgrade):
-                self._quick = (parser, collector)
+                parser.feed_data(data)
+            except httptools.HttpParserUpgrade:
+                pass
+            except httptools.HttpParserError:
+                pass  # a fresh parser below says what is wrong (a reused one may be confused)
+            if validator.done:
+                head = RequestHead(parts[0], parts[1], None, data, upgrade=parser.should_upgrade())
+                # llhttp is left between messages, ready for the next request, only after an
+                # HTTP/1.1 request that says nothing of its connection (no close, no upgrade).
+                if parts[2] == b"HTTP/1.1" and b"connection" not in lowered and not head.upgrade:
+                    self._quick = (parser, validator)
+        if head is None:
+            head = _parse_head(data, False)
         self.waiting = True
         return head
 

@@ -129,7 +129,8 @@ class Exchange:
             self.response: ResponseReader = CollectingResponseReader(head.method)
             self.response_raw = []
         elif framing is not None and not hijack and head.method != b"HEAD":
-            self.response = framing.restart()
+            framing.complete = False  # framing.restart(), without the call
+            self.response = framing
         else:
             self.response = ResponseReader(head.method, headers=hijack)
 
