@@ -472,8 +472,11 @@ class ClientConnection(Protocol):
             return
         exchange.forwarded = True
         send(self.transport, data)
-        if not had_head and response.head is not None and (
-            response.upgraded or (exchange.head.may_hijack and response.hijacked)
+        # A 101 switches protocols whatever the reader (a framing-only one never has a head);
+        # a legacy raw stream is a hijack only where the request could be one.
+        if response.upgraded or (
+            not had_head and response.head is not None and exchange.head.may_hijack
+            and response.hijacked
         ):
             self._hijack()
         elif response.complete:
