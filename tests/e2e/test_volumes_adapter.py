@@ -248,8 +248,9 @@ def test_a_create_without_datasets_passes_unchanged(hosts):
         ok(docker(a.docker_host, "create", "--name", name, "-v", "/tmp:/hosttmp:ro",
                   "-v", f"{named}:/v", "-v", "/flockers/x:/x", "busybox", "true"))
         inspected = json.loads(ok(docker(a.engine.host, "inspect", name)))[0]
-        assert inspected["HostConfig"]["Binds"] == [
-            "/tmp:/hosttmp:ro", f"{named}:/v", "/flockers/x:/x"]
+        # The docker CLI collects -v values in a Go map: their order in Binds is random.
+        assert sorted(inspected["HostConfig"]["Binds"]) == sorted([
+            "/tmp:/hosttmp:ro", f"{named}:/v", "/flockers/x:/x"])
     finally:
         docker(a.engine.host, "rm", "-f", name)
         docker(a.engine.host, "volume", "rm", "-f", named)
