@@ -536,18 +536,24 @@ class ResponseReader(_Callbacks):
     stream) ended, or None while it goes on.
     """
 
-    def __init__(self, request_method: bytes = b"GET", *, headers: bool = True) -> None:
-        """With ``headers=False`` the reader only frames the response (``head`` stays None
-        unless the request was a HEAD); llhttp still validates every header, without a
-        Python call for each, which is all a response nobody inspects needs."""
+    def __init__(
+        self, request_method: bytes = b"GET", *, headers: bool = True, head: bool = True,
+    ) -> None:
+        """With ``headers=False`` the reader only frames the response and notes its status
+        (``head`` has no fields); llhttp still validates every header, without a Python call
+        for each, which is all a response nobody inspects needs. With ``head=False`` as well it
+        only hears where each response ends (``head`` stays None): the reader one connection's
+        plain responses share (see ``restart``)."""
         self._head_only = request_method == b"HEAD"
         if headers:
             target: object = self
-        elif self._head_only:
+        elif head or self._head_only:
             target = _FramingOnly(self)
         else:
             target = _CompletionOnly(self)
+        self._target = target
         self._parser = httptools.HttpResponseParser(target)
+        self._renew = False
         self._headers: list[tuple[bytes, bytes]] = []
         self.head: ResponseHead | None = None
         self.complete = False
@@ -576,15 +582,23 @@ class ResponseReader(_Callbacks):
 
     def restart(self) -> ResponseReader:
         """Follow the next response on the same connection (a framing-only reader, after a
-        complete response that was not a HEAD's): llhttp is already between messages."""
+        complete response that was not a HEAD's): llhttp is already between messages, unless
+        the last response said the connection ends (then a fresh parser takes over)."""
         self.complete = False
+        if self._renew:
+            self._renew = False
+            self._parser = httptools.HttpResponseParser(self._target)
         return self
 
     def on_unseen_message_complete(self) -> None:
         # The head was not looked at: an interim response (100 Continue) is told apart here.
-        status = self._parser.get_status_code()
+        parser = self._parser
+        status = parser.get_status_code()
         if status >= 200 or status < 100 or status == 101:
             self.complete = True
+            # After "Connection: close" llhttp refuses any further byte; a daemon that keeps
+            # the connection open anyway gets a fresh parser for its next response.
+            self._renew = not parser.should_keep_alive()
 
     def feed(self, data: bytes) -> None:
         """Take bytes from the daemon. Raises FramingError if they are not HTTP."""
@@ -599,7 +613,9 @@ class ResponseReader(_Callbacks):
             raise
         except httptools.HttpParserError as exc:
             if self.complete:
-                # Bytes after a HEAD response's head: the parser saw them as a body.
+                # Bytes after the response's end (after a HEAD response's head, the parser saw
+                # them as a body): not this response's. A fresh parser for the next one.
+                self._parser = httptools.HttpResponseParser(self._target)
                 return
             raise FramingError(f"malformed HTTP response from the daemon: {exc}", 502) from None
 

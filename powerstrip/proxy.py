@@ -128,9 +128,9 @@ class Exchange:
         if self.collect:
             self.response: ResponseReader = CollectingResponseReader(head.method)
             self.response_raw = []
-        elif framing is not None and not hijack and head.method != b"HEAD":
-            framing.complete = False  # framing.restart(), without the call
-            self.response = framing
+        elif (framing is not None and not hijack and head.method != b"HEAD"
+                and head.body_kind is BodyKind.NONE):
+            self.response = framing.restart()
         else:
             self.response = ResponseReader(head.method, headers=hijack)
 
@@ -170,7 +170,7 @@ class ClientConnection(Protocol):
     def __init__(self) -> None:
         self.reader = RequestReader()
         #: Follows the daemon's responses to plain requests, one llhttp parser for them all.
-        self.framing = ResponseReader(headers=False)
+        self.framing = ResponseReader(headers=False, head=False)
         self.daemon: DaemonConnection | None = None
         self.connecting: defer.Deferred | None = None
         #: Bytes for the daemon while no connection to it is ready.
@@ -621,7 +621,10 @@ class ClientConnection(Protocol):
             self.draining = True
             self._collect(exchange, b"")
             return
-        if not exchange.forwarded:
+        response = exchange.response
+        if not exchange.forwarded or (response.head is None and response is not self.framing):
+            # Nothing, or only an interim 100 Continue, reached the client (the connection's
+            # shared reader, used for bodiless requests, never sees a head).
             self._refuse(
                 502,
                 f"the Docker daemon at {self.factory.upstream} closed the connection "

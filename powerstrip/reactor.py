@@ -80,18 +80,23 @@ class DirectEPollReactor(epollreactor.EPollReactor):
             selectable = selectables.get(fd)
             if selectable is None:
                 continue
-            if event != EPOLLIN:
-                self._doReadOrWrite(selectable, fd, event)
-                continue
-            # A plain read: what _doReadOrWrite does for it, without its checks for the cases
-            # (hang-up, write readiness, a closed descriptor) the event rules out.
             try:
-                why = selectable.doRead()
+                if event != EPOLLIN:
+                    self._doReadOrWrite(selectable, fd, event)
+                    continue
+                # A plain read: what _doReadOrWrite does for it, without its checks for the
+                # cases (hang-up, write readiness, a closed descriptor) the event rules out.
+                try:
+                    why = selectable.doRead()
+                except BaseException:
+                    why = sys.exc_info()[1]
+                    _log.failure("while reading from {selectable!r}", selectable=selectable)
+                if why:
+                    self._disconnectSelectable(selectable, why, True)
             except BaseException:
-                why = sys.exc_info()[1]
-                _log.failure("while reading from {selectable!r}", selectable=selectable)
-            if why:
-                self._disconnectSelectable(selectable, why, True)
+                # As Twisted's own dispatch: a failure while disconnecting one selectable
+                # (a protocol's connectionLost) is logged, and the other events still run.
+                _log.failure("while handling {selectable!r}", selectable=selectable)
 
     doIteration = doPoll
 

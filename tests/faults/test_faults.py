@@ -211,6 +211,49 @@ def test_daemon_closing_without_an_answer_is_a_502(proxy_factory, tmp_path):
     assert "without answering" in json.loads(body)["message"]
 
 
+def test_daemon_closing_after_100_continue_is_still_a_502(proxy_factory, tmp_path):
+    def handle(conn: socket.socket) -> None:
+        conn.recv(65536)
+        conn.sendall(b"HTTP/1.1 100 Continue\r\n\r\n")
+        time.sleep(0.2)
+        conn.close()
+
+    daemon = FakeDaemon(tmp_path / "d.sock", handle)
+    proxy = proxy_factory(daemon.host)
+    sock = proxy.connect()
+    sock.sendall(b"POST /build HTTP/1.1\r\nHost: x\r\nExpect: 100-continue\r\n"
+                 b"Content-Length: 3\r\n\r\n")
+    head, _ = read_response(sock)
+    assert head.startswith(b"HTTP/1.1 100 ")
+    sock.sendall(b"abc")
+    head, body = read_response(sock)
+    assert head.startswith(b"HTTP/1.1 502 ")
+    assert "without answering" in json.loads(body)["message"]
+
+
+def test_stray_bytes_after_an_answer_do_not_spoil_the_next_one(proxy_factory, tmp_path):
+    # dockerd never does this; an upstream that does must not make the proxy misread the
+    # answers that follow on the same connection.
+    def handle(conn: socket.socket) -> None:
+        with conn:
+            conn.recv(65536)
+            conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nOKX")
+            conn.recv(65536)
+            conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nagain")
+            conn.recv(65536)
+
+    daemon = FakeDaemon(tmp_path / "d.sock", handle)
+    proxy = proxy_factory(daemon.host)
+    sock = proxy.connect()
+    sock.sendall(b"GET /a HTTP/1.1\r\nHost: x\r\n\r\n")
+    first = b""
+    while not first.endswith(b"OKX"):
+        first += sock.recv(65536)
+    sock.sendall(b"GET /b HTTP/1.1\r\nHost: x\r\n\r\n")
+    head, body = read_response(sock)
+    assert head.startswith(b"HTTP/1.1 200 ") and body == b"again"
+
+
 def test_no_file_descriptors_leak_over_many_connections(proxy_factory, tmp_path):
     daemon = FakeDaemon(tmp_path / "d.sock", answer_pings)
     proxy = proxy_factory(daemon.host)

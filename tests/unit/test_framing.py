@@ -318,7 +318,7 @@ def test_fields_of_a_head_without_framing_headers_are_collected_when_asked_for()
 
 
 def test_a_framing_only_reader_follows_one_response_after_another():
-    reader = ResponseReader(headers=False)
+    reader = ResponseReader(headers=False, head=False)
     responses = [
         b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nOK",
         b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 201 Created\r\nContent-Length: 0\r\n\r\n",
@@ -333,3 +333,27 @@ def test_a_framing_only_reader_follows_one_response_after_another():
             assert not reader.complete, (raw, i)
         reader.feed(raw[-1:])
         assert reader.complete and reader.head is None, raw
+
+
+def test_bytes_after_a_response_do_not_spoil_the_next_one():
+    # Whatever a broken upstream sends past a response's end, the next response on the same
+    # reader is read from a clean start.
+    reader = ResponseReader(headers=False, head=False)
+    reader.feed(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nOKX")
+    assert reader.complete
+    reader.restart()
+    reader.feed(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nOK")
+    assert reader.complete
+    closing = ResponseReader(headers=False, head=False)
+    closing.feed(b"HTTP/1.1 200 OK\r\nConnection: close\r\nContent-Length: 0\r\n\r\n")
+    closing.restart()
+    closing.feed(b"HTTP/1.1 204 No Content\r\n\r\n")
+    assert closing.complete
+
+
+def test_a_framing_only_reader_notes_the_final_status():
+    reader = ResponseReader(b"POST", headers=False)
+    reader.feed(b"HTTP/1.1 100 Continue\r\n\r\n")
+    assert reader.head is None and not reader.complete
+    reader.feed(b"HTTP/1.1 201 Created\r\nContent-Length: 0\r\n\r\n")
+    assert reader.head.status == 201 and reader.head.headers == [] and reader.complete

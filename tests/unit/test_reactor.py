@@ -6,7 +6,7 @@ import os
 import threading
 
 import pytest
-from twisted.internet import defer
+from twisted.internet import defer, main
 
 from powerstrip.reactor import DirectEPollReactor
 
@@ -92,3 +92,42 @@ def test_a_failing_read_disconnects_that_reader_and_the_loop_goes_on():
     os.close(read_fd)
     os.close(write_fd)
     assert len(lost) == 1 and "boom" in str(lost[0])
+
+
+def test_a_failing_connection_lost_is_logged_and_other_readers_still_read():
+    reactor = DirectEPollReactor()
+    bad_r, bad_w = os.pipe()
+    good_r, good_w = os.pipe()
+    got: list[bytes] = []
+
+    class Failing:
+        def fileno(self) -> int:
+            return bad_r
+
+        def logPrefix(self) -> str:  # noqa: N802
+            return "failing"
+
+        def doRead(self) -> object:  # noqa: N802
+            os.read(bad_r, 100)
+            return main.CONNECTION_DONE
+
+        def connectionLost(self, reason: object) -> None:  # noqa: N802
+            raise RuntimeError("connectionLost failed")
+
+    class Good(Failing):
+        def fileno(self) -> int:
+            return good_r
+
+        def doRead(self) -> None:  # noqa: N802
+            got.append(os.read(good_r, 100))
+            reactor.removeReader(self)
+            reactor.callLater(0, reactor.stop)
+
+    reactor.addReader(Failing())
+    reactor.addReader(Good())
+    os.write(bad_w, b"x")
+    os.write(good_w, b"y")
+    reactor.run(installSignalHandlers=False)
+    for fd in (bad_r, bad_w, good_r, good_w):
+        os.close(fd)
+    assert got == [b"y"]
