@@ -119,7 +119,8 @@ class Exchange:
         response nobody inspects."""
         self.head = head
         self.plan = plan
-        hijack = head.may_hijack
+        # may_hijack's own first tests, inline: most requests are GETs without an upgrade.
+        hijack = head.upgrade or (head.method == b"POST" and head.may_hijack)
         if plan is not None and plan.post and not hijack:
             target = head.target.decode("latin-1")
             # The routed path, so that no spelling of a stream gets it held for post-hooks.
@@ -249,15 +250,14 @@ class ClientConnection(Protocol):
         """Begin an exchange; False if the request was refused and the connection is ending."""
         hooks = self.factory.hooks
         if hooks is None or not hooks.active:
-            self.exchange = Exchange(head, None, self.framing)
-            self._to_daemon(head.raw)
-            return True
-        try:
-            plan = hooks.plan(head.method, head.target)
-        except SpellingError as exc:
-            self.exchange = Exchange(head)
-            self._refuse(400, f"refused {head.method.decode()} {_text(head.target)}: {exc}")
-            return False
+            plan = None
+        else:
+            try:
+                plan = hooks.plan(head.method, head.target)
+            except SpellingError as exc:
+                self.exchange = Exchange(head)
+                self._refuse(400, f"refused {head.method.decode()} {_text(head.target)}: {exc}")
+                return False
         exchange = self.exchange = Exchange(head, plan, self.framing)
         if plan is None or not plan.pre:
             daemon = self.daemon
