@@ -67,18 +67,24 @@ def post_hook_call(request: ClientRequest, response: ServerResponse) -> bytes:
     }).encode()
 
 
-def _answer_object(data: bytes, key: str) -> dict[str, Any]:
+def _document(data: bytes, error: type[ValueError], what: str) -> dict[str, Any]:
+    """``data`` as a protocol document, a JSON object of this protocol version; else ``error``
+    saying what is wrong with ``what`` (a call or an answer)."""
     try:
         document = json.loads(data)
     except (UnicodeDecodeError, ValueError) as exc:
         snippet = data[:80].decode("utf-8", "replace")
-        raise AnswerError(f"answer is not JSON ({exc}): {snippet!r}") from None
+        raise error(f"{what} is not JSON ({exc}): {snippet!r}") from None
     if not isinstance(document, dict):
-        raise AnswerError(f"answer is a JSON {type(document).__name__}, not an object")
+        raise error(f"{what} is a JSON {type(document).__name__}, not an object")
     version = document.get("PowerstripProtocolVersion", PROTOCOL_VERSION)
     if version != PROTOCOL_VERSION:
-        raise AnswerError(f"answer speaks PowerstripProtocolVersion {version!r}, not 1")
-    inner = document.get(key)
+        raise error(f"{what} speaks PowerstripProtocolVersion {version!r}, not 1")
+    return document
+
+
+def _answer_object(data: bytes, key: str) -> dict[str, Any]:
+    inner = _document(data, AnswerError, "answer").get(key)
     if not isinstance(inner, dict):
         raise AnswerError(f"answer has no {key} object")
     return inner
@@ -139,15 +145,7 @@ def parse_hook_call(
 ) -> tuple[str, ClientRequest, ServerResponse | None]:
     """Read a hook call, adapter side: its ``Type`` ("pre-hook" or "post-hook"), the request,
     and for a post-hook the response. Raises CallError saying what is wrong."""
-    try:
-        document = json.loads(payload)
-    except (UnicodeDecodeError, ValueError) as exc:
-        raise CallError(f"not JSON ({exc})") from None
-    if not isinstance(document, dict):
-        raise CallError(f"a JSON {type(document).__name__}, not an object")
-    version = document.get("PowerstripProtocolVersion", PROTOCOL_VERSION)
-    if version != PROTOCOL_VERSION:
-        raise CallError(f"PowerstripProtocolVersion {version!r} is not supported, only 1")
+    document = _document(payload, CallError, "it")
     kind = document.get("Type")
     if kind not in ("pre-hook", "post-hook"):
         raise CallError(f"Type must be \"pre-hook\" or \"post-hook\", not {json.dumps(kind)}")
