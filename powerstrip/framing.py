@@ -71,17 +71,11 @@ class RequestHead:
     def headers(self) -> list[tuple[bytes, bytes]]:
         """The header fields in order, as sent.
 
-        A head without body framing headers is parsed without collecting its fields (a request
-        no hook sees never needs them); they are collected here on first use.
+        A head read by ``RequestReader.whole_request`` is validated without collecting its
+        fields (a request no hook sees never needs them); they are collected here on first use.
         """
         if self._headers is None:
-            collector = _HeadCollector()
-            parser = httptools.HttpRequestParser(collector)
-            try:
-                parser.feed_data(self.raw)
-            except httptools.HttpParserUpgrade:
-                pass
-            self._headers = collector.headers
+            self._headers = parse_request_head(self.raw).headers
         return self._headers
 
     def header(self, name: bytes) -> bytes | None:
@@ -155,21 +149,6 @@ class _HeadCollector(_Callbacks):
         self.done = True
 
 
-class _TargetCollector(_Callbacks):
-    """httptools callback target collecting only the request target, for heads whose header
-    fields nothing needs to see yet (llhttp validates them all the same)."""
-
-    # Class-level starting values instead of an __init__: one Python call fewer per request.
-    url = b""
-    done = False
-
-    def on_url(self, url: bytes) -> None:
-        self.url += url
-
-    def on_headers_complete(self) -> None:
-        self.done = True
-
-
 class _Validator(_Callbacks):
     """httptools callback target that only hears that a head was complete (and valid)."""
 
@@ -185,21 +164,8 @@ def parse_request_head(raw: bytes) -> RequestHead:
     Raises FramingError for anything llhttp refuses (bad request line, bad header syntax,
     conflicting Content-Length and Transfer-Encoding, ...).
     """
-    lowered = raw.lower()
-    # A head that nowhere spells either framing header has no body, and its fields are only
-    # collected (one Python call each) if something asks for them.
-    return _parse_head(raw, b"content-length" in lowered or b"transfer-encoding" in lowered)
-
-
-def _parse_head(raw: bytes, framed: bool) -> RequestHead:
-    collector = _HeadCollector() if framed else _TargetCollector()
-    return _parse_with(httptools.HttpRequestParser(collector), collector, raw, framed)
-
-
-def _parse_with(
-    parser: httptools.HttpRequestParser, collector: _HeadCollector | _TargetCollector,
-    raw: bytes, framed: bool,
-) -> RequestHead:
+    collector = _HeadCollector()
+    parser = httptools.HttpRequestParser(collector)
     try:
         parser.feed_data(raw)
     except httptools.HttpParserUpgrade:
@@ -211,21 +177,18 @@ def _parse_with(
     target = collector.url
     if not target.startswith(b"/"):
         raise FramingError("malformed HTTP request: the target must be an absolute path")
-    head = RequestHead(
-        parser.get_method(), target, collector.headers if framed else None, raw,
-        upgrade=parser.should_upgrade(),
-    )
-    if framed:
-        transfer_encoding = head.header(b"transfer-encoding")
-        if transfer_encoding is not None:
-            # llhttp already refused a Transfer-Encoding whose last coding is not chunked.
-            head.body_kind = BodyKind.CHUNKED
-        else:
-            length = head.header(b"content-length")
-            if length is not None:
-                head.content_length = int(length)
-                if head.content_length:
-                    head.body_kind = BodyKind.LENGTH
+    head = RequestHead(parser.get_method(), target, collector.headers, raw,
+                       upgrade=parser.should_upgrade())
+    transfer_encoding = head.header(b"transfer-encoding")
+    if transfer_encoding is not None:
+        # llhttp already refused a Transfer-Encoding whose last coding is not chunked.
+        head.body_kind = BodyKind.CHUNKED
+    else:
+        length = head.header(b"content-length")
+        if length is not None:
+            head.content_length = int(length)
+            if head.content_length:
+                head.body_kind = BodyKind.LENGTH
     return head
 
 
@@ -410,7 +373,7 @@ class RequestReader:
                 if parts[2] == b"HTTP/1.1" and b"connection" not in lowered and not head.upgrade:
                     self._quick = (parser, validator)
         if head is None:
-            head = _parse_head(data, False)
+            head = parse_request_head(data)
         self.waiting = True
         return head
 
