@@ -119,8 +119,7 @@ class Exchange:
         response nobody inspects."""
         self.head = head
         self.plan = plan
-        # may_hijack's own first tests, inline: most requests are GETs without an upgrade.
-        hijack = head.upgrade or (head.method == b"POST" and head.may_hijack)
+        hijack = head.may_hijack
         if plan is not None and plan.post and not hijack:
             target = head.target.decode("latin-1")
             # The routed path, so that no spelling of a stream gets it held for post-hooks.
@@ -209,11 +208,7 @@ class ClientConnection(Protocol):
             return
         if head is not None:
             if self._start(head):
-                exchange = self.exchange
-                if exchange.buffer_json or exchange.response_done:
-                    self._request_read()
-                else:
-                    exchange.request_done = True
+                self._request_read()
         elif events:
             self._handle(events)
         elif reader.waiting and reader.buffered > PIPELINE_HIGH_WATER:
@@ -260,11 +255,7 @@ class ClientConnection(Protocol):
                 return False
         exchange = self.exchange = Exchange(head, plan, self.framing)
         if plan is None or not plan.pre:
-            daemon = self.daemon
-            if daemon is not None and not self.pending:
-                send(daemon.transport, head.raw)  # _to_daemon, inline on the most common path
-            else:
-                self._to_daemon(head.raw)
+            self._to_daemon(head.raw)
             return True
         exchange.held = []
         problem = hidden_from_hooks(head.method, head.headers,
