@@ -150,11 +150,11 @@ class _HeadCollector(_Callbacks):
 
 
 class _Validator(_Callbacks):
-    """httptools callback target that only hears that a head was complete (and valid)."""
+    """httptools callback target that only hears that a message was complete (and valid)."""
 
     done = False
 
-    def on_headers_complete(self) -> None:
+    def on_message_complete(self) -> None:
         self.done = True
 
 
@@ -338,17 +338,16 @@ class RequestReader:
 
     def whole_request(self, data: bytes) -> RequestHead | None:
         """The common case, cheaply: if the reader is between requests with nothing held and
-        ``data`` is exactly one complete request without a body, parse it where it lies and
-        return its head (the reader then waits, as after an END event). Otherwise return None
-        and change nothing: ``feed`` takes the data. Raises FramingError as ``feed`` would."""
+        ``data`` is exactly one complete request without a body (or with an empty one, as Go
+        clients send a bodiless POST), parse it where it lies and return its head (the reader
+        then waits, as after an END event). Otherwise return None and change nothing: ``feed``
+        takes the data. Raises FramingError as ``feed`` would."""
         if (self.waiting or self._buffer or self._in_body or len(data) <= 4
                 or data.find(b"\r\n\r\n") != len(data) - 4 or data[:2] == b"\r\n"):
             return None
-        lowered = data.lower()
-        if b"content-length" in lowered or b"transfer-encoding" in lowered:
-            return None
-        # llhttp validates the head; method and target are read off the request line it
-        # accepted, which spares the parser's Python callback for the target.
+        # llhttp validates the request; method and target are read off the request line it
+        # accepted, which spares the parser's Python callback for the target. The data ends
+        # with the head, so llhttp completes the message only if no body follows the head.
         parts = data[:data.find(b"\r\n")].split()
         head = None
         if len(parts) == 3 and parts[1][:1] == b"/":
@@ -360,20 +359,26 @@ class RequestReader:
                 parser, validator = quick
                 validator.done = False
             self._quick = None
+            upgrade = failed = False
             try:
                 parser.feed_data(data)
             except httptools.HttpParserUpgrade:
-                pass
+                upgrade = True
             except httptools.HttpParserError:
-                pass  # a fresh parser below says what is wrong (a reused one may be confused)
+                failed = True  # a fresh parser below says what is wrong (a reused one may err)
             if validator.done:
-                head = RequestHead(parts[0], parts[1], None, data, upgrade=parser.should_upgrade())
-                # llhttp is left between messages, ready for the next request, only after an
-                # HTTP/1.1 request that says nothing of its connection (no close, no upgrade).
-                if parts[2] == b"HTTP/1.1" and b"connection" not in lowered and not head.upgrade:
+                head = RequestHead(parts[0], parts[1], None, data, upgrade=upgrade)
+                if not upgrade:
+                    # llhttp is between messages. After one that ends the connection
+                    # (HTTP/1.0, Connection: close) it refuses what follows; the fresh parse
+                    # then judges the next request.
                     self._quick = (parser, validator)
+            elif not failed and not upgrade:
+                return None  # a valid head, and a body follows: feed takes it
         if head is None:
             head = parse_request_head(data)
+            if head.body_kind is not BodyKind.NONE:
+                return None
         self.waiting = True
         return head
 

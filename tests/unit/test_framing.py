@@ -307,6 +307,25 @@ def test_whole_request_takes_only_one_complete_request_without_a_body():
         fresh.whole_request(b"GET http://x/a HTTP/1.1\r\n\r\n")
 
 
+def test_whole_request_takes_an_empty_body_and_judges_after_a_closing_request_afresh():
+    reader = RequestReader()
+    # Go clients (the docker CLI) send a bodiless POST with "Content-Length: 0".
+    head = reader.whole_request(b"POST /v1.41/containers/c/start HTTP/1.1\r\n"
+                                b"Content-Length: 0\r\n\r\n")
+    assert head.method == b"POST" and head.body_kind is BodyKind.NONE
+    reader.next_request()
+    # After "Connection: close" llhttp refuses more bytes: the next request is judged by a
+    # fresh parser, which takes a valid one and refuses a malformed one.
+    assert reader.whole_request(b"GET /a HTTP/1.1\r\nConnection: close\r\n\r\n")
+    reader.next_request()
+    assert reader.whole_request(b"GET /b HTTP/1.1\r\n\r\n").target == b"/b"
+    reader.next_request()
+    assert reader.whole_request(b"GET /c HTTP/1.0\r\n\r\n").target == b"/c"
+    reader.next_request()
+    with pytest.raises(FramingError):
+        reader.whole_request(b"GET /d HTTP/1.1\r\nBad Header\r\n\r\n")
+
+
 def test_fields_of_a_head_read_whole_are_collected_when_asked_for():
     raw = b"GET /v1.41/info HTTP/1.1\r\nHost: x\r\nUser-Agent: Docker-Client/28\r\nX-A: 1\r\n\r\n"
     head = RequestReader().whole_request(raw)
