@@ -11,6 +11,11 @@ alternately direct and through each proxy, printing ratios to direct:
 - throughput of a 256 MiB response (container logs) and a 256 MiB request body (images/load);
 - the proxy's peak RSS (VmHWM) after those transfers.
 
+Beside the proxies, the latency workloads measure two yardsticks from ``bench/floor.py``: the
+cheapest forwarder Python can be (``py-copy``: an epoll loop copying bytes) and the same loop
+running every byte through llhttp (``py-llhttp``), each on TCP and on unix. They show how much
+of a ratio is the kernel's and the language's, and how much is Powerstrip's own.
+
 Usage: python bench/bench.py [--docker-host unix:///path] [--rounds N] [--size-mib 256]
 """
 
@@ -226,6 +231,28 @@ def start_haproxy(socket_path: str, workdir: Path) -> tuple[subprocess.Popen, st
     return None
 
 
+def start_floors(socket_path: str, workdir: Path) -> tuple[list[subprocess.Popen], list[Target]]:
+    """Start the two yardstick forwarders of ``floor.py`` (bytes copied; bytes copied through
+    llhttp), each on a free TCP port and a unix socket."""
+    processes: list[subprocess.Popen] = []
+    targets: list[Target] = []
+    script = Path(__file__).resolve().parent / "floor.py"
+    for name, extra in (("py-copy", []), ("py-llhttp", ["--http"])):
+        port = free_port()
+        path = workdir / f"{name}.sock"
+        proc = subprocess.Popen(
+            [sys.executable, str(script), "--upstream", socket_path, "--tcp", str(port),
+             "--unix", str(path), *extra],
+            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
+        )
+        processes.append(proc)
+        if proc.stdout.readline().strip() != "ready":
+            raise RuntimeError(f"bench/floor.py {' '.join(extra)} did not start")
+        targets += [Target(name, f"tcp://127.0.0.1:{port}"),
+                    Target(name.replace("py-", "") + "-unix", f"unix://{path}")]
+    return processes, targets
+
+
 def docker(host: str, *args: str, input: bytes | None = None) -> bytes:
     return subprocess.run(
         [DOCKER, *args], check=True, input=input, capture_output=True,
@@ -337,6 +364,8 @@ def main() -> int:
     parser.add_argument("--transfer-rounds", type=int, default=3)
     parser.add_argument("--size-mib", type=int, default=256)
     parser.add_argument("--no-haproxy", action="store_true")
+    parser.add_argument("--no-floor", action="store_true",
+                        help="latency: leave out the yardstick forwarders of bench/floor.py")
     parser.add_argument("--hook-rounds", type=int, default=40)
     parser.add_argument("--only", nargs="+", choices=["latency", "transfers", "hooks"],
                         default=["latency", "transfers", "hooks"], help="workloads to run")
@@ -367,12 +396,18 @@ def main() -> int:
                 targets.append(Target("haproxy", started[1]))
                 unix_targets.append(Target("hap-unix", f"unix://{workdir / 'haproxy.sock'}"))
 
+        floor_targets: list[Target] = []
+        if "latency" in args.only and not args.no_floor:
+            floors, floor_targets = start_floors(host[len("unix://"):], workdir)
+            processes += floors
+
         results: list[tuple[str, dict, str]] = []
         rss = None
         if "latency" in args.only:
             for path in ("/_ping", "/v1.41/containers/json"):
                 results.append((f"GET {path} latency",
-                                latency(targets + unix_targets, path, args.rounds), "us"))
+                                latency(targets + unix_targets + floor_targets, path,
+                                        args.rounds), "us"))
             results.append(("docker run --rm wall time", docker_run_wall(targets, 5), "s"))
         if "transfers" in args.only:
             container, tarball = prepare_payloads(host, args.size_mib, workdir)
@@ -383,17 +418,12 @@ def main() -> int:
             rss = peak_rss_mib(powerstrip.pid)
             docker(host, "rm", "-f", container)
 
-        names = [t.name for t in targets + unix_targets]
-        if results:
-            print(f"{'workload':36}{'unit':>6}" + "".join(f"{n:>11}" for n in names)
-                  + "".join(f"{n + '/direct':>18}" for n in names[1:]))
         for label, values, unit in results:
             scale = 1e6 if unit == "us" else 1
-            cells = "".join(f"{values[n] * scale:>11.1f}" if n in values else f"{'-':>11}"
-                            for n in names)
-            ratios = "".join(f"{values[n] / values['direct']:>17.2f}x" if n in values
-                             else f"{'-':>18}" for n in names[1:])
-            print(f"{label:36}{unit:>6}{cells}{ratios}")
+            print(f"{label}")
+            for name, value in values.items():
+                print(f"  {name:14}{value * scale:>10.1f} {unit:6}"
+                      f"{value / values['direct']:>7.2f}x direct")
         if rss is not None:
             print(f"{'powerstrip peak RSS':40}{'MiB':>7}{rss:>12.1f}")
         if "hooks" in args.only:
