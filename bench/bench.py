@@ -425,7 +425,7 @@ def main() -> int:
                 print(f"  {name:14}{value * scale:>10.1f} {unit:6}"
                       f"{value / values['direct']:>7.2f}x direct")
         if rss is not None:
-            print(f"{'powerstrip peak RSS':40}{'MiB':>7}{rss:>12.1f}")
+            print(f"powerstrip peak RSS (VmHWM)\n  {'powerstrip':14}{rss:>10.1f} MiB")
         if "hooks" in args.only:
             for image, creates in hook_cost(host, workdir, args.hook_rounds, processes).items():
                 print(f"\n{'POST /containers/create (' + image + ')':40}{'median':>12}"

@@ -24,7 +24,8 @@ import httptools
 
 
 class _Ends:
-    """httptools callback target: counts complete messages, nothing else."""
+    """httptools callback target: counts complete messages, the one Python callback per
+    message that a proxy following its messages needs at least."""
 
     def __init__(self) -> None:
         self.complete = 0

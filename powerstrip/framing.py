@@ -366,16 +366,14 @@ class RequestReader:
                 upgrade = True
             except httptools.HttpParserError:
                 failed = True  # a fresh parser below says what is wrong (a reused one may err)
-            if upgrade:
-                # httptools has llhttp skip the body of an upgrade request, so its message
-                # completes even when a body follows: the fresh parse below tells.
-                pass
-            elif validator.done:
+            # httptools has llhttp skip the body of an upgrade request, so its message
+            # completes even when a body follows: the fresh parse below tells.
+            if validator.done and not upgrade:
                 head = RequestHead(parts[0], parts[1], None, data)
                 # llhttp is between messages. After one that ends the connection (HTTP/1.0,
                 # Connection: close) it refuses what follows; the fresh parse then judges.
                 self._quick = (parser, validator)
-            elif not failed:
+            elif not failed and not upgrade:
                 return None  # a valid head, and a body follows: feed takes it
         if head is None:
             head = parse_request_head(data)
