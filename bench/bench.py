@@ -6,7 +6,9 @@ alternately direct and through each proxy, printing ratios to direct:
 
 - latency of GET /_ping and GET /v1.41/containers/json on one keep-alive connection (median),
   through each proxy's TCP listener and through its unix listener (``ps-unix``, ``hap-unix``:
-  the direct socket's own transport, so the ratio is the proxy's cost without TCP loopback's);
+  the direct socket's own transport, so the ratio is the proxy's cost without TCP loopback's),
+  and through a second Powerstrip started with ``--busy-poll 0``, which sleeps in every poll
+  (``ps-sleeper``, ``sleeper-unix``), to show what busy-polling gains;
 - wall time of ``docker run --rm busybox true``;
 - throughput of a 256 MiB response (container logs) and a 256 MiB request body (images/load);
 - the proxy's peak RSS (VmHWM) after those transfers.
@@ -185,17 +187,20 @@ def peak_rss_mib(pid: int) -> float:
 
 def start_powerstrip(
     upstream: str, config: Path | None = None, unix_socket: Path | None = None,
+    busy_poll: int | None = None,
 ) -> tuple[subprocess.Popen, str]:
     """Start a Powerstrip on a free TCP port (and on ``unix_socket`` too, when given);
     return the process and its TCP address."""
     extra = ["--config", str(config)] if config is not None else []
     if unix_socket is not None:
         extra += ["--listen", f"unix://{unix_socket}"]
+    if busy_poll is not None:
+        extra += ["--busy-poll", str(busy_poll)]
     proc = subprocess.Popen(
         [sys.executable, "-m", "powerstrip", "serve", "--listen", "tcp://127.0.0.1:0",
          "--upstream", upstream, *extra],
         stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, cwd="/",
-        env={**os.environ, "POWERSTRIP_CONFIG": ""},
+        env={**os.environ, "POWERSTRIP_CONFIG": "", "POWERSTRIP_BUSY_POLL": ""},
     )
     line = proc.stdout.readline().strip()
     if not line.startswith("export DOCKER_HOST="):
@@ -366,6 +371,8 @@ def main() -> int:
     parser.add_argument("--no-haproxy", action="store_true")
     parser.add_argument("--no-floor", action="store_true",
                         help="latency: leave out the yardstick forwarders of bench/floor.py")
+    parser.add_argument("--no-sleeper", action="store_true",
+                        help="latency: leave out the Powerstrip started with --busy-poll 0")
     parser.add_argument("--hook-rounds", type=int, default=40)
     parser.add_argument("--only", nargs="+", choices=["latency", "transfers", "hooks"],
                         default=["latency", "transfers", "hooks"], help="workloads to run")
@@ -389,6 +396,13 @@ def main() -> int:
         # The same proxies on a unix listener, the direct socket's own transport: their
         # latency against direct is the proxy's cost alone, without TCP loopback's.
         unix_targets = [Target("ps-unix", f"unix://{workdir / 'powerstrip.sock'}")]
+        sleeper_targets: list[Target] = []
+        if "latency" in args.only and not args.no_sleeper:
+            sleeper, sleeper_host = start_powerstrip(
+                host, unix_socket=workdir / "sleeper.sock", busy_poll=0)
+            processes.append(sleeper)
+            sleeper_targets = [Target("ps-sleeper", sleeper_host),
+                               Target("sleeper-unix", f"unix://{workdir / 'sleeper.sock'}")]
         if not args.no_haproxy:
             started = start_haproxy(host[len("unix://"):], workdir)
             if started is not None:
@@ -406,8 +420,8 @@ def main() -> int:
         if "latency" in args.only:
             for path in ("/_ping", "/v1.41/containers/json"):
                 results.append((f"GET {path} latency",
-                                latency(targets + unix_targets + floor_targets, path,
-                                        args.rounds), "us"))
+                                latency(targets + unix_targets + sleeper_targets + floor_targets,
+                                        path, args.rounds), "us"))
             results.append(("docker run --rm wall time", docker_run_wall(targets, 5), "s"))
         if "transfers" in args.only:
             container, tarball = prepare_payloads(host, args.size_mib, workdir)

@@ -20,6 +20,9 @@ log = logging.getLogger("powerstrip")
 DEFAULT_LISTEN = "tcp://127.0.0.1:2375"
 DEFAULT_UPSTREAM = "unix:///var/run/docker.sock"
 DEFAULT_CONFIGS = ("./powerstrip.yml", "/etc/powerstrip/adapters.yml")
+DEFAULT_BUSY_POLL = "200"
+#: A spin longer than this is no longer a wait for an answer in flight, only burnt CPU.
+LONGEST_BUSY_POLL = 10_000
 SHUTDOWN_GRACE = 5.0
 
 
@@ -77,12 +80,28 @@ def _addresses(values: Sequence[str], what: str) -> list[Address]:
         raise UsageError(f"{what}: {exc}") from None
 
 
+def busy_poll_seconds(value: str) -> float:
+    """The ``--busy-poll`` setting (whole microseconds) in seconds."""
+    try:
+        micros = int(value)
+    except ValueError:
+        micros = -1
+    if not 0 <= micros <= LONGEST_BUSY_POLL:
+        raise UsageError(
+            f"--busy-poll: {value!r} is not a number of microseconds from 0 to {LONGEST_BUSY_POLL}"
+        )
+    return micros / 1e6
+
+
 def serve(args: argparse.Namespace) -> int:
     """Run the proxy until SIGTERM or SIGINT."""
+    busy_poll = busy_poll_seconds(
+        args.busy_poll or os.environ.get("POWERSTRIP_BUSY_POLL") or DEFAULT_BUSY_POLL
+    )
     if "twisted.internet.reactor" not in sys.modules:
         from powerstrip.reactor import install
 
-        install()
+        install(busy_poll)
     from twisted.internet import defer, reactor
     from twisted.internet.endpoints import serverFromString
 
@@ -193,6 +212,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--upstream", help=f"the Docker daemon's address (default {DEFAULT_UPSTREAM})"
     )
     serve_parser.add_argument("--socket-group", help="group owning unix listener sockets")
+    serve_parser.add_argument(
+        "--busy-poll", metavar="MICROSECONDS",
+        help="after handling I/O, poll this long without sleeping before blocking: lower "
+        f"latency for more CPU (default {DEFAULT_BUSY_POLL}; env POWERSTRIP_BUSY_POLL)",
+    )
     serve_parser.set_defaults(func=serve)
 
     check_parser = commands.add_parser("check", help="validate the adapters file")

@@ -234,6 +234,7 @@ class ClientConnection(Protocol):
 
     def _request_read(self) -> None:
         """The current request has been read whole."""
+        self.factory.expect_soon()  # the daemon's answer, or the pre-hooks' adapters'
         exchange = self.exchange
         exchange.request_done = True
         if exchange.buffer_json and exchange.held is not None:
@@ -573,6 +574,8 @@ class ClientConnection(Protocol):
             self._close()
         elif self.client_eof:
             self._forward_eof()
+        else:
+            self.factory.expect_soon()  # a keep-alive client's next request
 
     def daemon_eof(self, daemon: DaemonConnection) -> None:
         """The daemon closed its side of the connection."""
@@ -664,6 +667,9 @@ class ProxyFactory(Factory):
         self.hooks = hooks
         self.upstream_endpoint = clientFromString(reactor, client_description(upstream))
         self.connections: set[ClientConnection] = set()
+        #: Tells the reactor an answer is due soon, so that it may busy-poll for it
+        #: (see powerstrip.reactor); a reactor that cannot does without.
+        self.expect_soon: Callable[[], None] = getattr(reactor, "expect_soon", _nothing)
 
     def buildProtocol(self, addr: object) -> ClientConnection:  # noqa: N802
         protocol = ClientConnection()
@@ -689,6 +695,10 @@ class ProxyFactory(Factory):
 
         check()
         return done
+
+
+def _nothing() -> None:
+    pass
 
 
 def send(transport: interfaces.ITransport, data: bytes) -> None:

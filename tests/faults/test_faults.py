@@ -309,6 +309,27 @@ def test_stale_unix_socket_is_replaced_and_a_live_one_refused(proxy_factory, tmp
     assert "already listening" in second.stderr
 
 
+def test_busy_poll_from_the_command_line_wins_over_a_bad_environment_value(tmp_path):
+    daemon = FakeDaemon(tmp_path / "d.sock", answer_pings)
+    command = [sys.executable, "-m", "powerstrip", "serve", "--listen", "tcp://127.0.0.1:0",
+               "--upstream", daemon.host]
+    env = {**os.environ, "POWERSTRIP_CONFIG": "", "POWERSTRIP_BUSY_POLL": "fast"}
+    refused = subprocess.run(command, capture_output=True, text=True, timeout=20, cwd="/",
+                             env=env)
+    assert refused.returncode == 2
+    assert "--busy-poll: 'fast' is not a number of microseconds" in refused.stderr
+    proc = subprocess.Popen([*command, "--busy-poll", "0"], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, cwd="/", env=env)
+    try:
+        port = int(proc.stdout.readline().strip().rsplit(":", 1)[1])
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+            sock.sendall(b"GET /_ping HTTP/1.1\r\nHost: x\r\n\r\n")
+            assert read_response(sock)[1] == b"OK"
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(10) == 0
+
+
 def test_connection_close_from_the_daemon_reaches_the_client(proxy_factory, tmp_path):
     def handle(conn: socket.socket) -> None:
         conn.recv(65536)

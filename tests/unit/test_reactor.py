@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import threading
+import time
+from collections.abc import Callable
 
 import pytest
 from twisted.internet import defer, main
@@ -131,3 +134,132 @@ def test_a_failing_connection_lost_is_logged_and_other_readers_still_read():
     for fd in (bad_r, bad_w, good_r, good_w):
         os.close(fd)
     assert got == [b"y"]
+
+
+
+class _RecordingPoller:
+    """The reactor's epoll object, recording each poll's timeout and whether it found I/O."""
+
+    def __init__(self, poller: object) -> None:
+        self._poller = poller
+        self.polls: list[tuple[float, bool]] = []
+
+    def poll(self, timeout: float = -1, maxevents: int = -1) -> list:
+        ready = self._poller.poll(timeout, maxevents)
+        self.polls.append((timeout, bool(ready)))
+        return ready
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self._poller, name)
+
+
+
+class _PipeReader:
+    """Reads a pipe; like the proxy after a request, it may say the next read is due soon."""
+
+    def __init__(self, fd: int, got: list[bytes], expect: Callable[[], None] | None = None) -> None:
+        self.fd, self.got, self.expect = fd, got, expect
+
+    def fileno(self) -> int:
+        return self.fd
+
+    def logPrefix(self) -> str:  # noqa: N802
+        return "pipe"
+
+    def doRead(self) -> None:  # noqa: N802
+        self.got.append(os.read(self.fd, 100))
+        if self.expect is not None:
+            self.expect()
+
+    def connectionLost(self, reason: object) -> None:  # noqa: N802
+        pass
+
+
+class _StuckWriter(_PipeReader):
+    """A write waiting for a full pipe, as the proxy's to a slow reader."""
+
+    def doWrite(self) -> None:  # noqa: N802
+        pass
+
+
+def _two_writes(
+    busy_poll: float, expect: bool = True, stuck_write: bool = False,
+) -> tuple[list[tuple[float, bool]], list[bytes]]:
+    """Write "one" to a pipe the reactor reads, then "two" 20 ms later from a thread; stop at
+    300 ms. Returns the polls and what was read."""
+    reactor = DirectEPollReactor(busy_poll)
+    poller = reactor._poller = _RecordingPoller(reactor._poller)
+    read_fd, write_fd = os.pipe()
+    full_r, full_w = os.pipe()
+    os.set_blocking(full_w, False)
+    with contextlib.suppress(BlockingIOError):
+        while True:
+            os.write(full_w, b"x" * 65536)
+    got: list[bytes] = []
+    reactor.addReader(_PipeReader(read_fd, got, reactor.expect_soon if expect else None))
+    if stuck_write:
+        reactor.addWriter(_StuckWriter(full_w, []))
+
+    def first() -> None:
+        os.write(write_fd, b"one")
+        threading.Timer(0.02, os.write, args=(write_fd, b"two")).start()
+
+    reactor.callLater(0.01, first)
+    reactor.callLater(0.3, reactor.stop)
+    try:
+        reactor.run(installSignalHandlers=False)
+    finally:
+        for fd in (read_fd, write_fd, full_r, full_w):
+            os.close(fd)
+    return poller.polls, got
+
+
+def _found_by(polls: list[tuple[float, bool]]) -> list[float]:
+    """The timeouts of the polls that found I/O."""
+    return [timeout for timeout, ready in polls if ready]
+
+
+def test_busy_poll_finds_the_expected_read_while_spinning_then_sleeps_when_nothing_comes():
+    polls, got = _two_writes(busy_poll=0.1)
+    assert got == [b"one", b"two"]
+    found = _found_by(polls)
+    # "one" woke a blocking poll; "two", 20 ms later, was found by the spin that followed.
+    assert found[0] != 0 and found[1] == 0
+    # The spin after "two" found nothing within its 100 ms, and the loop blocked again for
+    # the rest of the wait before the stop call, instead of spinning on.
+    after = polls[[i for i, (_, ready) in enumerate(polls) if ready][1] + 1:]
+    assert any(timeout > 0.05 for timeout, _ in after), after[-3:]
+
+
+def test_no_spin_without_busy_poll_or_without_an_expected_answer():
+    for options in ({"busy_poll": 0.0}, {"busy_poll": 0.1, "expect": False}):
+        polls, got = _two_writes(**options)
+        assert got == [b"one", b"two"]
+        assert 0 not in _found_by(polls), options
+
+
+def test_no_spin_while_a_write_waits_for_a_full_socket():
+    polls, got = _two_writes(busy_poll=0.1, stuck_write=True)
+    assert got == [b"one", b"two"]
+    assert 0 not in _found_by(polls)
+
+
+def test_a_spin_never_delays_a_timed_call_that_falls_due():
+    reactor = DirectEPollReactor(busy_poll=1.0)
+    read_fd, write_fd = os.pipe()
+    reactor.addReader(_PipeReader(read_fd, [], reactor.expect_soon))
+    fired: list[float] = []
+    start = time.monotonic()
+
+    def due() -> None:
+        fired.append(time.monotonic() - start)
+        reactor.stop()
+
+    reactor.callLater(0.01, os.write, write_fd, b"starts a one-second spin")
+    reactor.callLater(0.05, due)
+    try:
+        reactor.run(installSignalHandlers=False)
+    finally:
+        os.close(read_fd)
+        os.close(write_fd)
+    assert fired and fired[0] < 0.5
