@@ -5,10 +5,13 @@ Docker Engine — the one at --docker-host, else a throwaway engine — and meas
 alternately direct and through each proxy, printing ratios to direct:
 
 - latency of GET /_ping and GET /v1.41/containers/json on one keep-alive connection (median),
+  requests back to back,
   through each proxy's TCP listener and through its unix listener (``ps-unix``, ``hap-unix``:
   the direct socket's own transport, so the ratio is the proxy's cost without TCP loopback's),
   and through a second Powerstrip started with ``--busy-poll 0``, which sleeps in every poll
   (``ps-sleeper``, ``sleeper-unix``), to show what busy-polling gains;
+- latency of GET /_ping with the client pausing 1 ms before each request, which busy-polling
+  must not make slower;
 - wall time of ``docker run --rm busybox true``;
 - throughput of a 256 MiB response (container logs) and a 256 MiB request body (images/load);
 - the proxy's peak RSS (VmHWM) after those transfers.
@@ -79,8 +82,11 @@ def read_response(sock: socket.socket, buffer: bytearray) -> None:
         buffer.clear()
 
 
-def latency(targets: list[Target], path: str, rounds: int, per_round: int = 200) -> dict:
-    """Median round trip per target, measured in interleaved blocks."""
+def latency(
+    targets: list[Target], path: str, rounds: int, per_round: int = 200, pause: float = 0.0,
+) -> dict:
+    """Median round trip per target, measured in interleaved blocks; the client sleeps
+    ``pause`` seconds before each request (0: requests back to back)."""
     request = f"GET {path} HTTP/1.1\r\nHost: api.moby.localhost\r\n\r\n".encode()
     socks = {t.name: t.connect() for t in targets}
     samples: dict[str, list[float]] = {t.name: [] for t in targets}
@@ -89,6 +95,8 @@ def latency(targets: list[Target], path: str, rounds: int, per_round: int = 200)
         for target in targets:
             sock = socks[target.name]
             for _ in range(per_round):
+                if pause:
+                    time.sleep(pause)
                 started = time.perf_counter()
                 sock.sendall(request)
                 read_response(sock, buffer)
@@ -422,6 +430,11 @@ def main() -> int:
                 results.append((f"GET {path} latency",
                                 latency(targets + unix_targets + sleeper_targets + floor_targets,
                                         path, args.rounds), "us"))
+            # A client that pauses between requests, as most do: busy-polling must not cost it.
+            results.append(("GET /_ping latency, 1 ms pause before each request",
+                            latency(targets + sleeper_targets[:1], "/_ping",
+                                    max(1, args.rounds // 2), per_round=100, pause=0.001),
+                            "us"))
             results.append(("docker run --rm wall time", docker_run_wall(targets, 5), "s"))
         if "transfers" in args.only:
             container, tarball = prepare_payloads(host, args.size_mib, workdir)

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
+from time import perf_counter
 
 from twisted.internet import defer, interfaces, main, tcp
 from twisted.internet.endpoints import clientFromString, connectProtocol
@@ -40,6 +41,7 @@ from powerstrip.hooks import HookError
 from powerstrip.live import LiveConfig
 from powerstrip.matching import SpellingError, canonical_path
 from powerstrip.plans import Plan, hidden_from_hooks, is_json, is_stream, is_text
+from powerstrip.reactor import BackToBack
 from powerstrip.wire import ClientRequest, ServerResponse
 
 log = logging.getLogger("powerstrip.proxy")
@@ -183,11 +185,15 @@ class ClientConnection(Protocol):
         self.draining = False
         self.daemon_eof_seen = False
         self.closing = False
+        #: Whether the client sends requests back to back; None when nothing busy-polls.
+        self.pace: BackToBack | None = None
 
     # Client side
 
     def connectionMade(self) -> None:  # noqa: N802
         self.pauser = Pauser(self.transport)
+        window = self.factory.busy_poll
+        self.pace = BackToBack(window) if window else None
         _no_delay(self.transport)
         _direct_reads(self.transport, self.dataReceived)
         self.factory.connections.add(self)
@@ -234,7 +240,8 @@ class ClientConnection(Protocol):
 
     def _request_read(self) -> None:
         """The current request has been read whole."""
-        self.factory.expect_soon()  # the daemon's answer, or the pre-hooks' adapters'
+        if self.pace is not None and self.pace.quick:
+            self.factory.expect_soon()  # the daemon's answer, or the pre-hooks' adapters'
         exchange = self.exchange
         exchange.request_done = True
         if exchange.buffer_json and exchange.held is not None:
@@ -244,6 +251,8 @@ class ClientConnection(Protocol):
 
     def _start(self, head: RequestHead) -> bool:
         """Begin an exchange; False if the request was refused and the connection is ending."""
+        if self.pace is not None:
+            self.pace.request(perf_counter())
         hooks = self.factory.hooks
         if hooks is None or not hooks.active:
             plan = None
@@ -574,8 +583,8 @@ class ClientConnection(Protocol):
             self._close()
         elif self.client_eof:
             self._forward_eof()
-        else:
-            self.factory.expect_soon()  # a keep-alive client's next request
+        elif self.pace is not None and self.pace.answered(perf_counter()):
+            self.factory.expect_soon()  # a back-to-back client's next request
 
     def daemon_eof(self, daemon: DaemonConnection) -> None:
         """The daemon closed its side of the connection."""
@@ -667,9 +676,10 @@ class ProxyFactory(Factory):
         self.hooks = hooks
         self.upstream_endpoint = clientFromString(reactor, client_description(upstream))
         self.connections: set[ClientConnection] = set()
-        #: Tells the reactor an answer is due soon, so that it may busy-poll for it
-        #: (see powerstrip.reactor); a reactor that cannot does without.
+        #: Tells the reactor an answer is due soon, so that it busy-polls for it (see
+        #: powerstrip.reactor); with a reactor that cannot, connections do not keep track.
         self.expect_soon: Callable[[], None] = getattr(reactor, "expect_soon", _nothing)
+        self.busy_poll: float = getattr(reactor, "busy_poll", 0.0)
 
     def buildProtocol(self, addr: object) -> ClientConnection:  # noqa: N802
         protocol = ClientConnection()

@@ -8,12 +8,16 @@ behaviour and cuts that bookkeeping:
 - timed calls are only looked at when one is due or new, instead of twice per turn;
 - a plain read event goes straight to the selectable's ``doRead``, without the logging context
   Twisted builds per event for legacy ``log.msg`` (Powerstrip logs through ``logging``);
-- it can busy-poll (``busy_poll``): when the proxy says an answer is due soon (it has just
-  forwarded a whole request, or finished one on a connection that stays open for the next),
-  the next poll does not sleep at once but keeps polling for a short while first. An answer
-  that comes within that while is picked up without the wake-up of a sleeping process, which
-  on a virtual machine is a large part of a small request's cost. Streams and idle
-  connections never start a spin, so the CPU this spends is bounded by the request rate.
+- it can busy-poll (``busy_poll``): when the proxy says an answer is due soon, the next poll
+  does not sleep at once but keeps polling for a short while first, yielding the CPU to
+  whatever else is runnable between polls. An answer that comes within that while is picked
+  up without the wake-up of a sleeping process, which on a virtual machine is a large part of
+  a small request's cost.
+
+The proxy says so only for a client that sends its requests back to back (:class:`BackToBack`):
+measured on two vCPUs, spinning for a client that pauses between requests makes its requests
+slower, not faster (docs/performance.md). Streams, hijacked connections and idle clients never
+start a spin, so the CPU a spin spends is bounded by the request rate of back-to-back clients.
 
 Everything else is the stock EPollReactor.
 """
@@ -22,6 +26,8 @@ from __future__ import annotations
 
 import errno
 import sys
+from math import inf
+from os import sched_yield
 from select import EPOLLIN
 from time import perf_counter
 
@@ -107,6 +113,9 @@ class DirectEPollReactor(epollreactor.EPollReactor):
                 deadline = perf_counter() + length
                 ready = poll(0, most)
                 while not ready and perf_counter() < deadline:
+                    # The client and dockerd share the same few CPUs: one woken onto this
+                    # CPU runs at once instead of waiting out the spin.
+                    sched_yield()
                     ready = poll(0, most)
             else:
                 ready = poll(timeout, most)
@@ -138,6 +147,33 @@ class DirectEPollReactor(epollreactor.EPollReactor):
                 _log.failure("while handling {selectable!r}", selectable=selectable)
 
     doIteration = doPoll
+
+
+class BackToBack:
+    """Whether a keep-alive client sends its next request within ``window`` seconds of the
+    previous answer: the clients for which busy-polling pays.
+
+    Sans-IO: the caller passes the time. The first request of a connection is not back to back.
+    """
+
+    __slots__ = ("window", "finished", "quick")
+
+    def __init__(self, window: float) -> None:
+        self.window = window
+        self.finished = -inf
+        #: The latest request came within the window of the previous answer.
+        self.quick = False
+
+    def request(self, now: float) -> bool:
+        """A request began at ``now``; whether it came back to back."""
+        self.quick = now - self.finished <= self.window
+        return self.quick
+
+    def answered(self, now: float) -> bool:
+        """The answer to the latest request ended at ``now``, the connection stays open;
+        whether its next request is likely to come back to back."""
+        self.finished = now
+        return self.quick
 
 
 def install(busy_poll: float = 0.0) -> DirectEPollReactor:

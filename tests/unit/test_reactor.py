@@ -9,9 +9,11 @@ import time
 from collections.abc import Callable
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 from twisted.internet import defer, main
 
-from powerstrip.reactor import DirectEPollReactor
+from powerstrip.reactor import BackToBack, DirectEPollReactor
 
 # The thread method: a hung reactor loop would swallow the signal method's exception.
 pytestmark = pytest.mark.timeout(10, method="thread")
@@ -263,3 +265,28 @@ def test_a_spin_never_delays_a_timed_call_that_falls_due():
         os.close(read_fd)
         os.close(write_fd)
     assert fired and fired[0] < 0.5
+
+
+def test_the_first_request_of_a_connection_is_not_back_to_back():
+    pace = BackToBack(0.0002)
+    assert pace.request(1000.0) is False
+    assert pace.answered(1000.001) is False
+
+
+# Gaps a hair from the window's edge would test float rounding, not the rule.
+_GAPS = st.floats(0, 0.01).filter(lambda gap: abs(gap - 0.0002) > 1e-9)
+
+
+@given(st.lists(st.tuples(_GAPS, st.floats(0, 0.01)), min_size=1, max_size=20))
+def test_a_request_is_back_to_back_when_it_follows_the_previous_answer_within_the_window(steps):
+    window = 0.0002
+    pace = BackToBack(window)
+    now = 5.0
+    pace.request(now)
+    for gap, service in steps:
+        now += service
+        previous_quick = pace.quick
+        # The next request is expected soon exactly when the one just answered came quickly.
+        assert pace.answered(now) is previous_quick
+        now += gap
+        assert pace.request(now) is (gap <= window)
