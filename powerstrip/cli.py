@@ -82,10 +82,7 @@ def _addresses(values: Sequence[str], what: str) -> list[Address]:
 
 def busy_poll_seconds(value: str) -> float:
     """The ``--busy-poll`` setting (whole microseconds) in seconds."""
-    try:
-        micros = int(value)
-    except ValueError:
-        micros = -1
+    micros = int(value) if value.isascii() and value.isdigit() else -1
     if not 0 <= micros <= LONGEST_BUSY_POLL:
         raise UsageError(
             f"--busy-poll: {value!r} is not a number of microseconds from 0 to {LONGEST_BUSY_POLL}"
@@ -96,7 +93,8 @@ def busy_poll_seconds(value: str) -> float:
 def serve(args: argparse.Namespace) -> int:
     """Run the proxy until SIGTERM or SIGINT."""
     busy_poll = busy_poll_seconds(
-        args.busy_poll or os.environ.get("POWERSTRIP_BUSY_POLL") or DEFAULT_BUSY_POLL
+        args.busy_poll if args.busy_poll is not None
+        else os.environ.get("POWERSTRIP_BUSY_POLL") or DEFAULT_BUSY_POLL
     )
     if "twisted.internet.reactor" not in sys.modules:
         from powerstrip.reactor import install
@@ -214,8 +212,9 @@ def build_parser() -> argparse.ArgumentParser:
     serve_parser.add_argument("--socket-group", help="group owning unix listener sockets")
     serve_parser.add_argument(
         "--busy-poll", metavar="MICROSECONDS",
-        help="after handling I/O, poll this long without sleeping before blocking: lower "
-        f"latency for more CPU (default {DEFAULT_BUSY_POLL}; env POWERSTRIP_BUSY_POLL)",
+        help="for a client that sends requests back to back, poll this long before sleeping "
+        "after its request or answer: lower latency for some CPU; 0 turns it off "
+        f"(default {DEFAULT_BUSY_POLL}; env POWERSTRIP_BUSY_POLL)",
     )
     serve_parser.set_defaults(func=serve)
 

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from time import perf_counter
 
 from twisted.internet import defer, interfaces, main, tcp
 from twisted.internet.endpoints import clientFromString, connectProtocol
@@ -252,7 +251,7 @@ class ClientConnection(Protocol):
     def _start(self, head: RequestHead) -> bool:
         """Begin an exchange; False if the request was refused and the connection is ending."""
         if self.pace is not None:
-            self.pace.request(perf_counter())
+            self.pace.request(self.factory.reactor.seconds())
         hooks = self.factory.hooks
         if hooks is None or not hooks.active:
             plan = None
@@ -569,6 +568,9 @@ class ClientConnection(Protocol):
         self.exchange = None
         if self.closing:
             return
+        pace = self.pace
+        # Pipelined requests count too: the next one then starts right after this answer.
+        quick = pace is not None and pace.answered(self.factory.reactor.seconds())
         try:
             events = self.reader.next_request()
         except FramingError as exc:
@@ -583,7 +585,7 @@ class ClientConnection(Protocol):
             self._close()
         elif self.client_eof:
             self._forward_eof()
-        elif self.pace is not None and self.pace.answered(perf_counter()):
+        elif quick:
             self.factory.expect_soon()  # a back-to-back client's next request
 
     def daemon_eof(self, daemon: DaemonConnection) -> None:

@@ -16,8 +16,9 @@ behaviour and cuts that bookkeeping:
 
 The proxy says so only for a client that sends its requests back to back (:class:`BackToBack`):
 measured on two vCPUs, spinning for a client that pauses between requests makes its requests
-slower, not faster (docs/performance.md). Streams, hijacked connections and idle clients never
-start a spin, so the CPU a spin spends is bounded by the request rate of back-to-back clients.
+slower, not faster (docs/performance.md). A request starts at most two spins (one for its
+answer, one for the next request), a stream's chunks and a hijacked connection's bytes none,
+so the CPU spent spinning is bounded by the request rate of back-to-back clients.
 
 Everything else is the stock EPollReactor.
 """
@@ -98,13 +99,11 @@ class DirectEPollReactor(epollreactor.EPollReactor):
         poll = self._poller.poll
         most = len(self._selectables)
         # A spin is earned anew each turn: one that found nothing, or found I/O nobody said
-        # was due, ends with the next poll blocking. Nor does a turn spin while a write waits
-        # for a full socket: the proxy is then waiting for a slow reader, which a spin cannot
-        # hurry but would take a CPU from.
-        # A turn that polls without waiting (timed calls are due) keeps the expectation.
+        # was due, ends with the next poll blocking; a turn that polled without waiting (timed
+        # calls were due) and found nothing keeps the expectation for the next. No turn spins
+        # while a write, any connection's, waits for a full socket: the proxy is then busy
+        # with a slow reader, which a spin cannot hurry but would take a CPU from.
         expecting = self._expecting
-        if timeout != 0:
-            self._expecting = False
         try:
             if expecting and timeout != 0 and self.busy_poll > 0 and not self._writes:
                 # Spin no longer than the next timed call is due, then give the loop back
@@ -123,6 +122,8 @@ class DirectEPollReactor(epollreactor.EPollReactor):
             if err.errno == errno.EINTR:
                 return
             raise
+        if ready or timeout != 0:
+            self._expecting = False
         selectables = self._selectables
         for fd, event in ready:
             selectable = selectables.get(fd)

@@ -13,7 +13,10 @@ def test_busy_poll_is_whole_microseconds(value, seconds):
     assert busy_poll_seconds(value) == pytest.approx(seconds)
 
 
-@pytest.mark.parametrize("value", ["-1", "fast", "1.5", "", str(LONGEST_BUSY_POLL + 1)])
+@pytest.mark.parametrize(
+    "value", ["-1", "fast", "1.5", "", " 200", "2_00", "+5", "\u0661\u0660",
+              str(LONGEST_BUSY_POLL + 1)],
+)
 def test_a_busy_poll_that_is_not_whole_microseconds_in_range_is_refused(value):
     with pytest.raises(UsageError, match=r"--busy-poll: .* is not a number of microseconds"):
         busy_poll_seconds(value)

@@ -138,7 +138,6 @@ def test_a_failing_connection_lost_is_logged_and_other_readers_still_read():
     assert got == [b"y"]
 
 
-
 class _RecordingPoller:
     """The reactor's epoll object, recording each poll's timeout and whether it found I/O."""
 
@@ -155,12 +154,13 @@ class _RecordingPoller:
         return getattr(self._poller, name)
 
 
-
 class _PipeReader:
-    """Reads a pipe; like the proxy after a request, it may say the next read is due soon."""
+    """Reads a pipe, then calls ``after_read`` (as the proxy may say the next read is due)."""
 
-    def __init__(self, fd: int, got: list[bytes], expect: Callable[[], None] | None = None) -> None:
-        self.fd, self.got, self.expect = fd, got, expect
+    def __init__(
+        self, fd: int, got: list[bytes], after_read: Callable[[], None] | None = None,
+    ) -> None:
+        self.fd, self.got, self.after_read = fd, got, after_read
 
     def fileno(self) -> int:
         return self.fd
@@ -170,8 +170,8 @@ class _PipeReader:
 
     def doRead(self) -> None:  # noqa: N802
         self.got.append(os.read(self.fd, 100))
-        if self.expect is not None:
-            self.expect()
+        if self.after_read is not None:
+            self.after_read()
 
     def connectionLost(self, reason: object) -> None:  # noqa: N802
         pass
@@ -187,8 +187,8 @@ class _StuckWriter(_PipeReader):
 def _two_writes(
     busy_poll: float, expect: bool = True, stuck_write: bool = False,
 ) -> tuple[list[tuple[float, bool]], list[bytes]]:
-    """Write "one" to a pipe the reactor reads, then "two" 20 ms later from a thread; stop at
-    300 ms. Returns the polls and what was read."""
+    """Write "one" to a pipe the reactor reads, then "two" 20 ms later from a thread; stop
+    ``busy_poll`` + 200 ms after "two" was read. Returns the polls and what was read."""
     reactor = DirectEPollReactor(busy_poll)
     poller = reactor._poller = _RecordingPoller(reactor._poller)
     read_fd, write_fd = os.pipe()
@@ -198,19 +198,30 @@ def _two_writes(
         while True:
             os.write(full_w, b"x" * 65536)
     got: list[bytes] = []
-    reactor.addReader(_PipeReader(read_fd, got, reactor.expect_soon if expect else None))
+    writer = threading.Timer(0.02, os.write, args=(write_fd, b"two"))
+
+    def read() -> None:
+        if expect:
+            reactor.expect_soon()
+        if len(got) == 2:
+            reactor.callLater(busy_poll + 0.2, reactor.stop)
+
+    reader = _PipeReader(read_fd, got, read)
+    reactor.addReader(reader)
     if stuck_write:
         reactor.addWriter(_StuckWriter(full_w, []))
 
     def first() -> None:
         os.write(write_fd, b"one")
-        threading.Timer(0.02, os.write, args=(write_fd, b"two")).start()
+        writer.start()
 
     reactor.callLater(0.01, first)
-    reactor.callLater(0.3, reactor.stop)
     try:
         reactor.run(installSignalHandlers=False)
     finally:
+        writer.cancel()
+        if writer.is_alive():
+            writer.join()
         for fd in (read_fd, write_fd, full_r, full_w):
             os.close(fd)
     return poller.polls, got
@@ -222,13 +233,13 @@ def _found_by(polls: list[tuple[float, bool]]) -> list[float]:
 
 
 def test_busy_poll_finds_the_expected_read_while_spinning_then_sleeps_when_nothing_comes():
-    polls, got = _two_writes(busy_poll=0.1)
+    polls, got = _two_writes(busy_poll=0.3)
     assert got == [b"one", b"two"]
     found = _found_by(polls)
     # "one" woke a blocking poll; "two", 20 ms later, was found by the spin that followed.
     assert found[0] != 0 and found[1] == 0
-    # The spin after "two" found nothing within its 100 ms, and the loop blocked again for
-    # the rest of the wait before the stop call, instead of spinning on.
+    # The spin after "two" found nothing within its 300 ms, and the loop blocked again for
+    # the 200 ms left before the stop call, instead of spinning on.
     after = polls[[i for i, (_, ready) in enumerate(polls) if ready][1] + 1:]
     assert any(timeout > 0.05 for timeout, _ in after), after[-3:]
 
