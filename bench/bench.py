@@ -9,7 +9,9 @@ alternately direct and through each proxy, printing ratios to direct:
   through each proxy's TCP listener and through its unix listener (``ps-unix``, ``hap-unix``:
   the direct socket's own transport, so the ratio is the proxy's cost without TCP loopback's),
   and through a second Powerstrip started with ``--busy-poll 0``, which sleeps in every poll
-  (``ps-sleeper``, ``sleeper-unix``), to show what busy-polling gains;
+  (``ps-sleeper``, ``sleeper-unix``), to show what busy-polling gains, and through a second
+  HAProxy with its own ``busy-polling`` option (``hap-busy``, ``hap-busy-unix``), to compare
+  busy-polling with busy-polling;
 - latency of GET /_ping with the client pausing 1 ms before each request, which busy-polling
   must not make slower;
 - wall time of ``docker run --rm busybox true``;
@@ -29,6 +31,7 @@ from __future__ import annotations
 import argparse
 import os
 import shutil
+import signal
 import socket
 import statistics
 import subprocess
@@ -47,9 +50,21 @@ DOCKER = shutil.which("docker") or "/usr/local/bin/docker"
 class Target:
     """Somewhere to send Docker API requests: the daemon itself or a proxy in front of it."""
 
-    def __init__(self, name: str, docker_host: str) -> None:
+    def __init__(self, name: str, docker_host: str, frozen_pid: int | None = None) -> None:
         self.name = name
         self.docker_host = docker_host
+        # A proxy that spins a core all the time (HAProxy's busy-polling) would take that core
+        # from every other target's measurement on a small machine: it is kept stopped
+        # (SIGSTOP) except while its own requests run.
+        self.frozen_pid = frozen_pid
+
+    def thaw(self) -> None:
+        if self.frozen_pid is not None:
+            os.kill(self.frozen_pid, signal.SIGCONT)
+
+    def freeze(self) -> None:
+        if self.frozen_pid is not None:
+            os.kill(self.frozen_pid, signal.SIGSTOP)
 
     def connect(self) -> socket.socket:
         if self.docker_host.startswith("unix://"):
@@ -94,6 +109,7 @@ def latency(
     for _ in range(rounds):
         for target in targets:
             sock = socks[target.name]
+            target.thaw()
             for _ in range(per_round):
                 if pause:
                     time.sleep(pause)
@@ -101,6 +117,7 @@ def latency(
                 sock.sendall(request)
                 read_response(sock, buffer)
                 samples[target.name].append(time.perf_counter() - started)
+            target.freeze()
     for sock in socks.values():
         sock.close()
     return {name: statistics.median(values) for name, values in samples.items()}
@@ -217,19 +234,24 @@ def start_powerstrip(
     return proc, line.split("=", 1)[1]
 
 
-def start_haproxy(socket_path: str, workdir: Path) -> tuple[subprocess.Popen, str] | None:
-    """Start an HAProxy in TCP mode on a free port and on ``workdir/haproxy.sock``."""
+def start_haproxy(socket_path: str, workdir: Path,
+                  busy_polling: bool = False) -> tuple[subprocess.Popen, str] | None:
+    """Start an HAProxy in TCP mode on a free port and on ``workdir/haproxy.sock``
+    (``workdir/haproxy-busy.sock`` with HAProxy's own ``busy-polling`` option)."""
     binary = shutil.which("haproxy")
     if binary is None:
         return None
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
-    config = workdir / "haproxy.cfg"
+    name = "haproxy-busy" if busy_polling else "haproxy"
+    config = workdir / f"{name}.cfg"
     config.write_text(
-        "global\n  maxconn 1000\ndefaults\n  mode tcp\n  timeout connect 5s\n"
+        # One thread spinning, not one per core.
+        "global\n  maxconn 1000\n" + ("  busy-polling\n  nbthread 1\n" if busy_polling else "")
+        + "defaults\n  mode tcp\n  timeout connect 5s\n"
         "  timeout client 1h\n  timeout server 1h\n"
-        f"listen docker\n  bind 127.0.0.1:{port}\n  bind unix@{workdir / 'haproxy.sock'}\n"
+        f"listen docker\n  bind 127.0.0.1:{port}\n  bind unix@{workdir / (name + '.sock')}\n"
         f"  server d {socket_path}\n"
     )
     proc = subprocess.Popen([binary, "-f", str(config), "-db"], stdout=subprocess.DEVNULL,
@@ -380,7 +402,8 @@ def main() -> int:
     parser.add_argument("--no-floor", action="store_true",
                         help="latency: leave out the yardstick forwarders of bench/floor.py")
     parser.add_argument("--no-sleeper", action="store_true",
-                        help="latency: leave out the Powerstrip started with --busy-poll 0")
+                        help="latency: leave out the Powerstrip started with --busy-poll 0 "
+                             "and the HAProxy with busy-polling")
     parser.add_argument("--hook-rounds", type=int, default=40)
     parser.add_argument("--only", nargs="+", choices=["latency", "transfers", "hooks"],
                         default=["latency", "transfers", "hooks"], help="workloads to run")
@@ -417,6 +440,18 @@ def main() -> int:
                 processes.append(started[0])
                 targets.append(Target("haproxy", started[1]))
                 unix_targets.append(Target("hap-unix", f"unix://{workdir / 'haproxy.sock'}"))
+            if "latency" in args.only and not args.no_sleeper:
+                # HAProxy with its own busy-polling, so that busy-polling is compared with
+                # busy-polling as well as with a proxy that sleeps.
+                started = start_haproxy(host[len("unix://"):], workdir, busy_polling=True)
+                if started is not None:
+                    processes.append(started[0])
+                    pid = started[0].pid
+                    sleeper_targets += [
+                        Target("hap-busy", started[1], frozen_pid=pid),
+                        Target("hap-busy-unix", f"unix://{workdir / 'haproxy-busy.sock'}",
+                               frozen_pid=pid)]
+                    os.kill(pid, signal.SIGSTOP)
 
         floor_targets: list[Target] = []
         if "latency" in args.only and not args.no_floor:
@@ -432,7 +467,8 @@ def main() -> int:
                                         path, args.rounds), "us"))
             # A client that pauses between requests, as most do: busy-polling must not cost it.
             results.append(("GET /_ping latency, 1 ms pause before each request",
-                            latency(targets + sleeper_targets[:1], "/_ping",
+                            latency(targets + [t for t in sleeper_targets
+                                               if not t.name.endswith("unix")], "/_ping",
                                     max(1, args.rounds // 2), per_round=100, pause=0.001),
                             "us"))
             results.append(("docker run --rm wall time", docker_run_wall(targets, 5), "s"))
@@ -467,6 +503,7 @@ def main() -> int:
     finally:
         for proc in processes:
             proc.terminate()
+            proc.send_signal(signal.SIGCONT)  # a frozen one acts on SIGTERM only once thawed
             try:
                 proc.wait(10)
             except subprocess.TimeoutExpired:
