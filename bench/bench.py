@@ -451,7 +451,7 @@ def main() -> int:
                         Target("hap-busy", started[1], frozen_pid=pid),
                         Target("hap-busy-unix", f"unix://{workdir / 'haproxy-busy.sock'}",
                                frozen_pid=pid)]
-                    os.kill(pid, signal.SIGSTOP)
+                    sleeper_targets[-1].freeze()
 
         floor_targets: list[Target] = []
         if "latency" in args.only and not args.no_floor:
@@ -468,7 +468,7 @@ def main() -> int:
             # A client that pauses between requests, as most do: busy-polling must not cost it.
             results.append(("GET /_ping latency, 1 ms pause before each request",
                             latency(targets + [t for t in sleeper_targets
-                                               if not t.name.endswith("unix")], "/_ping",
+                                               if t.docker_host.startswith("tcp://")], "/_ping",
                                     max(1, args.rounds // 2), per_round=100, pause=0.001),
                             "us"))
             results.append(("docker run --rm wall time", docker_run_wall(targets, 5), "s"))
