@@ -7,6 +7,7 @@ import errno
 import grp
 import logging
 import os
+import signal
 import socket
 import stat
 import sys
@@ -165,6 +166,10 @@ def serve(args: argparse.Namespace) -> int:
 
     reactor.callWhenRunning(start)
     reactor.addSystemEventTrigger("before", "shutdown", stop)
+    # A shell starting us in the background (``powerstrip serve &``) passes SIGINT on ignored,
+    # and Twisted only takes over SIGINT from Python's default handler: restore that, so
+    # ``kill -INT`` stops the proxy gracefully however it was started.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     reactor.run()
     return exit_code[0]
 

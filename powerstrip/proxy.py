@@ -47,6 +47,9 @@ log = logging.getLogger("powerstrip.proxy")
 
 #: Bytes of pipelined requests held before the proxy stops reading from the client.
 PIPELINE_HIGH_WATER = 256 * 1024
+#: After the shutdown grace, how long the errors sent to requests still waiting may take to
+#: leave before their connections are dropped.
+SHUTDOWN_FLUSH = 1.0
 
 
 @implementer(interfaces.IPushProducer)
@@ -665,6 +668,29 @@ class ClientConnection(Protocol):
         if self.exchange is None and not self.reader.buffered:
             self._close()
 
+    def cut_short(self, grace: float) -> None:
+        """The shutdown grace has run out while this connection was still busy.
+
+        A request still waiting for its answer is told so with a Docker-style error, so that
+        its client knows it may not have taken effect rather than seeing a bare disconnect;
+        anything else (a response half sent, a hijacked stream) can only be cut.
+        """
+        exchange = self.exchange
+        if self.closing or self.transport.disconnected:
+            return
+        if not self.raw and exchange is not None and not exchange.forwarded:
+            head = exchange.head
+            self._refuse(
+                503,
+                f"Powerstrip is stopping: the Docker daemon at {self.factory.upstream} had not "
+                f"answered {head.method.decode('latin-1')} {_text(head.target)} within the "
+                f"{grace:g} s shutdown grace",
+            )
+        else:
+            self.transport.abortConnection()
+            if self.daemon is not None:
+                self.daemon.transport.abortConnection()
+
 
 class ProxyFactory(Factory):
     """Builds a ClientConnection per accepted client; all of them share one upstream."""
@@ -688,21 +714,28 @@ class ProxyFactory(Factory):
         protocol.factory = self
         return protocol
 
-    def shutdown(self, grace: float, clock: Callable[[], object] | None = None) -> defer.Deferred:
-        """Let open requests finish for up to ``grace`` seconds, then drop what is left."""
+    def shutdown(self, grace: float) -> defer.Deferred:
+        """Let open requests finish for up to ``grace`` seconds, then end what is left: a
+        request still waiting for its answer gets a 503, anything else is cut."""
         for connection in list(self.connections):
             connection.shutdown()
         done: defer.Deferred = defer.Deferred()
         deadline = self.reactor.seconds() + grace
+        cut = [False]
 
         def check() -> None:
+            now = self.reactor.seconds()
             if not self.connections:
                 done.callback(None)
-            elif self.reactor.seconds() >= deadline:
+            elif now >= deadline + SHUTDOWN_FLUSH:
                 for connection in list(self.connections):
                     connection.transport.abortConnection()
                 done.callback(None)
             else:
+                if now >= deadline and not cut[0]:
+                    cut[0] = True
+                    for connection in list(self.connections):
+                        connection.cut_short(grace)
                 self.reactor.callLater(0.05, check)
 
         check()

@@ -73,8 +73,6 @@ class FakeDaemon:
         self.path = path
         self.handler = handler
         self.connections = 0
-        self.received = bytearray()
-        self.closed = threading.Event()
         self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         self.sock.bind(str(path))
         self.sock.listen(16)
@@ -376,3 +374,268 @@ def _unix(path: Path) -> socket.socket:
     sock.settimeout(10)
     sock.connect(str(path))
     return sock
+
+
+@pytest.mark.parametrize("inherited", ["default", "ignored"])
+def test_sigint_lets_an_open_request_finish_then_exits_0(tmp_path, inherited):
+    """``kill -INT`` stops the proxy as SIGTERM does, even when it was started with SIGINT
+    ignored, as a shell's ``powerstrip serve &`` starts it."""
+    def handle(conn: socket.socket) -> None:
+        conn.recv(65536)
+        time.sleep(1)
+        conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 4\r\n\r\nslow")
+
+    daemon = FakeDaemon(tmp_path / "d.sock", handle)
+    ignore = (lambda: signal.signal(signal.SIGINT, signal.SIG_IGN)) if inherited == "ignored" \
+        else None
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "powerstrip", "serve", "--listen", "tcp://127.0.0.1:0",
+         "--upstream", daemon.host],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd="/",
+        env={**os.environ, "POWERSTRIP_CONFIG": ""}, preexec_fn=ignore,
+    )
+    try:
+        port = int(proc.stdout.readline().strip().rsplit(":", 1)[1])
+        busy = socket.create_connection(("127.0.0.1", port), timeout=10)
+        busy.sendall(b"GET /slow HTTP/1.1\r\nHost: x\r\n\r\n")
+        time.sleep(0.2)
+        proc.send_signal(signal.SIGINT)
+        assert read_response(busy)[1] == b"slow"
+        assert proc.wait(10) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
+def test_after_sigterm_new_connections_are_refused_and_the_grace_is_5_seconds(
+    proxy_factory, tmp_path,
+):
+    """A request the daemon never answers cannot hold the proxy up: 5 s after SIGTERM it gets a
+    Docker-style 503 and the proxy exits 0; meanwhile nobody new gets in."""
+    daemon_saw_close = threading.Event()
+
+    def never_answer(conn: socket.socket) -> None:
+        conn.recv(65536)
+        conn.settimeout(20)
+        try:
+            while conn.recv(65536):
+                pass
+        except OSError:
+            pass
+        daemon_saw_close.set()
+
+    daemon = FakeDaemon(tmp_path / "d.sock", never_answer)
+    proxy = proxy_factory(daemon.host)
+    stuck = proxy.connect()
+    stuck.sendall(b"POST /v1.41/containers/x/wait HTTP/1.1\r\nHost: x\r\n"
+                  b"Content-Length: 0\r\n\r\n")
+    assert _wait(lambda: daemon.connections == 1, 5)
+    stopped_at = time.monotonic()
+    proxy.proc.send_signal(signal.SIGTERM)
+
+    def refused() -> bool:
+        try:
+            socket.create_connection(("127.0.0.1", proxy.port), timeout=1).close()
+        except ConnectionRefusedError:
+            return True
+        return False
+
+    assert _wait(refused, 1), "the proxy still accepted connections after SIGTERM"
+    stuck.settimeout(15)
+    head, body = read_response(stuck)
+    waited = time.monotonic() - stopped_at
+    assert head.startswith(b"HTTP/1.1 503 ")
+    message = json.loads(body)["message"]
+    assert "POST /v1.41/containers/x/wait" in message and "5 s" in message
+    assert daemon.host in message
+    assert 4.5 <= waited < 7, waited
+    assert proxy.proc.wait(5) == 0
+    assert daemon_saw_close.wait(5), "the daemon connection outlived the proxy"
+
+
+def test_several_listen_flags_listen_on_each(proxy_factory, tmp_path):
+    daemon = FakeDaemon(tmp_path / "d.sock", answer_pings)
+    listen = tmp_path / "p.sock"
+    proxy = proxy_factory(daemon.host, "--listen", f"unix://{listen}")
+    assert proxy.host.startswith("tcp://127.0.0.1:")  # the first one is the one printed
+    for sock in (proxy.connect(), _unix(listen)):
+        with sock:
+            sock.sendall(b"GET /_ping HTTP/1.1\r\nHost: x\r\n\r\n")
+            assert read_response(sock)[1] == b"OK"
+
+
+def test_request_bytes_reach_the_daemon_unchanged(proxy_factory, tmp_path):
+    """With no hook on it, what the client wrote is what the daemon reads: the request line,
+    header case, order and repeats, the client's Host, and a chunked body with its chunk
+    extension and trailer."""
+    requests = [
+        b"POST /v1.41/containers/create?name=a%2Fb HTTP/1.1\r\n"
+        b"Host: api.moby.localhost\r\nUser-Agent: Docker-Client/28.0.0 (linux)\r\n"
+        b"x-odd-CASE: 1\r\nX-Repeated: a\r\nX-Repeated: b\r\n"
+        b"Content-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n"
+        b"5;ext=1\r\n{\"a\":\r\n3\r\n 1}\r\n0\r\nX-Trailer: t\r\n\r\n",
+        b"PUT /containers/x/archive?path=%2Ftmp HTTP/1.1\r\nHost: docker\r\n"
+        b"Content-Type: application/x-tar\r\nContent-Length: 12\r\n\r\n"
+        b"\x00\x01\r\n\r\n\xff\xfeabcd",
+    ]
+    received = bytearray()
+    got_all = threading.Event()
+
+    def record(conn: socket.socket) -> None:
+        with conn:
+            for request in requests:
+                start = len(received)
+                while len(received) - start < len(request):
+                    chunk = conn.recv(65536)
+                    if not chunk:
+                        return
+                    received.extend(chunk)
+                conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nOK")
+            got_all.set()
+            conn.recv(65536)
+
+    daemon = FakeDaemon(tmp_path / "d.sock", record)
+    proxy = proxy_factory(daemon.host)
+    sock = proxy.connect()
+    for request in requests:
+        sock.sendall(request)
+        assert read_response(sock)[1] == b"OK"
+    assert got_all.wait(5)
+    assert bytes(received) == b"".join(requests)
+    assert daemon.connections == 1
+
+
+def test_daemon_down_is_not_retried(proxy_factory, tmp_path):
+    """Each request to a daemon that is down costs one connection attempt and gets its 502 at
+    once; nothing is queued to retry later, and the daemon coming back is noticed at once."""
+    path = tmp_path / "later.sock"
+    proxy = proxy_factory(f"unix://{path}")
+    started = time.monotonic()
+    for _ in range(20):
+        with proxy.connect() as sock:
+            sock.sendall(b"GET /_ping HTTP/1.1\r\nHost: x\r\n\r\n")
+            assert read_response(sock)[0].startswith(b"HTTP/1.1 502 ")
+    assert time.monotonic() - started < 3
+    daemon = FakeDaemon(path, answer_pings)
+    time.sleep(1)
+    assert daemon.connections == 0, "the proxy kept trying the daemon after answering 502"
+    with proxy.connect() as sock:
+        sock.sendall(b"GET /_ping HTTP/1.1\r\nHost: x\r\n\r\n")
+        assert read_response(sock)[1] == b"OK"
+    assert daemon.connections == 1
+
+
+def test_a_daemon_that_hangs_up_is_asked_once(proxy_factory, tmp_path):
+    def hang_up(conn: socket.socket) -> None:
+        conn.recv(65536)
+        conn.close()
+
+    daemon = FakeDaemon(tmp_path / "d.sock", hang_up)
+    proxy = proxy_factory(daemon.host)
+    with proxy.connect() as sock:
+        sock.sendall(b"GET /v1.41/containers/json HTTP/1.1\r\nHost: x\r\n\r\n")
+        assert read_response(sock)[0].startswith(b"HTTP/1.1 502 ")
+    time.sleep(1)
+    assert daemon.connections == 1
+
+
+def _wait(predicate: Callable[[], object], timeout: float) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(0.05)
+    return bool(predicate())
+
+
+HOOKED_VERSION = """\
+endpoints:
+  "GET /*/version":
+    pre: [{name}]
+adapters:
+  {name}: http://127.0.0.1:1/
+"""
+
+
+@pytest.fixture
+def etc_powerstrip() -> Iterator[Path]:
+    """/etc/powerstrip as a mount point for a private copy; the real one is never written."""
+    etc = Path("/etc/powerstrip")
+    made = not etc.exists()
+    etc.mkdir(exist_ok=True)
+    try:
+        yield etc
+    finally:
+        if made:
+            etc.rmdir()
+
+
+def serve_with_defaults(tmp_path: Path, cwd: Path, etc: Path, env: dict[str, str]) -> Proxy:
+    """``powerstrip serve`` with no flags, in a mount namespace of its own where /run (so
+    /var/run) is ``tmp_path/run`` and /etc/powerstrip is ``etc``."""
+    environ = {k: v for k, v in os.environ.items() if not k.startswith("POWERSTRIP_")}
+    proc = subprocess.Popen(
+        ["unshare", "--mount", "--propagation", "private", "--", "sh", "-c",
+         'mount --bind "$1" /run && mount --bind "$2" /etc/powerstrip && shift 2 && exec "$@"',
+         "sh", str(tmp_path / "run"), str(etc), sys.executable, "-m", "powerstrip", "serve"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=cwd,
+        env={**environ, **env},
+    )
+    line = proc.stdout.readline()
+    if not line.startswith("export DOCKER_HOST="):
+        proc.kill()
+        raise AssertionError(f"proxy did not start: {line!r} {proc.stderr.read()}")
+    return Proxy(proc, line.strip().split("=", 1)[1])
+
+
+def test_defaults_listen_upstream_and_where_the_adapters_file_is_found(tmp_path, etc_powerstrip):
+    """With no flags and no environment: listen on tcp://127.0.0.1:2375, forward to
+    /var/run/docker.sock, and take ./powerstrip.yml, else /etc/powerstrip/adapters.yml (the
+    original's path), else run with no hooks; POWERSTRIP_CONFIG names a file that beats both.
+
+    Which file is in force shows in which adapter a hooked /version request names."""
+    (tmp_path / "run").mkdir()
+    daemon = FakeDaemon(tmp_path / "run" / "docker.sock", answer_pings)
+    etc = tmp_path / "etc"
+    etc.mkdir()
+    (etc / "adapters.yml").write_text(HOOKED_VERSION.format(name="from_etc"))
+    here = tmp_path / "here"
+    here.mkdir()
+    (here / "powerstrip.yml").write_text(HOOKED_VERSION.format(name="from_cwd"))
+    named = tmp_path / "named.yml"
+    named.write_text(HOOKED_VERSION.format(name="from_env"))
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    no_etc = tmp_path / "no-etc"
+    no_etc.mkdir()
+
+    cases = [
+        (here, etc, {}, "from_cwd"),
+        (empty, etc, {}, "from_etc"),
+        (here, etc, {"POWERSTRIP_CONFIG": str(named)}, "from_env"),
+        (empty, no_etc, {}, None),
+    ]
+    for cwd, etc_dir, env, adapter in cases:
+        with socket.socket() as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            assert probe.connect_ex(("127.0.0.1", 2375)) != 0, \
+                "something else already listens on 127.0.0.1:2375"
+        proxy = serve_with_defaults(tmp_path, cwd, etc_dir, env)
+        try:
+            assert proxy.host == "tcp://127.0.0.1:2375"
+            sock = proxy.connect()
+            sock.sendall(b"GET /_ping HTTP/1.1\r\nHost: x\r\n\r\n")
+            assert read_response(sock)[1] == b"OK"  # from the daemon at /var/run/docker.sock
+            sock.sendall(b"GET /v1.41/version HTTP/1.1\r\nHost: x\r\n\r\n")
+            head, body = read_response(sock)
+            if adapter is None:
+                assert head.startswith(b"HTTP/1.1 200 ") and body == b"OK"
+            else:
+                assert head.startswith(b"HTTP/1.1 502 ")
+                assert f"adapter {adapter} " in json.loads(body)["message"]
+            sock.close()
+        finally:
+            proxy.proc.send_signal(signal.SIGTERM)
+            assert proxy.proc.wait(10) == 0
+    assert daemon.connections == len(cases)  # one client connection, one daemon connection
