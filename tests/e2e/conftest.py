@@ -43,7 +43,8 @@ from powerstrip.testing import (  # noqa: F401 - fixtures and helpers the e2e te
 REPO = Path(__file__).resolve().parents[2]
 HERE = Path(__file__).resolve().parent
 # A current CLI (28 here): the one whose API negotiation, 101 upgrades and wait-before-start the
-# proxy must get right. Machines without it fall back to whatever docker is on PATH.
+# proxy must get right. Machines without it fall back to whatever docker is on PATH; the
+# session header names the CLI and version that ran.
 DOCKER_CLI = (
     "/usr/local/bin/docker" if os.access("/usr/local/bin/docker", os.X_OK)
     else shutil.which("docker") or "/usr/bin/docker"
@@ -51,6 +52,21 @@ DOCKER_CLI = (
 # Debian's 20.10 CLI: the one whose DOCKER_BUILDKIT=1 build talks to the daemon's own BuildKit
 # over /session and /grpc (newer CLIs hand builds to buildx instead).
 LEGACY_CLI = "/usr/bin/docker"
+
+
+def pytest_report_header(config: pytest.Config) -> list[str]:
+    """Which docker CLIs the e2e suite drives, so a machine without the current one shows it."""
+    lines = []
+    for label, cli in (("docker CLI", DOCKER_CLI), ("legacy docker CLI", LEGACY_CLI)):
+        try:
+            version = subprocess.run(
+                [cli, "version", "--format", "{{.Client.Version}}"], capture_output=True,
+                text=True, timeout=10, env={"DOCKER_HOST": "unix:///nonexistent"},
+            ).stdout.strip() or "unknown version"
+        except OSError as exc:
+            version = f"cannot run: {exc}"
+        lines.append(f"{label}: {cli} ({version})")
+    return lines
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:

@@ -16,6 +16,9 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import h2.config
+import h2.connection
+import h2.events
 import pytest
 
 from tests.e2e.conftest import REPO, docker, ok
@@ -212,3 +215,146 @@ def test_http_1_0_client(engine, proxy):
                          set(json.loads(body)))
     assert answers["proxy"] == answers["direct"]
     assert answers["proxy"][0] == b"HTTP/1.0 200 OK"
+
+
+def _exec_id(host: str, container: str, tty: bool) -> str:
+    body = json.dumps({"AttachStdin": True, "AttachStdout": True, "AttachStderr": True,
+                       "Tty": tty, "Cmd": ["sh", "-c", "read line; echo got:$line"]}).encode()
+    conn = Conn(host)
+    conn.send("POST", f"/v1.41/containers/{container}/exec", body,
+              {"Content-Type": "application/json"})
+    response = conn.read()
+    conn.close()
+    assert response.status == 201, response
+    return response.json()["Id"]
+
+
+def _frames(data: bytes) -> list[tuple[int, bytes]]:
+    """A multiplexed stream's frames: (stream number, payload)."""
+    frames = []
+    while data:
+        size = int.from_bytes(data[4:8], "big")
+        frames.append((data[0], data[8:8 + size]))
+        data = data[8 + size:]
+    return frames
+
+
+@pytest.mark.parametrize("tty", [False, True], ids=["multiplexed", "tty"])
+def test_upgrade_tcp_exec_start_gets_101_upgraded(engine, proxy, scratch, tty):
+    """The modern CLI's exec start: ``Connection: Upgrade``, ``Upgrade: tcp`` and a JSON body,
+    answered ``101 UPGRADED``; then raw bytes both ways."""
+    name = scratch.name("upgrade")
+    ok(docker(engine.host, "run", "-d", "--name", name, "busybox", "sleep", "60"))
+    heads = {}
+    for label, host in (("direct", engine.host), ("proxy", proxy.host)):
+        exec_id = _exec_id(engine.host, name, tty)
+        start = json.dumps({"Detach": False, "Tty": tty}).encode()
+        sock = connect(host)
+        sock.sendall(
+            f"POST /v1.41/exec/{exec_id}/start HTTP/1.1\r\nHost: api.moby.localhost\r\n"
+            "Connection: Upgrade\r\nUpgrade: tcp\r\nContent-Type: application/json\r\n"
+            f"Content-Length: {len(start)}\r\n\r\n".encode() + start
+        )
+        reader = Conn(sock=sock)
+        head = reader.read(head_only=True)
+        heads[label] = (head.status_line, sorted(head.headers))
+        assert head.status_line == "HTTP/1.1 101 UPGRADED"
+        sock.sendall(b"hello\n")
+        if not tty:
+            # Without a terminal the half-close is stdin's end; a terminal has no half-close
+            # (the daemon hangs it up), so there the command's own exit ends the stream.
+            sock.shutdown(socket.SHUT_WR)
+        out = reader.read_to_close()
+        sock.close()
+        if tty:
+            assert out.replace(b"\r\n", b"\n") == b"hello\ngot:hello\n"  # the terminal echoes
+        else:
+            assert _frames(out) == [(1, b"got:hello\n")]
+    assert heads["proxy"] == heads["direct"]
+
+
+@pytest.mark.timeout(60)
+def test_upgrade_tcp_attach_gets_101_upgraded(engine, proxy, scratch):
+    """``docker attach``/``start -a`` hijack: 101, then stdin in and the container's output out
+    as the daemon frames it, until the container ends."""
+    heads = {}
+    for label, host in (("direct", engine.host), ("proxy", proxy.host)):
+        name = scratch.name("attach")
+        ok(docker(engine.host, "create", "-i", "--name", name, "busybox",
+                  "sh", "-c", "read line; echo got:$line; echo err:$line >&2"))
+        sock = connect(host)
+        sock.sendall(
+            f"POST /v1.41/containers/{name}/attach?stream=1&stdin=1&stdout=1&stderr=1 "
+            "HTTP/1.1\r\nHost: api.moby.localhost\r\nConnection: Upgrade\r\nUpgrade: tcp\r\n"
+            "Content-Length: 0\r\n\r\n".encode()
+        )
+        reader = Conn(sock=sock)
+        head = reader.read(head_only=True)
+        heads[label] = (head.status_line, sorted(head.headers))
+        assert head.status_line == "HTTP/1.1 101 UPGRADED"
+        ok(docker(engine.host, "start", name))
+        sock.sendall(b"hello\n")
+        out = reader.read_to_close()
+        sock.close()
+        assert sorted(_frames(out)) == [(1, b"got:hello\n"), (2, b"err:hello\n")]
+    assert heads["proxy"] == heads["direct"]
+
+
+@pytest.mark.parametrize("path", ["/version", "/info", "/containers/json?all=1", "/images/json",
+                                  "/volumes", "/networks", "/containers/nobody-by-this-name/json"])
+def test_unversioned_paths_pass(engine, proxy, path):
+    """Paths without /vX.Y reach the daemon as they are, answered as they would be direct."""
+    answers = {}
+    for label, host in (("direct", engine.host), ("proxy", proxy.host)):
+        conn = Conn(host)
+        conn.send("GET", path)
+        response = conn.read()
+        conn.close()
+        document = response.json()
+        answers[label] = (
+            response.status, response.header("api-version"), response.header("content-type"),
+            sorted(document) if isinstance(document, dict) else len(document),
+        )
+    assert answers["proxy"] == answers["direct"]
+    assert answers["direct"][0] == (404 if "nobody" in path else 200)
+
+
+def test_grpc_over_h2c_passes(engine, proxy):
+    """BuildKit's gRPC API, as buildx and SDKs reach it: ``POST /grpc`` upgraded to h2c, then a
+    real gRPC call (Control/ListWorkers) over HTTP/2 through the hijacked connection."""
+    answers = {}
+    for label, host in (("direct", engine.host), ("proxy", proxy.host)):
+        sock = connect(host)
+        sock.sendall(b"POST /grpc HTTP/1.1\r\nHost: api.moby.localhost\r\n"
+                     b"Connection: Upgrade\r\nUpgrade: h2c\r\nContent-Length: 0\r\n\r\n")
+        reader = Conn(sock=sock)
+        head = reader.read(head_only=True)
+        assert head.status == 101 and head.header("upgrade") == "h2c"
+        h2c = h2.connection.H2Connection(
+            h2.config.H2Configuration(client_side=True, header_encoding=None))
+        h2c.initiate_connection()
+        stream = h2c.get_next_available_stream_id()
+        h2c.send_headers(stream, [
+            (":method", "POST"), (":scheme", "http"), (":authority", "localhost"),
+            (":path", "/moby.buildkit.v1.Control/ListWorkers"),
+            ("content-type", "application/grpc"), ("te", "trailers"),
+        ])
+        h2c.send_data(stream, b"\x00\x00\x00\x00\x00", end_stream=True)  # an empty request
+        sock.sendall(h2c.data_to_send())
+        message, trailers, pending = b"", None, reader.buffer
+        while trailers is None:
+            chunk = pending or sock.recv(65536)
+            pending = b""
+            assert chunk, "the connection ended before the gRPC answer"
+            for event in h2c.receive_data(chunk):
+                if isinstance(event, h2.events.DataReceived):
+                    message += event.data
+                    h2c.acknowledge_received_data(event.flow_controlled_length, stream)
+                elif isinstance(event, h2.events.TrailersReceived):
+                    trailers = dict(event.headers)
+            sock.sendall(h2c.data_to_send())
+        sock.close()
+        assert trailers[b"grpc-status"] == b"0", trailers
+        answers[label] = message
+    assert b"moby" in answers["direct"]  # the daemon's one worker, named moby
+    assert answers["proxy"] == answers["direct"]

@@ -639,3 +639,45 @@ def test_defaults_listen_upstream_and_where_the_adapters_file_is_found(tmp_path,
             proxy.proc.send_signal(signal.SIGTERM)
             assert proxy.proc.wait(10) == 0
     assert daemon.connections == len(cases)  # one client connection, one daemon connection
+
+
+def test_multiplexed_stream_upgrade_passes_raw_with_its_half_close(proxy_factory, tmp_path):
+    """Daemons from API 1.42 answer a non-tty attach with 101 and
+    ``application/vnd.docker.multiplexed-stream`` (the e2e daemon, at 1.41, says raw-stream):
+    the head reaches the client as sent, framed bytes pass both ways untouched, and the
+    client's half-close reaches the daemon as a half-close, after which the daemon still
+    writes."""
+    upgraded = (b"HTTP/1.1 101 UPGRADED\r\n"
+                b"Content-Type: application/vnd.docker.multiplexed-stream\r\n"
+                b"Connection: Upgrade\r\nUpgrade: tcp\r\n\r\n")
+
+    def frame(stream: int, data: bytes) -> bytes:
+        return bytes([stream, 0, 0, 0]) + len(data).to_bytes(4, "big") + data
+
+    def attach(conn: socket.socket) -> None:
+        with conn:
+            request = b""
+            while b"\r\n\r\n" not in request:
+                request += conn.recv(65536)
+            conn.sendall(upgraded)
+            stdin = b""
+            while chunk := conn.recv(65536):  # until the client's half-close
+                stdin += chunk
+            conn.sendall(frame(1, stdin.upper()) + frame(2, b"stdin closed\n"))
+
+    daemon = FakeDaemon(tmp_path / "d.sock", attach)
+    proxy = proxy_factory(daemon.host)
+    sock = proxy.connect()
+    sock.sendall(b"POST /v1.44/containers/x/attach?stream=1&stdin=1&stdout=1 HTTP/1.1\r\n"
+                 b"Host: api.moby.localhost\r\nConnection: Upgrade\r\nUpgrade: tcp\r\n"
+                 b"Content-Length: 0\r\n\r\n")
+    received = b""
+    while len(received) < len(upgraded):
+        received += sock.recv(65536)
+    assert received == upgraded
+    sock.sendall(b"hello\x00\xff\r\n\r\n")
+    sock.shutdown(socket.SHUT_WR)
+    rest = b""
+    while chunk := sock.recv(65536):
+        rest += chunk
+    assert rest == frame(1, b"HELLO\x00\xff\r\n\r\n") + frame(2, b"stdin closed\n")
