@@ -21,7 +21,7 @@ import h2.connection
 import h2.events
 import pytest
 
-from tests.e2e.conftest import REPO, docker, ok
+from tests.e2e.conftest import REPO, LineReader, docker, end, ok, popen_docker, wait_for
 from tests.rawhttp import Conn, connect
 
 pytestmark = pytest.mark.timeout(120)
@@ -358,3 +358,38 @@ def test_grpc_over_h2c_passes(engine, proxy):
         answers[label] = message
     assert b"moby" in answers["direct"]  # the daemon's one worker, named moby
     assert answers["proxy"] == answers["direct"]
+
+
+def fd_count(pid: int) -> int:
+    return len(os.listdir(f"/proc/{pid}/fd"))
+
+
+def fd_targets(pid: int) -> list[str]:
+    """What a process's descriptors point at, for a failure message."""
+    return sorted(os.readlink(f"/proc/{pid}/fd/{fd}") for fd in os.listdir(f"/proc/{pid}/fd"))
+
+
+@pytest.mark.timeout(120)
+def test_no_descriptors_leak_after_hijacks_and_abandoned_streams(engine, fresh_proxy, scratch):
+    """Hijacked sessions that end either way, and streams their clients walk away from, leave
+    the proxy with the descriptors it started with: every client and daemon connection closed."""
+    proc, host = fresh_proxy
+    baseline = fd_count(proc.pid)  # listening, before any client came
+    name = scratch.name("fds")
+    ok(docker(engine.host, "run", "-d", "--name", name, "busybox", "sh", "-c",
+              "while true; do echo tick; sleep 0.2; done"))
+    # Hijacks ended by the container's side and by stdin's end.
+    assert ok(docker(host, "exec", "-i", name, "cat", input=b"in\n")) == b"in\n"
+    assert ok(docker(host, "run", "--rm", "-i", "busybox", "cat", input=b"run\n")) == b"run\n"
+    # Streams and a hijack the client abandons midway.
+    for args in (("logs", "-f", name), ("events",), ("attach", "--sig-proxy=false", name)):
+        streaming = popen_docker(host, *args)
+        if args[0] == "events":
+            ok(docker(host, "pause", name))
+            ok(docker(host, "unpause", name))
+        reader = LineReader(streaming)
+        assert reader.readline(10) is not None, f"docker {args[0]} printed nothing"
+        end(streaming)
+    assert wait_for(lambda: fd_count(proc.pid) <= baseline, 10), (
+        f"{fd_count(proc.pid)} descriptors open, {baseline} before: {fd_targets(proc.pid)}"
+    )
