@@ -392,19 +392,28 @@ def _creates(targets: list[Target], socks: dict, cleanup: socket.socket, request
     return {name: statistics.median(values) for name, values in samples.items()}
 
 
+def at_least_one(value: str) -> int:
+    """A count of rounds: a ratio needs at least one measurement on each side."""
+    number = int(value)
+    if number < 1:
+        raise argparse.ArgumentTypeError(f"{value} is not a count of at least 1")
+    return number
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--docker-host", help="a running daemon (unix://...); default: throwaway")
-    parser.add_argument("--rounds", type=int, default=20, help="latency rounds (200 requests each)")
-    parser.add_argument("--transfer-rounds", type=int, default=3)
-    parser.add_argument("--size-mib", type=int, default=256)
+    parser.add_argument("--rounds", type=at_least_one, default=20,
+                        help="latency rounds (200 requests each)")
+    parser.add_argument("--transfer-rounds", type=at_least_one, default=3)
+    parser.add_argument("--size-mib", type=at_least_one, default=256)
     parser.add_argument("--no-haproxy", action="store_true")
     parser.add_argument("--no-floor", action="store_true",
                         help="latency: leave out the yardstick forwarders of bench/floor.py")
     parser.add_argument("--no-sleeper", action="store_true",
                         help="latency: leave out the Powerstrip started with --busy-poll 0 "
                              "and the HAProxy with busy-polling")
-    parser.add_argument("--hook-rounds", type=int, default=40)
+    parser.add_argument("--hook-rounds", type=at_least_one, default=40)
     parser.add_argument("--only", nargs="+", choices=["latency", "transfers", "hooks"],
                         default=["latency", "transfers", "hooks"], help="workloads to run")
     args = parser.parse_args()
