@@ -14,6 +14,7 @@ import pty
 import re
 import select
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -167,6 +168,33 @@ def proxy(engine: Engine) -> Iterator[ProxyProcess]:
 def targets(engine: Engine, proxy: ProxyProcess) -> dict[str, str]:
     """The same daemon reached two ways, in the order scenarios run: direct first, then proxied."""
     return {"direct": engine.host, "proxy": proxy.host}
+
+
+def rss_peak_mib(pid: int) -> float:
+    """A process's peak resident memory so far (VmHWM), in MiB."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    raise AssertionError("no VmHWM")
+
+
+@pytest.fixture
+def fresh_proxy(engine: Engine) -> Iterator[tuple[subprocess.Popen, str]]:
+    """A proxy of its own, with no hooks, so its peak memory and descriptors belong to one
+    test: its process and its ``DOCKER_HOST``."""
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "powerstrip", "serve", "--listen", "tcp://127.0.0.1:0",
+         "--upstream", engine.host],
+        stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, cwd="/",
+        env={**os.environ, "PYTHONPATH": str(REPO), "POWERSTRIP_CONFIG": ""},
+    )
+    line = proc.stdout.readline()
+    assert line.startswith("export DOCKER_HOST="), line
+    try:
+        yield proc, line.strip().split("=", 1)[1]
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(10) == 0
 
 
 # -- docker clients -----------------------------------------------------------------------

@@ -6,22 +6,24 @@ from __future__ import annotations
 import io
 import json
 import os
-import signal
 import socket
-import subprocess
-import sys
 import tarfile
-import tempfile
 import time
-from collections.abc import Iterator
-from pathlib import Path
 
 import h2.config
 import h2.connection
 import h2.events
 import pytest
 
-from tests.e2e.conftest import REPO, LineReader, docker, end, ok, popen_docker, wait_for
+from tests.e2e.conftest import (
+    LineReader,
+    docker,
+    end,
+    ok,
+    popen_docker,
+    rss_peak_mib,
+    wait_for,
+)
 from tests.rawhttp import Conn, connect
 
 pytestmark = pytest.mark.timeout(120)
@@ -139,31 +141,6 @@ def test_legacy_hijack_without_upgrade_header(engine, proxy, scratch, start_path
     out = reader.read_to_close()
     # Stream frames: 8-byte header then the payload.
     assert out[8:] == b"got:hello\n" and out[0] == 1
-
-
-def rss_peak_mib(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) / 1024
-    raise AssertionError("no VmHWM")
-
-
-@pytest.fixture
-def fresh_proxy(engine) -> Iterator[tuple[subprocess.Popen, str]]:
-    """A proxy of its own, so its peak memory belongs to one test."""
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "powerstrip", "serve", "--listen", "tcp://127.0.0.1:0",
-         "--upstream", engine.host],
-        stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, cwd=tempfile.gettempdir(),
-        env={**os.environ, "PYTHONPATH": str(REPO)},
-    )
-    line = proc.stdout.readline()
-    assert line.startswith("export DOCKER_HOST="), line
-    try:
-        yield proc, line.strip().split("=", 1)[1]
-    finally:
-        proc.send_signal(signal.SIGTERM)
-        assert proc.wait(10) == 0
 
 
 def test_large_bodies_stream_both_ways_in_bounded_memory(engine, fresh_proxy, scratch):
