@@ -444,6 +444,10 @@ def main() -> int:
             sleeper_targets = [Target("ps-sleeper", sleeper_host),
                                Target("sleeper-unix", f"unix://{workdir / 'sleeper.sock'}")]
         if not args.no_haproxy:
+            if shutil.which("haproxy") is None:
+                print("bench: no haproxy on PATH, so no HAProxy column "
+                      "(apt-get install haproxy to compare; --no-haproxy to say so)",
+                      file=sys.stderr)
             started = start_haproxy(host[len("unix://"):], workdir)
             if started is not None:
                 processes.append(started[0])
