@@ -55,21 +55,6 @@ DOCKER_CLI = (
 LEGACY_CLI = "/usr/bin/docker"
 
 
-def pytest_report_header(config: pytest.Config) -> list[str]:
-    """Which docker CLIs the e2e suite drives, so a machine without the current one shows it."""
-    lines = []
-    for label, cli in (("docker CLI", DOCKER_CLI), ("legacy docker CLI", LEGACY_CLI)):
-        try:
-            version = subprocess.run(
-                [cli, "version", "--format", "{{.Client.Version}}"], capture_output=True,
-                text=True, timeout=10, env={"DOCKER_HOST": "unix:///nonexistent"},
-            ).stdout.strip() or "unknown version"
-        except OSError as exc:
-            version = f"cannot run: {exc}"
-        lines.append(f"{label}: {cli} ({version})")
-    return lines
-
-
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     """Mark every test under tests/e2e with ``e2e``, so ``-m "not e2e"`` skips the slow suite."""
     # This hook sees the whole session's items, not just this directory's.
