@@ -46,6 +46,18 @@ class BodyKind(enum.Enum):
     CHUNKED = "chunked"
 
 
+def last_header(headers: list[tuple[bytes, bytes]], name: bytes) -> bytes | None:
+    """The last value of header ``name`` (case-insensitive) among ``headers``, or None. (Go's
+    ``Header.Get`` reads the first; requests that repeat a header where that matters are refused
+    before hooks see them, see ``plans.hidden_from_hooks``.)"""
+    name = name.lower()
+    found = None
+    for key, value in headers:
+        if key.lower() == name:
+            found = value
+    return found
+
+
 class RequestHead:
     """A parsed request head; ``raw`` is the head exactly as the client sent it."""
 
@@ -80,12 +92,7 @@ class RequestHead:
 
     def header(self, name: bytes) -> bytes | None:
         """Return the last value of header ``name`` (case-insensitive), or None."""
-        name = name.lower()
-        found = None
-        for key, value in self.headers:
-            if key.lower() == name:
-                found = value
-        return found
+        return last_header(self.headers, name)
 
     @property
     def path(self) -> bytes:
@@ -462,12 +469,7 @@ class ResponseHead:
 
     def header(self, name: bytes) -> bytes | None:
         """Return the last value of header ``name`` (case-insensitive), or None."""
-        name = name.lower()
-        found = None
-        for key, value in self.headers:
-            if key.lower() == name:
-                found = value
-        return found
+        return last_header(self.headers, name)
 
     @property
     def content_type(self) -> bytes | None:
