@@ -99,6 +99,22 @@ def answer_pings(conn: socket.socket) -> None:
             conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nOK")
 
 
+def answer_once(answer: bytes, *, delay: float = 0.0, close: bool = True
+                ) -> Callable[[socket.socket], None]:
+    """A daemon handler that reads one request, waits ``delay`` seconds, sends ``answer`` as it
+    is (nothing if empty), then hangs up if ``close``."""
+    def handle(conn: socket.socket) -> None:
+        conn.recv(65536)
+        if delay:
+            time.sleep(delay)
+        if answer:
+            conn.sendall(answer)
+        if close:
+            conn.close()
+
+    return handle
+
+
 def read_response(sock: socket.socket) -> tuple[bytes, bytes]:
     """The next response's status line with its headers, and its body."""
     response = Conn(sock=sock).read()
@@ -177,30 +193,16 @@ def test_client_abort_mid_stream_closes_the_daemon_connection(proxy_factory, tmp
 
 
 def test_daemon_disconnect_mid_stream_closes_the_client(proxy_factory, tmp_path):
-    def handle(conn: socket.socket) -> None:
-        conn.recv(65536)
-        conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 1000\r\n\r\npartial")
-        conn.close()
-
-    daemon = FakeDaemon(tmp_path / "d.sock", handle)
+    daemon = FakeDaemon(tmp_path / "d.sock", answer_once(
+        b"HTTP/1.1 200 OK\r\nContent-Length: 1000\r\n\r\npartial"))
     proxy = proxy_factory(daemon.host)
     sock = proxy.connect()
     sock.sendall(b"GET /containers/x/export HTTP/1.1\r\nHost: x\r\n\r\n")
-    received = b""
-    while True:
-        chunk = sock.recv(65536)
-        if not chunk:
-            break
-        received += chunk
-    assert received.endswith(b"partial")
+    assert Conn(sock=sock).read_to_close().endswith(b"partial")
 
 
 def test_daemon_closing_without_an_answer_is_a_502(proxy_factory, tmp_path):
-    def handle(conn: socket.socket) -> None:
-        conn.recv(65536)
-        conn.close()
-
-    daemon = FakeDaemon(tmp_path / "d.sock", handle)
+    daemon = FakeDaemon(tmp_path / "d.sock", answer_once(b""))
     proxy = proxy_factory(daemon.host)
     sock = proxy.connect()
     sock.sendall(b"GET /info HTTP/1.1\r\nHost: x\r\n\r\n")
@@ -267,12 +269,8 @@ def test_no_file_descriptors_leak_over_many_connections(proxy_factory, tmp_path)
 
 
 def test_sigterm_lets_an_open_request_finish_then_exits_0(proxy_factory, tmp_path):
-    def handle(conn: socket.socket) -> None:
-        conn.recv(65536)
-        time.sleep(1)
-        conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 4\r\n\r\nslow")
-
-    daemon = FakeDaemon(tmp_path / "d.sock", handle)
+    daemon = FakeDaemon(tmp_path / "d.sock", answer_once(
+        b"HTTP/1.1 200 OK\r\nContent-Length: 4\r\n\r\nslow", delay=1, close=False))
     proxy = proxy_factory(daemon.host)
     idle = proxy.connect()
     busy = proxy.connect()
@@ -329,12 +327,8 @@ def test_busy_poll_from_the_command_line_wins_over_a_bad_environment_value(tmp_p
 
 
 def test_connection_close_from_the_daemon_reaches_the_client(proxy_factory, tmp_path):
-    def handle(conn: socket.socket) -> None:
-        conn.recv(65536)
-        conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\nOK")
-        conn.close()
-
-    daemon = FakeDaemon(tmp_path / "d.sock", handle)
+    daemon = FakeDaemon(tmp_path / "d.sock", answer_once(
+        b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\nOK"))
     proxy = proxy_factory(daemon.host)
     sock = proxy.connect()
     sock.sendall(b"GET /_ping HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
@@ -380,12 +374,8 @@ def _unix(path: Path) -> socket.socket:
 def test_sigint_lets_an_open_request_finish_then_exits_0(tmp_path, inherited):
     """``kill -INT`` stops the proxy as SIGTERM does, even when it was started with SIGINT
     ignored, as a shell's ``powerstrip serve &`` starts it."""
-    def handle(conn: socket.socket) -> None:
-        conn.recv(65536)
-        time.sleep(1)
-        conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 4\r\n\r\nslow")
-
-    daemon = FakeDaemon(tmp_path / "d.sock", handle)
+    daemon = FakeDaemon(tmp_path / "d.sock", answer_once(
+        b"HTTP/1.1 200 OK\r\nContent-Length: 4\r\n\r\nslow", delay=1, close=False))
     ignore = (lambda: signal.signal(signal.SIGINT, signal.SIG_IGN)) if inherited == "ignored" \
         else None
     proc = subprocess.Popen(
