@@ -14,6 +14,8 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from twisted.internet.address import IPv4Address, IPv6Address, UNIXAddress
+
 from powerstrip.addresses import Address, AddressError, parse_address, server_description
 
 log = logging.getLogger("powerstrip")
@@ -29,6 +31,23 @@ SHUTDOWN_GRACE = 5.0
 
 class UsageError(Exception):
     """A command-line or environment setting that cannot be used; the message says why."""
+
+
+def docker_host_line(address: Address, bound: object) -> str:
+    """What a docker client needs to reach the listener ``address``, now bound at ``bound``
+    (the port's ``getHost()``), as shell assignments: ``DOCKER_HOST=...``, and
+    ``DOCKER_TLS_VERIFY=1`` for a TLS listener (``ssl:``), which the CLI otherwise speaks
+    plain HTTP to. Port 0 and Twisted descriptions are named by what was actually bound."""
+    if isinstance(bound, IPv4Address | IPv6Address):
+        host = address.host if address.kind == "tcp" else bound.host
+        line = f"DOCKER_HOST={Address('tcp', host=host, port=bound.port).docker_host}"
+        if address.kind == "endpoint" and address.description.startswith("ssl:"):
+            line += " DOCKER_TLS_VERIFY=1"
+        return line
+    if isinstance(bound, UNIXAddress) and bound.name:
+        name = bound.name.decode() if isinstance(bound.name, bytes) else bound.name
+        return f"DOCKER_HOST=unix://{name}"
+    return f"DOCKER_HOST={address.docker_host}"
 
 
 def resolve_config(explicit: str | None) -> Path | None:
@@ -105,6 +124,7 @@ def serve(args: argparse.Namespace) -> int:
     from twisted.internet.endpoints import serverFromString
 
     from powerstrip.proxy import ProxyFactory
+    from powerstrip.tls import allow_half_close
 
     listen_values = args.listen or [
         item for item in os.environ.get("POWERSTRIP_LISTEN", DEFAULT_LISTEN).split(",") if item
@@ -142,6 +162,7 @@ def serve(args: argparse.Namespace) -> int:
         try:
             for address in listens:
                 port = yield serverFromString(reactor, server_description(address)).listen(factory)
+                allow_half_close(port)
                 ports.append(port)
                 if address.kind == "unix" and group_id is not None:
                     os.chown(address.path, -1, group_id)
@@ -150,12 +171,9 @@ def serve(args: argparse.Namespace) -> int:
             exit_code[0] = 1
             reactor.stop()
             return
-        first = listens[0]
-        if first.kind == "tcp":
-            first = Address("tcp", host=first.host, port=ports[0].getHost().port)
         log.info("forwarding to %s", upstream)
         hooks.watch()
-        print(f"export DOCKER_HOST={first.docker_host}", flush=True)
+        print(f"export {docker_host_line(listens[0], ports[0].getHost())}", flush=True)
 
     @defer.inlineCallbacks
     def stop() -> defer.Generator:

@@ -754,9 +754,11 @@ def send(transport: interfaces.ITransport, data: bytes) -> None:
     rest of the proxy's work, so when the transport's buffer is empty the bytes go straight to
     the socket and only what the kernel did not take is queued.
     """
-    sock = getattr(transport, "socket", None)
+    # Only a plain socket transport: a TLS transport (a protocol wrapper) answers
+    # ``.socket`` with the raw socket beneath it, and bytes sent there would bypass the
+    # encryption.
     if (
-        sock is None
+        not isinstance(transport, tcp.Connection)
         or transport.dataBuffer
         or transport._tempDataBuffer
         or not transport.connected
@@ -765,7 +767,7 @@ def send(transport: interfaces.ITransport, data: bytes) -> None:
         transport.write(data)
         return
     try:
-        sent = sock.send(data)
+        sent = transport.socket.send(data)
     except BlockingIOError:
         sent = 0
     except OSError:

@@ -9,6 +9,7 @@ import json
 import os
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import threading
@@ -19,6 +20,7 @@ from pathlib import Path
 import pytest
 
 from tests.rawhttp import Conn
+from tests.tlscerts import make_certs, ssl_listen
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -27,7 +29,8 @@ class Proxy:
     def __init__(self, proc: subprocess.Popen, host: str) -> None:
         self.proc = proc
         self.host = host
-        self.port = int(host.rsplit(":", 1)[1]) if host.startswith("tcp://") else 0
+        address = host.split(" ", 1)[0]  # a TLS listener's line goes on: DOCKER_TLS_VERIFY=1
+        self.port = int(address.rsplit(":", 1)[1]) if address.startswith("tcp://") else 0
 
     def connect(self) -> socket.socket:
         return socket.create_connection(("127.0.0.1", self.port), timeout=10)
@@ -671,3 +674,22 @@ def test_multiplexed_stream_upgrade_passes_raw_with_its_half_close(proxy_factory
     while chunk := sock.recv(65536):
         rest += chunk
     assert rest == frame(1, b"HELLO\x00\xff\r\n\r\n") + frame(2, b"stdin closed\n")
+
+
+def test_tls_listener_encrypts_every_answer_and_prints_what_the_cli_needs(proxy_factory, tmp_path):
+    """An ``ssl:`` listener: the printed line carries the bound port and DOCKER_TLS_VERIFY=1,
+    and answers on a keep-alive connection go through TLS — none written to the socket
+    beneath it in the clear."""
+    certs = make_certs(tmp_path)
+    daemon = FakeDaemon(tmp_path / "d.sock", answer_pings)
+    proxy = proxy_factory(daemon.host, listen=ssl_listen(certs))
+    address, _, flags = proxy.host.partition(" ")
+    assert flags == "DOCKER_TLS_VERIFY=1"
+    port = int(address.rsplit(":", 1)[1])
+    assert address == f"tcp://127.0.0.1:{port}" and port != 0
+    context = ssl.create_default_context(cafile=str(certs / "ca.pem"))
+    with context.wrap_socket(socket.create_connection(("127.0.0.1", port), timeout=10),
+                             server_hostname="127.0.0.1") as sock:
+        for _ in range(3):
+            sock.sendall(b"GET /_ping HTTP/1.1\r\nHost: x\r\n\r\n")
+            assert read_response(sock)[1] == b"OK"

@@ -1,0 +1,77 @@
+"""TLS listeners whose connections can be half-closed, as the Docker API's hijacked streams need.
+
+A docker client ends the stdin of ``docker run``, ``attach`` or ``exec`` by closing its writing
+side; over TLS, Go's ``tls.Conn.CloseWrite`` does that with a close_notify alert and keeps
+reading the container's output. Twisted's TLS layer takes a close_notify as the end of the whole
+connection, which would cut that output off. ``HalfCloseableTLS`` passes a close_notify on as
+``readConnectionLost`` to a protocol that can take a half-close, and sends its own close_notify
+on ``loseWriteConnection``; the TCP connection ends when both sides have sent theirs.
+"""
+
+from __future__ import annotations
+
+from OpenSSL.SSL import Error, WantReadError, ZeroReturnError
+from twisted.internet.interfaces import IHalfCloseableProtocol, IListeningPort
+from twisted.protocols.policies import ProtocolWrapper
+from twisted.protocols.tls import TLSMemoryBIOFactory, TLSMemoryBIOProtocol
+from twisted.python.failure import Failure
+
+#: What one ``recv`` from the TLS connection may return, as Twisted's own TLS layer reads.
+_READ_SIZE = 2**15
+
+
+class HalfCloseableTLS(TLSMemoryBIOProtocol):
+    """Twisted's TLS protocol, with a close_notify in each direction taken as a half-close."""
+
+    _read_closed = False
+    _write_closed = False
+
+    def _flushReceiveBIO(self) -> None:  # noqa: N802 - Twisted's name
+        if self._read_closed:
+            self._flushSendBIO()
+            return
+        while not self._lostTLSConnection:
+            try:
+                data = self._tlsConnection.recv(_READ_SIZE)
+            except WantReadError:
+                break
+            except ZeroReturnError:
+                if (not self._write_closed and not self.disconnecting
+                        and IHalfCloseableProtocol.providedBy(self.wrappedProtocol)):
+                    # The peer is done writing, not reading: say so, and keep the connection.
+                    self._read_closed = True
+                    self._flushSendBIO()
+                    self.wrappedProtocol.readConnectionLost()
+                    return
+                # Both sides have now sent close_notify (or the protocol wants the whole
+                # connection to end): Twisted's own ending.
+                self._shutdownTLS()
+                self._tlsShutdownFinished(None)
+            except Error:
+                self._tlsShutdownFinished(Failure())
+            else:
+                if not self._aborted:
+                    ProtocolWrapper.dataReceived(self, data)
+        self._flushSendBIO()
+
+    def loseWriteConnection(self) -> None:  # noqa: N802 - Twisted's name
+        """Send close_notify once what was written has gone; keep reading the peer's data."""
+        if self._write_closed or self.disconnecting or not self.connected:
+            return
+        if not self._handshakeDone or self._appSendBuffer:
+            # Writes still wait on the handshake: a close_notify cannot overtake them, and an
+            # ending before the handshake is no half-close. End the whole connection cleanly.
+            self.loseConnection()
+            return
+        self._write_closed = True
+        # Sends our close_notify; when the peer's has already come, shutdown() completes and
+        # Twisted closes the TCP connection.
+        self._shutdownTLS()
+
+
+def allow_half_close(port: IListeningPort) -> None:
+    """Make the TLS connections that ``port`` accepts from now on ``HalfCloseableTLS``; a port
+    without TLS is left as it is."""
+    factory = getattr(port, "factory", None)
+    if isinstance(factory, TLSMemoryBIOFactory):
+        factory.protocol = HalfCloseableTLS

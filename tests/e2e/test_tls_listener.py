@@ -1,0 +1,73 @@
+"""The docker CLI through a TLS listener (``--listen ssl:...``), as through a daemon's own
+``--tlsverify`` port: it verifies the proxy's certificate against ``DOCKER_CERT_PATH/ca.pem``,
+and ends stdin with TLS's close_notify, which must end only stdin, not the output after it."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+from collections.abc import Iterator
+
+import pytest
+
+from tests.e2e.conftest import REPO, docker, ok
+from tests.tlscerts import make_certs, ssl_listen
+
+pytestmark = pytest.mark.timeout(120)
+
+
+@pytest.fixture
+def tls_proxy(engine, tmp_path) -> Iterator[dict[str, str]]:
+    """A proxy with a TLS listener; the environment the printed line gives a docker client."""
+    certs = make_certs(tmp_path)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "powerstrip", "serve", "--listen", ssl_listen(certs),
+         "--upstream", engine.host],
+        stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, cwd="/",
+        env={**os.environ, "PYTHONPATH": str(REPO), "POWERSTRIP_CONFIG": ""},
+    )
+    line = proc.stdout.readline().strip()
+    try:
+        assert line.startswith("export DOCKER_HOST=tcp://127.0.0.1:"), line
+        env = dict(word.split("=", 1) for word in line[len("export "):].split())
+        assert env.pop("DOCKER_TLS_VERIFY") == "1", line
+        env["DOCKER_CERT_PATH"] = str(certs)
+        yield env
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(10) == 0
+
+
+def tls(env: dict[str, str], *args: str, **kwargs) -> subprocess.CompletedProcess[bytes]:
+    """The docker CLI over TLS, verifying the proxy's certificate."""
+    return docker(env["DOCKER_HOST"], *args,
+                  env_extra={"DOCKER_TLS_VERIFY": "1", "DOCKER_CERT_PATH": env["DOCKER_CERT_PATH"]},
+                  **kwargs)
+
+
+def test_docker_cli_through_a_tls_listener(tls_proxy, engine, scratch):
+    assert ok(tls(tls_proxy, "version", "--format", "{{.Server.Version}}")) == \
+        ok(docker(engine.host, "version", "--format", "{{.Server.Version}}"))
+    # No stdin: the CLI closes its writing side at once, and the output still arrives.
+    result = tls(tls_proxy, "run", "--rm", "busybox", "sh", "-c", "echo out; echo err >&2; exit 3")
+    assert (result.returncode, result.stdout, result.stderr) == (3, b"out\n", b"err\n")
+    # stdin ends with a close_notify; wc answers after it.
+    lines = b"".join(b"%d\n" % i for i in range(100_000))
+    assert ok(tls(tls_proxy, "run", "--rm", "-i", "busybox", "wc", "-l", input=lines)).strip() \
+        == b"100000"
+    name = scratch.name("tls")
+    ok(docker(engine.host, "run", "-d", "--name", name, "busybox", "sleep", "300"))
+    assert ok(tls(tls_proxy, "exec", "-i", name, "cat", input=b"through tls\n")) == \
+        b"through tls\n"
+
+
+def test_a_client_that_does_not_trust_the_certificate_is_refused(tls_proxy, tmp_path):
+    other = tmp_path / "other"
+    other.mkdir()
+    make_certs(other)  # another authority's ca.pem
+    result = docker(tls_proxy["DOCKER_HOST"], "version",
+                    env_extra={"DOCKER_TLS_VERIFY": "1", "DOCKER_CERT_PATH": str(other)})
+    assert result.returncode != 0
+    assert b"certificate" in result.stderr, result.stderr
