@@ -693,3 +693,78 @@ def test_tls_listener_encrypts_every_answer_and_prints_what_the_cli_needs(proxy_
         for _ in range(3):
             sock.sendall(b"GET /_ping HTTP/1.1\r\nHost: x\r\n\r\n")
             assert read_response(sock)[1] == b"OK"
+
+
+def _peak_rss_mib(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    raise AssertionError("no VmHWM")
+
+
+@pytest.mark.parametrize("framing", ["content-length", "chunked"])
+def test_a_daemon_that_stops_reading_holds_the_client_back(proxy_factory, tmp_path, framing):
+    """Request-body backpressure, forced: the daemon reads 4 MiB of a 200 MiB body and then
+    nothing for a while. The client's sending must stall within a bounded window instead of the
+    proxy taking the body into memory; once the daemon reads again, every byte arrives."""
+    mib = 1 << 20
+    block = os.urandom(mib)
+    chunk = b"%x\r\n%s\r\n" % (mib, block)
+    body_size = 200 * mib
+    wire_body = body_size if framing == "content-length" else 200 * len(chunk) + 5
+    stalled, release, answered = threading.Event(), threading.Event(), threading.Event()
+    received = [0]
+
+    def handle(conn: socket.socket) -> None:
+        with conn:
+            head = b""
+            while b"\r\n\r\n" not in head:
+                head += conn.recv(65536)
+            got = len(head) - head.index(b"\r\n\r\n") - 4
+            while got < 4 * mib:
+                got += len(conn.recv(65536))
+            stalled.set()
+            release.wait(20)
+            while got < wire_body:
+                data = conn.recv(1 << 18)
+                if not data:
+                    break
+                got += len(data)
+            received[0] = got
+            conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nOK")
+            answered.set()
+
+    daemon = FakeDaemon(tmp_path / "d.sock", handle)
+    proxy = proxy_factory(daemon.host)
+    sock = proxy.connect()
+    length = (f"Content-Length: {body_size}" if framing == "content-length"
+              else "Transfer-Encoding: chunked")
+    sock.sendall(f"POST /v1.41/images/load HTTP/1.1\r\nHost: x\r\n"
+                 f"Content-Type: application/x-tar\r\n{length}\r\n\r\n".encode())
+    sent = [0]
+
+    def send_body() -> None:
+        piece = block if framing == "content-length" else chunk
+        for _ in range(200):
+            sock.sendall(piece)
+            sent[0] += len(piece)
+        if framing == "chunked":
+            sock.sendall(b"0\r\n\r\n")
+            sent[0] += 5
+
+    sender = threading.Thread(target=send_body, daemon=True)
+    sender.start()
+    assert stalled.wait(10), "the daemon never got its first 4 MiB"
+    time.sleep(2)
+    before = sent[0]
+    time.sleep(1)
+    assert sent[0] == before, "the client kept sending while the daemon read nothing"
+    assert before < 64 * mib, f"{before / mib:.0f} MiB taken in while the daemon read nothing"
+    release.set()
+    sender.join(30)
+    assert not sender.is_alive() and sent[0] == wire_body
+    assert answered.wait(30)
+    assert read_response(sock)[1] == b"OK"
+    assert received[0] == wire_body
+    peak = _peak_rss_mib(proxy.proc.pid)
+    assert peak < 100, f"the proxy's peak RSS was {peak:.1f} MiB"
