@@ -300,14 +300,18 @@ def test_logs_byte_exact(targets, scratch):
 def test_logs_follow_streams(targets, scratch):
     for host in targets.values():
         name = scratch.name("follow")
-        running_container(targets["direct"], name, "echo first-line; sleep 120; echo never")
+        running_container(targets["direct"], name,
+                          "echo first-line; sleep 3; echo later-line; sleep 120; echo never")
         follow = popen_docker(host, "logs", "-f", name)
         try:
             started = time.monotonic()
-            line = LineReader(follow).readline(timeout=2.0)
+            reader = LineReader(follow)
+            line = reader.readline(timeout=2.0)
             assert line == b"first-line\n", (
                 f"no first line within 2 s (after {time.monotonic() - started:.2f} s): "
                 f"{follow.stderr.read1() if follow.poll() is not None else b'(still running)'}")
+            # A line written after the CLI began following comes as the container writes it.
+            assert reader.readline(timeout=6.0) == b"later-line\n"
             assert follow.poll() is None
             assert inspect(targets["direct"], name, "{{.State.Running}}") == "true"
         finally:

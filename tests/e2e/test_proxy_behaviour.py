@@ -143,6 +143,32 @@ def test_legacy_hijack_without_upgrade_header(engine, proxy, scratch, start_path
     assert out[8:] == b"got:hello\n" and out[0] == 1
 
 
+def test_legacy_attach_without_upgrade_header(engine, proxy, scratch):
+    """Old clients attach without Upgrade too: 200, a raw stream, stdin in and the output out,
+    and the client's half-close ends the container's stdin."""
+    name = scratch.name("legacy-attach")
+    ok(docker(engine.host, "create", "-i", "--name", name, "busybox", "sh", "-c",
+              "while read line; do echo got:$line; done; echo stdin-ended"))
+    sock = connect(proxy.host)
+    sock.sendall(f"POST /v1.41/containers/{name}/attach?stream=1&stdin=1&stdout=1&stderr=1 "
+                 "HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n".encode())
+    reader = Conn(sock=sock)
+    head = reader.read(head_only=True)
+    assert head.status == 200
+    assert head.header("content-type") == "application/vnd.docker.raw-stream"
+    ok(docker(engine.host, "start", name))
+    sock.sendall(b"one\ntwo\n")
+    sock.shutdown(socket.SHUT_WR)
+    out = reader.read_to_close()
+    frames, rest = [], out
+    while rest:
+        size = int.from_bytes(rest[4:8], "big")
+        frames.append((rest[0], rest[8:8 + size]))
+        rest = rest[8 + size:]
+    assert {stream for stream, _ in frames} == {1}
+    assert b"".join(data for _, data in frames) == b"got:one\ngot:two\nstdin-ended\n"
+
+
 def test_large_bodies_stream_both_ways_in_bounded_memory(engine, fresh_proxy, scratch):
     """300 MiB into a container and back out through the proxy; its memory stays small."""
     proc, host = fresh_proxy
