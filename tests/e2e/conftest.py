@@ -9,6 +9,7 @@ passing one.
 from __future__ import annotations
 
 import atexit
+import contextlib
 import os
 import pty
 import re
@@ -163,23 +164,33 @@ def rss_peak_mib(pid: int) -> float:
     raise AssertionError("no VmHWM")
 
 
+@contextlib.contextmanager
+def serving(upstream: str, listen: str = "tcp://127.0.0.1:0"
+            ) -> Iterator[tuple[subprocess.Popen, str]]:
+    """A ``powerstrip serve`` process of its own, with no hooks: the process and what its
+    printed line assigns (``DOCKER_HOST=...`` and, for TLS, ``DOCKER_TLS_VERIFY=1``). It must
+    exit 0 on SIGTERM at the end."""
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "powerstrip", "serve", "--listen", listen,
+         "--upstream", upstream],
+        stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, cwd="/",
+        env={**os.environ, "PYTHONPATH": str(REPO), "POWERSTRIP_CONFIG": ""},
+    )
+    try:
+        line = proc.stdout.readline().strip()
+        assert line.startswith("export DOCKER_HOST="), line
+        yield proc, line[len("export "):]
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(10) == 0
+
+
 @pytest.fixture
 def fresh_proxy(engine: Engine) -> Iterator[tuple[subprocess.Popen, str]]:
     """A proxy of its own, with no hooks, so its peak memory and descriptors belong to one
     test: its process and its ``DOCKER_HOST``."""
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "powerstrip", "serve", "--listen", "tcp://127.0.0.1:0",
-         "--upstream", engine.host],
-        stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, cwd="/",
-        env={**os.environ, "PYTHONPATH": str(REPO), "POWERSTRIP_CONFIG": ""},
-    )
-    line = proc.stdout.readline()
-    assert line.startswith("export DOCKER_HOST="), line
-    try:
-        yield proc, line.strip().split("=", 1)[1]
-    finally:
-        proc.send_signal(signal.SIGTERM)
-        assert proc.wait(10) == 0
+    with serving(engine.host) as (proc, assignments):
+        yield proc, assignments.split("=", 1)[1]
 
 
 # -- docker clients -----------------------------------------------------------------------

@@ -9,15 +9,12 @@ has been seen to hang under heavy load, for a reason not yet found (see the READ
 
 from __future__ import annotations
 
-import os
-import signal
 import subprocess
-import sys
 from collections.abc import Iterator
 
 import pytest
 
-from tests.e2e.conftest import REPO, docker, ok
+from tests.e2e.conftest import docker, ok, serving
 from tests.tlscerts import make_certs, ssl_listen
 
 pytestmark = pytest.mark.timeout(120)
@@ -27,22 +24,12 @@ pytestmark = pytest.mark.timeout(120)
 def tls_proxy(engine, tmp_path) -> Iterator[dict[str, str]]:
     """A proxy with a TLS listener; the environment the printed line gives a docker client."""
     certs = make_certs(tmp_path)
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "powerstrip", "serve", "--listen", ssl_listen(certs),
-         "--upstream", engine.host],
-        stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, cwd="/",
-        env={**os.environ, "PYTHONPATH": str(REPO), "POWERSTRIP_CONFIG": ""},
-    )
-    line = proc.stdout.readline().strip()
-    try:
-        assert line.startswith("export DOCKER_HOST=tcp://127.0.0.1:"), line
-        env = dict(word.split("=", 1) for word in line[len("export "):].split())
-        assert env.pop("DOCKER_TLS_VERIFY") == "1", line
+    with serving(engine.host, ssl_listen(certs)) as (_, assignments):
+        assert assignments.startswith("DOCKER_HOST=tcp://127.0.0.1:"), assignments
+        env = dict(word.split("=", 1) for word in assignments.split())
+        assert env.pop("DOCKER_TLS_VERIFY") == "1", assignments
         env["DOCKER_CERT_PATH"] = str(certs)
         yield env
-    finally:
-        proc.send_signal(signal.SIGTERM)
-        assert proc.wait(10) == 0
 
 
 def tls(env: dict[str, str], *args: str, **kwargs) -> subprocess.CompletedProcess[bytes]:

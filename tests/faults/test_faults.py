@@ -19,6 +19,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.e2e.conftest import rss_peak_mib
 from tests.rawhttp import Conn
 from tests.tlscerts import make_certs, ssl_listen
 
@@ -695,13 +696,6 @@ def test_tls_listener_encrypts_every_answer_and_prints_what_the_cli_needs(proxy_
             assert read_response(sock)[1] == b"OK"
 
 
-def _peak_rss_mib(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) / 1024
-    raise AssertionError("no VmHWM")
-
-
 @pytest.mark.parametrize("framing", ["content-length", "chunked"])
 def test_a_daemon_that_stops_reading_holds_the_client_back(proxy_factory, tmp_path, framing):
     """Request-body backpressure, forced: the daemon reads 4 MiB of a 200 MiB body and then
@@ -766,5 +760,5 @@ def test_a_daemon_that_stops_reading_holds_the_client_back(proxy_factory, tmp_pa
     assert answered.wait(30)
     assert read_response(sock)[1] == b"OK"
     assert received[0] == wire_body
-    peak = _peak_rss_mib(proxy.proc.pid)
+    peak = rss_peak_mib(proxy.proc.pid)
     assert peak < 100, f"the proxy's peak RSS was {peak:.1f} MiB"
