@@ -54,9 +54,9 @@ from urllib.parse import unquote
 from twisted.internet import defer
 
 from powerstrip.adapter import Adapter, Refuse, Request, Response
-from powerstrip.addresses import AddressError, parse_address
-from powerstrip.engine_api import EngineClient, EngineError
-from powerstrip.gojson import go_fold_equal, go_keys, go_value
+from powerstrip.kit.engine_api import EngineClient, EngineError
+from powerstrip.kit.gojson import go_fold_equal, go_keys, go_value
+from powerstrip.proxy.addresses import AddressError, parse_address
 
 __all__ = [
     "BadCidr",

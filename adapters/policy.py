@@ -35,7 +35,8 @@ from urllib.parse import parse_qs
 import yaml
 
 from powerstrip.adapter import Adapter, Refuse, Request
-from powerstrip.gojson import (
+from powerstrip.hooks.matching import clean_path
+from powerstrip.kit.gojson import (
     ANY,
     BOOL,
     STRING,
@@ -49,7 +50,6 @@ from powerstrip.gojson import (
     go_decode,
     go_fold_equal,
 )
-from powerstrip.matching import clean_path
 
 __all__ = [
     "ANY", "BOOL", "CREATE_BODY", "EXEC_BODY", "HOST_CONFIG", "MOUNT", "STRING", "STRSLICE",

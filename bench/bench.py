@@ -42,7 +42,7 @@ import uuid
 from collections.abc import Callable
 from pathlib import Path
 
-from powerstrip import engine as engine_mod
+from powerstrip_dev import engine as engine_mod
 
 DOCKER = shutil.which("docker") or "/usr/local/bin/docker"
 

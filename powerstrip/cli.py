@@ -16,7 +16,7 @@ from pathlib import Path
 
 from twisted.internet.address import IPv4Address, IPv6Address, UNIXAddress
 
-from powerstrip.addresses import Address, AddressError, parse_address, server_description
+from powerstrip.proxy.addresses import Address, AddressError, parse_address, server_description
 
 log = logging.getLogger("powerstrip")
 
@@ -117,14 +117,14 @@ def serve(args: argparse.Namespace) -> int:
         else os.environ.get("POWERSTRIP_BUSY_POLL") or DEFAULT_BUSY_POLL
     )
     if "twisted.internet.reactor" not in sys.modules:
-        from powerstrip.reactor import install
+        from powerstrip.proxy.reactor import install
 
         install(busy_poll)
     from twisted.internet import defer, reactor
     from twisted.internet.endpoints import serverFromString
 
-    from powerstrip.proxy import ProxyFactory
-    from powerstrip.tls import allow_half_close
+    from powerstrip.proxy.connection import ProxyFactory
+    from powerstrip.proxy.tls import allow_half_close
 
     listen_values = args.listen or [
         item for item in os.environ.get("POWERSTRIP_LISTEN", DEFAULT_LISTEN).split(",") if item
@@ -134,8 +134,8 @@ def serve(args: argparse.Namespace) -> int:
         [args.upstream or os.environ.get("POWERSTRIP_UPSTREAM", DEFAULT_UPSTREAM)], "--upstream"
     )
     config_path = resolve_config(args.config or os.environ.get("POWERSTRIP_CONFIG"))
-    from powerstrip.config import ConfigError
-    from powerstrip.live import LiveConfig, describe
+    from powerstrip.hooks.config import ConfigError
+    from powerstrip.hooks.live import LiveConfig, describe
 
     try:
         hooks = LiveConfig.from_file(reactor, config_path)
@@ -194,8 +194,8 @@ def serve(args: argparse.Namespace) -> int:
 
 def check(args: argparse.Namespace) -> int:
     """Validate the configuration file; print every error with its file and line."""
-    from powerstrip.config import ConfigError, load_config
-    from powerstrip.live import stream_warnings
+    from powerstrip.hooks.config import ConfigError, load_config
+    from powerstrip.hooks.live import stream_warnings
 
     path = resolve_config(args.config or os.environ.get("POWERSTRIP_CONFIG"))
     if path is None:
@@ -260,15 +260,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv[:1] == ["engine"]:
         # The engine has its own parser; hand it everything, --help included.
-        from powerstrip import engine
+        from powerstrip_dev import engine
 
         return engine.main(argv[1:])
     if argv[:1] == ["demo"]:
-        from powerstrip import demo
+        from powerstrip_dev import demo
 
         return demo.main(argv[1:])
     if argv[:1] == ["run"]:
-        from powerstrip import rig
+        from powerstrip_dev import rig
 
         return rig.main(argv[1:])
     args = build_parser().parse_args(argv)

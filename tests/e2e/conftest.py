@@ -27,7 +27,6 @@ from pathlib import Path
 
 import pytest
 
-from powerstrip.engine import Engine
 from powerstrip.testing import (  # noqa: F401 - fixtures and helpers the e2e tests import
     AdapterProcess,
     ProxyProcess,
@@ -41,6 +40,7 @@ from powerstrip.testing import (  # noqa: F401 - fixtures and helpers the e2e te
     stop_process,
     stop_proxy,
 )
+from powerstrip_dev.engine import Engine
 
 REPO = Path(__file__).resolve().parents[2]
 HERE = Path(__file__).resolve().parent

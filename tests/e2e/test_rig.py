@@ -12,19 +12,19 @@ from pathlib import Path
 
 import pytest
 
-from powerstrip.processes import ServiceError, start_service
+from powerstrip_dev.processes import ServiceError, start_service
 from tests.e2e.conftest import REPO, docker, ok, unique
 
 
 @pytest.mark.timeout(120)
 def test_run_command_chains_the_example_adapters(engine) -> None:
-    """``python -m powerstrip.rig`` in front of an engine: the adapters of powerstrip.yml start,
+    """``python -m powerstrip_dev.rig`` in front of an engine: the adapters of powerstrip.yml start,
     a create goes through volumes, network and policy, and SIGTERM stops it all cleanly."""
     rundir = Path(tempfile.mkdtemp(prefix="ps-rig-"))
     try:
         rig = start_service(
             "rig",
-            [sys.executable, "-m", "powerstrip.rig", "--listen", "tcp://127.0.0.1:0",
+            [sys.executable, "-m", "powerstrip_dev.rig", "--listen", "tcp://127.0.0.1:0",
              "--upstream", engine.host, "--run-dir", str(rundir)],
             rundir, prefix="export DOCKER_HOST=", timeout=60, cwd=REPO,
         )
@@ -67,7 +67,7 @@ def test_run_command_starts_a_throwaway_engine_when_no_daemon_answers() -> None:
     try:
         rig = start_service(
             "rig",
-            [sys.executable, "-m", "powerstrip.rig", "--listen", "tcp://127.0.0.1:0",
+            [sys.executable, "-m", "powerstrip_dev.rig", "--listen", "tcp://127.0.0.1:0",
              "--upstream", f"unix://{missing}", "--run-dir", str(rundir)],
             rundir, prefix="export DOCKER_HOST=", timeout=120, cwd=REPO,
         )
@@ -91,7 +91,7 @@ def test_run_command_starts_a_throwaway_engine_when_no_daemon_answers() -> None:
         assert pid and (not Path(f"/proc/{pid}").exists() or b"dockerd" not in Path(
             f"/proc/{pid}/cmdline").read_bytes()), log
     finally:
-        subprocess.run([sys.executable, "-m", "powerstrip.engine", "stop", "--root",
+        subprocess.run([sys.executable, "-m", "powerstrip_dev.engine", "stop", "--root",
                         str(rundir / "engine"), "--remove"], cwd=REPO, check=False,
                        capture_output=True)
         shutil.rmtree(rundir, ignore_errors=True)

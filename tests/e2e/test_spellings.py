@@ -18,8 +18,8 @@ from urllib.parse import quote
 
 import pytest
 
-from powerstrip.engine import Engine
-from powerstrip.matching import Matcher, SpellingError, canonical_path, split_version
+from powerstrip.hooks.matching import Matcher, SpellingError, canonical_path, split_version
+from powerstrip_dev.engine import Engine
 from tests.rawhttp import Response, call
 
 API = "1.41"

@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 
-from powerstrip.engine import Engine
+from powerstrip_dev.engine import Engine
 from tests.e2e.conftest import (
     REPO,
     AdapterProcess,

@@ -14,7 +14,7 @@ import pytest
 from twisted.internet import defer
 
 from powerstrip.adapter import Adapter, Refuse, Request, Response
-from powerstrip.wire import (
+from powerstrip.hooks.wire import (
     ClientRequest,
     ServerResponse,
     parse_post_hook_answer,

@@ -8,13 +8,13 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from powerstrip.addresses import (
+from powerstrip.core.errors import error_response
+from powerstrip.proxy.addresses import (
     AddressError,
     client_description,
     parse_address,
     server_description,
 )
-from powerstrip.errors import error_response
 
 
 @pytest.mark.parametrize(

@@ -6,8 +6,8 @@ from __future__ import annotations
 import pytest
 from twisted.internet.address import IPv4Address, IPv6Address, UNIXAddress
 
-from powerstrip.addresses import parse_address
 from powerstrip.cli import LONGEST_BUSY_POLL, UsageError, busy_poll_seconds, docker_host_line
+from powerstrip.proxy.addresses import parse_address
 
 
 @pytest.mark.parametrize(("value", "seconds"), [("0", 0.0), ("200", 0.0002),

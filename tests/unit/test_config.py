@@ -15,7 +15,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from yaml.nodes import MappingNode
 
-from powerstrip.config import (
+from powerstrip.hooks.config import (
     DEFAULT_MAX_BODY,
     DEFAULT_TIMEOUT,
     EMPTY,

@@ -11,8 +11,8 @@ from types import ModuleType
 
 import pytest
 
+from powerstrip.hooks.wire import ClientRequest, pre_hook_call
 from powerstrip.testing import call_post, call_pre
-from powerstrip.wire import ClientRequest, pre_hook_call
 
 DEBUG = Path(__file__).resolve().parents[2] / "adapters" / "debug.py"
 

@@ -1,4 +1,4 @@
-"""The parts of powerstrip.engine that need no Docker daemon."""
+"""The parts of powerstrip_dev.engine that need no Docker daemon."""
 
 from __future__ import annotations
 
@@ -16,8 +16,8 @@ from pathlib import Path
 
 import pytest
 
-from powerstrip import engine
-from powerstrip.engine import Engine, EngineError, daemon_reachable
+from powerstrip_dev import engine
+from powerstrip_dev.engine import Engine, EngineError, daemon_reachable
 
 pytestmark = pytest.mark.timeout(20)
 

@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from powerstrip.framing import (
+from powerstrip.core.framing import (
     END,
     Body,
     BodyKind,

@@ -16,8 +16,8 @@ import pytest
 from hypothesis import example, given
 from hypothesis import strategies as st
 
-from powerstrip.config import parse_config
-from powerstrip.matching import (
+from powerstrip.hooks.config import parse_config
+from powerstrip.hooks.matching import (
     Matcher,
     SpellingError,
     _canonical_slow,

@@ -17,8 +17,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 from twisted.internet import defer
 
-from powerstrip.engine_api import EngineError
-from powerstrip.wire import (
+from powerstrip.hooks.wire import (
     ClientRequest,
     ServerResponse,
     parse_post_hook_answer,
@@ -26,6 +25,7 @@ from powerstrip.wire import (
     post_hook_call,
     pre_hook_call,
 )
+from powerstrip.kit.engine_api import EngineError
 
 ROOT = Path(__file__).resolve().parents[2]
 

@@ -6,15 +6,15 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from powerstrip.config import parse_config
-from powerstrip.framing import (
+from powerstrip.core.framing import (
     ResponseReader,
     build_request_head,
     build_response,
     decode_chunked,
     parse_request_head,
 )
-from powerstrip.plans import hidden_from_hooks, is_json, is_stream, is_text, make_plan
+from powerstrip.hooks.config import parse_config
+from powerstrip.hooks.plans import hidden_from_hooks, is_json, is_stream, is_text, make_plan
 
 
 @pytest.mark.parametrize(
@@ -138,7 +138,7 @@ def test_built_responses_frame_their_body(code, body):
 
 
 def test_load_time_warning_names_post_hooks_that_streams_pass_by():
-    from powerstrip.live import stream_warnings
+    from powerstrip.hooks.live import stream_warnings
 
     config = parse_config(
         'endpoints:\n'

@@ -8,8 +8,8 @@ from __future__ import annotations
 
 from twisted.internet.testing import MemoryReactorClock, StringTransport
 
-from powerstrip.addresses import parse_address
-from powerstrip.proxy import ClientConnection, ProxyFactory
+from powerstrip.proxy.addresses import parse_address
+from powerstrip.proxy.connection import ClientConnection, ProxyFactory
 
 PING = b"GET /_ping HTTP/1.1\r\nHost: x\r\n\r\n"
 PONG = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nOK"

@@ -13,7 +13,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 from twisted.internet import defer, main
 
-from powerstrip.reactor import BackToBack, DirectEPollReactor
+from powerstrip.proxy.reactor import BackToBack, DirectEPollReactor
 
 # The thread method: a hung reactor loop would swallow the signal method's exception.
 pytestmark = pytest.mark.timeout(10, method="thread")

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from powerstrip.config import load_config
-from powerstrip.rig import DEFAULT_URLS, NAMES, chain_config
+from powerstrip.hooks.config import load_config
+from powerstrip_dev.rig import DEFAULT_URLS, NAMES, chain_config
 
 ROOT = Path(__file__).resolve().parents[2]
 

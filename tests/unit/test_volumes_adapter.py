@@ -18,8 +18,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from twisted.internet import defer
 
-from powerstrip.engine_api import EngineError
-from powerstrip.wire import ClientRequest, parse_pre_hook_answer, pre_hook_call
+from powerstrip.hooks.wire import ClientRequest, parse_pre_hook_answer, pre_hook_call
+from powerstrip.kit.engine_api import EngineError
 
 ROOT = Path(__file__).resolve().parents[2]
 

@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from powerstrip.wire import (
+from powerstrip.hooks.wire import (
     AnswerError,
     ClientRequest,
     ServerResponse,

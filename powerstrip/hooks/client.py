@@ -24,9 +24,9 @@ from twisted.web.client import Agent, HTTPConnectionPool, ResponseFailed
 from twisted.web.iweb import IAgentEndpointFactory
 from zope.interface import implementer
 
-from powerstrip.config import Adapter
-from powerstrip.plans import Hook
-from powerstrip.wire import (
+from powerstrip.hooks.config import Adapter
+from powerstrip.hooks.plans import Hook
+from powerstrip.hooks.wire import (
     AnswerError,
     ClientRequest,
     ServerResponse,

@@ -28,8 +28,8 @@ from contextlib import closing
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from powerstrip import engine, rig
-from powerstrip.processes import Service, ServiceError, python, start_service
+from powerstrip_dev import engine, rig
+from powerstrip_dev.processes import Service, ServiceError, python, start_service
 
 DATASET = "db"
 ADDRESS = "10.2.1.5"

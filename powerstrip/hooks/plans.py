@@ -10,7 +10,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from powerstrip.config import Adapter, Config
+from powerstrip.hooks.config import Adapter, Config
 
 #: Responses that stream (or hijack the connection): post-hooks never hold them back, so they
 #: are not called for them. Matched on the routed path without its API version.

@@ -20,9 +20,8 @@ from twisted.internet.protocol import Factory, Protocol
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from powerstrip.addresses import Address, client_description
-from powerstrip.errors import error_response
-from powerstrip.framing import (
+from powerstrip.core.errors import error_response
+from powerstrip.core.framing import (
     END,
     Body,
     BodyKind,
@@ -36,12 +35,13 @@ from powerstrip.framing import (
     build_response,
     decode_chunked,
 )
-from powerstrip.hooks import HookError
-from powerstrip.live import LiveConfig
-from powerstrip.matching import SpellingError, canonical_path
-from powerstrip.plans import Plan, hidden_from_hooks, is_json, is_stream, is_text
-from powerstrip.reactor import BackToBack
-from powerstrip.wire import ClientRequest, ServerResponse
+from powerstrip.hooks.client import HookError
+from powerstrip.hooks.live import LiveConfig
+from powerstrip.hooks.matching import SpellingError, canonical_path
+from powerstrip.hooks.plans import Plan, hidden_from_hooks, is_json, is_stream, is_text
+from powerstrip.hooks.wire import ClientRequest, ServerResponse
+from powerstrip.proxy.addresses import Address, client_description
+from powerstrip.proxy.reactor import BackToBack
 
 log = logging.getLogger("powerstrip.proxy")
 

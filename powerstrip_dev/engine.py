@@ -14,8 +14,8 @@ host's static busybox binary instead of pulling it.
 
 From a shell::
 
-    eval "$(python -m powerstrip.engine start --root /tmp/ps-engine)"
-    python -m powerstrip.engine stop --root /tmp/ps-engine [--remove]
+    eval "$(python -m powerstrip_dev.engine start --root /tmp/ps-engine)"
+    python -m powerstrip_dev.engine stop --root /tmp/ps-engine [--remove]
 """
 
 from __future__ import annotations
@@ -597,14 +597,14 @@ def _mount_points() -> list[Path]:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m powerstrip.engine start|stop --root DIR``.
+    """``python -m powerstrip_dev.engine start|stop --root DIR``.
 
     ``start`` installs what is missing, starts the engine detached (it keeps running after this
     command exits), imports busybox and prints ``export DOCKER_HOST=...``; it is a no-op apart from
     the print when the engine is already up. ``stop`` removes all containers and stops dockerd;
     ``--remove`` also deletes the root directory.
     """
-    parser = argparse.ArgumentParser(prog="python -m powerstrip.engine", description=__doc__,
+    parser = argparse.ArgumentParser(prog="python -m powerstrip_dev.engine", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("action", choices=["start", "stop"])
     parser.add_argument("--root", default=DEFAULT_ROOT, help=f"state directory ({DEFAULT_ROOT})")

@@ -15,8 +15,9 @@ import sys
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 
-from powerstrip import cli, engine
-from powerstrip.processes import Service, python, start_service
+from powerstrip import cli
+from powerstrip_dev import engine
+from powerstrip_dev.processes import Service, python, start_service
 
 ROOT = Path(__file__).resolve().parent.parent
 ADAPTERS = ROOT / "adapters"

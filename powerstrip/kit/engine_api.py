@@ -24,7 +24,7 @@ from twisted.web.client import Agent, FileBodyProducer, HTTPConnectionPool
 from twisted.web.iweb import IAgentEndpointFactory
 from zope.interface import implementer
 
-from powerstrip.addresses import parse_address
+from powerstrip.proxy.addresses import parse_address
 
 __all__ = ["EngineClient", "EngineError"]
 

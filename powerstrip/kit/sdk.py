@@ -1,0 +1,549 @@
+"""Write a Powerstrip adapter in a few lines: hooks are functions, registered by endpoint pattern.
+
+::
+
+    from powerstrip.kit.sdk import Adapter, Refuse
+
+    app = Adapter("policy")
+
+    @app.pre("POST /*/containers/create")
+    def no_privileged(req):
+        if req.json and req.json.get("HostConfig", {}).get("Privileged"):
+            raise Refuse(403, "privileged containers are not allowed")
+        return req
+
+    @app.post("GET /*/containers/*/json")
+    def label(req, resp):
+        data = resp.json
+        data["Config"]["Labels"]["seen"] = "yes"
+        return resp.with_json(data)
+
+    if __name__ == "__main__":
+        app.run()  # --listen HOST:PORT or --unix PATH
+
+Patterns are endpoint keys as in the adapters file (``METHOD PATH-GLOB``) and match exactly as
+the proxy matches them (``powerstrip.matching.Matcher``), so an adapter may listen at one URL for
+many endpoints and route the calls itself. A pre-hook gets a ``Request`` and returns it, a
+changed copy, or None (unchanged); a post-hook gets the ``Request`` and a ``Response`` and returns
+the response likewise. A hook may also return a Deferred, or be ``async def``. Several hooks
+matching one call run in registration order, each getting what the previous one returned.
+Raising ``Refuse`` answers a status of the hook's choosing, which the proxy passes to the client.
+The wire format is in ``docs/protocol.md``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import inspect
+import json
+import logging
+import os
+import re
+import sys
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any, TypeVar
+from urllib.parse import parse_qs
+
+from twisted.internet import defer
+from twisted.web import resource, server
+
+from powerstrip.hooks.matching import Matcher, SpellingError
+from powerstrip.hooks.wire import (
+    CallError,
+    ClientRequest,
+    ServerResponse,
+    parse_hook_call,
+    post_hook_answer,
+    pre_hook_answer,
+)
+
+__all__ = ["Adapter", "Refuse", "Request", "Response"]
+
+log = logging.getLogger("powerstrip.adapter")
+
+_METHOD = re.compile(r"\*|[A-Z]+")
+# None is a meaningful content type (the daemon sent none), so "not given" needs its own marker.
+_KEEP: Any = object()
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+class Refuse(Exception):  # noqa: N818 - the name reads as what a hook does
+    """Raised by a hook to refuse the call: the adapter answers ``status`` with
+    ``{"message": message}``, and the proxy gives the client that status and message."""
+
+    def __init__(self, status: int, message: str) -> None:
+        # A 2xx would be read by the proxy as an answer, and a malformed one at that.
+        if not 300 <= status <= 599:
+            raise ValueError(f"a refusal status must be 300-599, not {status}")
+        super().__init__(status, message)
+        self.status = status
+        self.message = message
+
+    def __str__(self) -> str:
+        return f"{self.status} {self.message}"
+
+
+def _parse_json(text: str | None) -> Any:
+    if not text:
+        return None
+    try:
+        return json.loads(text)
+    except ValueError:
+        return None
+
+
+@dataclass(frozen=True)
+class Request:
+    """The client's request as a hook sees it.
+
+    ``target`` is the raw request target (path and query, as the client spelled it); ``body`` is
+    the JSON body as text, or None when the proxy shows none (no body, or one that is not JSON).
+    ``call`` is the proxy's identifier for the client request (the same in every hook call made
+    for it, pre and post), None when the caller sent none. Instances are immutable: hooks return
+    changed copies.
+    """
+
+    method: str
+    target: str
+    body: str | None = None
+    call: str | None = dataclasses.field(default=None, compare=False)
+
+    @property
+    def path(self) -> str:
+        """The target without its query string, as spelled (not percent-decoded)."""
+        return self.target.partition("?")[0]
+
+    @property
+    def query(self) -> dict[str, list[str]]:
+        """The query string's parameters, each with its list of values."""
+        return parse_qs(self.target.partition("?")[2], keep_blank_values=True)
+
+    @property
+    def json(self) -> Any:
+        """The body parsed, or None if there is none or it is not JSON.
+
+        Each access parses afresh, so the result may be changed and passed to ``with_json``.
+        """
+        return _parse_json(self.body)
+
+    def with_json(self, obj: Any) -> Request:
+        """A copy whose body is ``obj`` serialised as JSON."""
+        return dataclasses.replace(self, body=json.dumps(obj))
+
+    def replace(
+        self,
+        *,
+        method: str | None = None,
+        target: str | None = None,
+        path: str | None = None,
+        body: str | None = _KEEP,
+    ) -> Request:
+        """A copy with the given fields changed. ``path`` changes the path and keeps the query
+        string; ``target`` replaces both."""
+        if target is not None and path is not None:
+            raise ValueError("give target or path, not both")
+        if path is not None:
+            _, mark, query = self.target.partition("?")
+            target = path + mark + query
+        return Request(
+            method if method is not None else self.method,
+            target if target is not None else self.target,
+            self.body if body is _KEEP else body,
+            self.call,
+        )
+
+    @classmethod
+    def from_wire(cls, request: ClientRequest) -> Request:
+        """The hook-side view of a ``ClientRequest``."""
+        return cls(request.method, request.request, request.body)
+
+    def to_wire(self) -> ClientRequest:
+        """This request as the wire module encodes it."""
+        return ClientRequest(self.method, self.target, self.body)
+
+
+@dataclass(frozen=True)
+class Response:
+    """The daemon's response as a post-hook sees it; ``body`` is text (``""`` when empty)."""
+
+    code: int
+    content_type: str | None
+    body: str | None
+
+    @property
+    def json(self) -> Any:
+        """The body parsed, or None if it is not JSON; a fresh object on every access."""
+        return _parse_json(self.body)
+
+    def with_json(self, obj: Any, content_type: str = "application/json") -> Response:
+        """A copy whose body is ``obj`` serialised as JSON, labelled ``content_type``."""
+        return dataclasses.replace(self, body=json.dumps(obj), content_type=content_type)
+
+    def replace(
+        self,
+        *,
+        code: int | None = None,
+        content_type: str | None = _KEEP,
+        body: str | None = _KEEP,
+    ) -> Response:
+        """A copy with the given fields changed (``content_type=None`` removes the header)."""
+        return Response(
+            code if code is not None else self.code,
+            self.content_type if content_type is _KEEP else content_type,
+            self.body if body is _KEEP else body,
+        )
+
+    @classmethod
+    def from_wire(cls, response: ServerResponse) -> Response:
+        """The hook-side view of a ``ServerResponse``."""
+        return cls(response.code, response.content_type, response.body)
+
+    def to_wire(self) -> ServerResponse:
+        """This response as the wire module encodes it."""
+        return ServerResponse(self.content_type, self.body, self.code)
+
+
+@dataclass(frozen=True)
+class _Hook:
+    """A registered hook; ``method`` and ``pattern`` are what ``Matcher`` reads."""
+
+    kind: str
+    method: str
+    pattern: str
+    func: Callable[..., Any]
+
+    @property
+    def name(self) -> str:
+        return getattr(self.func, "__qualname__", repr(self.func))
+
+
+def _decode_call(
+    payload: bytes, call: str | None = None
+) -> tuple[str, Request, Response | None]:
+    """The hook type, request and (for post-hooks) response of a hook-call document."""
+    kind, request, response = parse_hook_call(payload)
+    return (kind, dataclasses.replace(Request.from_wire(request), call=call),
+            None if response is None else Response.from_wire(response))
+
+
+def _document(obj: dict[str, Any]) -> bytes:
+    return json.dumps(obj).encode()
+
+
+async def _call(func: Callable[..., Any], *args: Any) -> Any:
+    """Call a hook and wait for its result, whether a value, a Deferred or a coroutine."""
+    result = func(*args)
+    if inspect.isawaitable(result):
+        result = await result
+    return result
+
+
+class Adapter:
+    """A Powerstrip adapter: a named set of pre-hooks and post-hooks, and a server for them."""
+
+    def __init__(self, name: str) -> None:
+        """``name`` appears in error messages and log lines."""
+        self.name = name
+        self._hooks: dict[str, list[_Hook]] = {"pre-hook": [], "post-hook": []}
+        self._matchers: dict[str, Matcher[_Hook]] = {}
+
+    # -- registration -----------------------------------------------------------------------
+
+    def pre(self, pattern: str) -> Callable[[F], F]:
+        """Register the decorated function as a pre-hook for the endpoint key ``pattern``.
+
+        It is called as ``func(request)`` and returns a ``Request``, or None for unchanged.
+        """
+        return self._register("pre-hook", pattern)
+
+    def post(self, pattern: str) -> Callable[[F], F]:
+        """Register the decorated function as a post-hook for the endpoint key ``pattern``.
+
+        It is called as ``func(request, response)`` and returns a ``Response``, or None for
+        unchanged.
+        """
+        return self._register("post-hook", pattern)
+
+    def _register(self, kind: str, pattern: str) -> Callable[[F], F]:
+        method, glob = _parse_pattern(pattern)
+
+        def decorate(func: F) -> F:
+            self._hooks[kind].append(_Hook(kind, method, glob, func))
+            # Rebuilt on the next call, so hooks may be added at any time.
+            self._matchers.pop(kind, None)
+            return func
+
+        return decorate
+
+    def matching(self, kind: str, request: Request) -> list[_Hook]:
+        """The hooks of ``kind`` ("pre-hook" or "post-hook") matching ``request``, in order."""
+        matcher = self._matchers.get(kind)
+        if matcher is None:
+            matcher = self._matchers[kind] = Matcher(self._hooks[kind])
+        try:
+            return matcher.match(request.method, request.target)
+        except SpellingError:
+            # The proxy refuses such targets before calling anyone; nothing here can match.
+            return []
+
+    # -- handling ---------------------------------------------------------------------------
+
+    def handle(
+        self, payload: bytes, call: str | None = None
+    ) -> defer.Deferred[tuple[int, bytes]]:
+        """Process one hook-call document; fires with the HTTP status and body to answer.
+
+        ``call`` is the proxy's ``Powerstrip-Call`` header, shown to hooks as ``Request.call``.
+
+        Never fails: a malformed call gives 400, a ``Refuse`` its status, a hook that raises
+        500, each with a JSON ``{"message": ...}`` body.
+        """
+        return defer.ensureDeferred(self._handle(payload, call))
+
+    async def _handle(self, payload: bytes, call: str | None) -> tuple[int, bytes]:
+        started = time.monotonic()
+        kind, what, names = "?", "-", "-"
+        try:
+            kind, request, response = _decode_call(payload, call)
+        except CallError as exc:
+            status, document, outcome = (
+                400, {"message": f"adapter {self.name}: not a hook call: {exc}"}, "bad call"
+            )
+        else:
+            what = f"{request.method} {request.target}"
+            hooks = self.matching(kind, request)
+            names = ",".join(hook.name for hook in hooks) or "-"
+            try:
+                document = await self._run(kind, hooks, request, response)
+                status, outcome = 200, "answered" if hooks else "no hook"
+            except Refuse as refusal:
+                status, document, outcome = refusal.status, {"message": refusal.message}, "refused"
+            except _HookFailed as failure:
+                status, document, outcome = 500, {"message": str(failure)}, "error"
+        ms = (time.monotonic() - started) * 1000
+        log.info("%s %s [%s] %d %s %.1f ms", kind, what, names, status, outcome, ms)
+        return status, _document(document)
+
+    async def _run(
+        self, kind: str, hooks: Sequence[_Hook], request: Request, response: Response | None
+    ) -> dict[str, Any]:
+        """Run ``hooks`` in order and give the answer document."""
+        if kind == "pre-hook":
+            for hook in hooks:
+                result = await self._invoke(hook, request)
+                request = self._check(hook, result, Request, request)
+            return pre_hook_answer(request.to_wire())
+        assert response is not None
+        for hook in hooks:
+            result = await self._invoke(hook, request, response)
+            response = self._check(hook, result, Response, response)
+        return post_hook_answer(response.to_wire())
+
+    async def _invoke(self, hook: _Hook, *args: Any) -> Any:
+        try:
+            return await _call(hook.func, *args)
+        except Refuse:
+            raise
+        except Exception as exc:
+            log.exception("adapter %s: %s %s failed", self.name, hook.kind, hook.name)
+            raise _HookFailed(
+                f"adapter {self.name}: {hook.kind} {hook.name} failed: {type(exc).__name__}: {exc}"
+            ) from exc
+
+    def _check(self, hook: _Hook, result: Any, kind: type, previous: Any) -> Any:
+        if result is None:
+            return previous
+        if not isinstance(result, kind):
+            message = (
+                f"adapter {self.name}: {hook.kind} {hook.name} returned a "
+                f"{type(result).__name__}, not a {kind.__name__} or None"
+            )
+            log.error("%s", message)
+            raise _HookFailed(message)
+        return result
+
+    # -- serving ----------------------------------------------------------------------------
+
+    def resource(self) -> resource.Resource:
+        """A twisted.web resource answering hook calls POSTed to any path."""
+        return _AdapterResource(self)
+
+    def argument_parser(self) -> argparse.ArgumentParser:
+        """The command line ``run`` reads: ``--listen HOST:PORT`` or ``--unix PATH``.
+
+        An adapter with options of its own adds them here, parses, sets itself up from the
+        result, and calls ``serve``.
+        """
+        parser = argparse.ArgumentParser(description=f"Powerstrip adapter {self.name}")
+        where = parser.add_mutually_exclusive_group(required=True)
+        where.add_argument("--listen", metavar="HOST:PORT", help="a TCP address (port 0: any)")
+        where.add_argument("--unix", metavar="PATH", help="a unix socket path")
+        return parser
+
+    def run(self, argv: Sequence[str] | None = None) -> None:
+        """Serve on ``--listen HOST:PORT`` or ``--unix PATH`` until interrupted.
+
+        Prints ``listening on URL`` once listening (with the real port when port 0 was asked)
+        and logs one line per call to stderr.
+        """
+        self.serve(self.argument_parser().parse_args(argv))
+
+    def serve(self, args: argparse.Namespace) -> None:
+        """Serve at ``args.listen`` or ``args.unix`` (as parsed by ``argument_parser``) until
+        interrupted; see ``run``."""
+        from twisted.internet import endpoints, reactor
+
+        logging.basicConfig(level=logging.INFO, stream=sys.stderr,
+                            format="%(asctime)s %(name)s %(message)s")
+
+        quote = endpoints.quoteStringArgument
+        if args.unix:
+            # A socket file left by an earlier run would make the bind fail.
+            if os.path.exists(args.unix):
+                os.unlink(args.unix)
+            description = f"unix:{quote(args.unix)}"
+        else:
+            host, _, port = args.listen.rpartition(":")
+            host = host.strip("[]") or "127.0.0.1"
+            if not port.isdigit():
+                print(f"adapter {self.name}: --listen wants HOST:PORT, not {args.listen!r}",
+                      file=sys.stderr)
+                raise SystemExit(2)
+            description = f"tcp:{port}:interface={quote(host)}"
+        site = server.Site(self.resource())
+        site.noisy = False
+        failed: list[str] = []
+
+        def listening(port: Any) -> None:
+            if args.unix:
+                url = f"unix://{args.unix}:/"
+            else:
+                address = port.getHost()
+                shown = f"[{address.host}]" if ":" in address.host else address.host
+                url = f"http://{shown}:{address.port}/"
+            print(f"listening on {url}", flush=True)
+
+        def not_listening(failure: Any) -> None:
+            failed.append(str(failure.value))
+            reactor.stop()
+
+        def start() -> None:
+            endpoint = endpoints.serverFromString(reactor, description)
+            endpoint.listen(site).addCallbacks(listening, not_listening)
+
+        reactor.callWhenRunning(start)
+        reactor.run()
+        if failed:
+            print(f"adapter {self.name}: cannot listen: {failed[0]}", file=sys.stderr)
+            raise SystemExit(1)
+
+
+class _HookFailed(Exception):
+    """A hook raised or returned something it must not; the message names the hook."""
+
+
+def _parse_pattern(pattern: str) -> tuple[str, str]:
+    """Split an endpoint key ``"METHOD PATH-GLOB"``, checked as the adapters file checks it."""
+    parts = pattern.split()
+    if len(parts) != 2 or not _METHOD.fullmatch(parts[0]) or not parts[1].startswith(("/", "*")):
+        raise ValueError(
+            f"a hook pattern is \"METHOD /PATH-GLOB\", e.g. \"POST /*/containers/create\", "
+            f"not {pattern!r}"
+        )
+    return parts[0], parts[1]
+
+
+class _AdapterResource(resource.Resource):
+    """Answers POSTs at any path with ``Adapter.handle``."""
+
+    isLeaf = True
+
+    def __init__(self, adapter: Adapter) -> None:
+        super().__init__()
+        self._adapter = adapter
+
+    def render(self, request: server.Request) -> Any:
+        """Hook calls are POSTs; anything else gets a JSON 405, as a Docker-style client
+        expects of an error."""
+        if request.method != b"POST":
+            body = _document({"message": f"adapter {self._adapter.name}: hook calls are POSTs, "
+                                         f"not {request.method.decode('latin-1')}"})
+            request.setResponseCode(405)
+            request.setHeader(b"Allow", b"POST")
+            request.setHeader(b"Content-Type", b"application/json")
+            request.setHeader(b"Content-Length", str(len(body)).encode())
+            return b"" if request.method == b"HEAD" else body
+        return super().render(request)
+
+    def render_POST(self, request: server.Request) -> Any:  # noqa: N802 - twisted.web's name
+        """Hand the call to the adapter and answer when its hooks are done."""
+        payload = request.content.read() if request.content is not None else b""
+        gone: list[bool] = []
+        request.notifyFinish().addErrback(lambda _: gone.append(True))
+
+        def answer(result: tuple[int, bytes]) -> None:
+            if gone:
+                return
+            status, body = result
+            request.setResponseCode(status)
+            request.setHeader(b"Content-Type", b"application/json")
+            # A length instead of chunked encoding, and the body in one write.
+            request.setHeader(b"Content-Length", str(len(body)).encode())
+            request.write(body)
+            request.finish()
+
+        call = request.getHeader(b"powerstrip-call")
+        done = self._adapter.handle(payload, call.decode("ascii", "replace") if call else None)
+        done.addCallback(answer)
+
+        return server.NOT_DONE_YET
+
+
+def load(target: str) -> Adapter:
+    """The Adapter named by ``target``: ``path/to/file.py`` or ``package.module``, with
+    ``:name`` for an attribute other than ``app``."""
+    import importlib
+    import importlib.util
+
+    where, _, attribute = target.partition(":")
+    attribute = attribute or "app"
+    if where.endswith(".py") or os.sep in where:
+        path = os.path.abspath(where)
+        # Its own directory first, so that it can import its neighbours as when run directly.
+        sys.path.insert(0, os.path.dirname(path))
+        spec = importlib.util.spec_from_file_location(
+            os.path.splitext(os.path.basename(path))[0], path)
+        if spec is None or spec.loader is None:
+            raise SystemExit(f"powerstrip-adapter: cannot load {where}")
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+    else:
+        sys.path.insert(0, os.getcwd())
+        module = importlib.import_module(where)
+    # Compared with the class as imported by name: run as ``python -m powerstrip.adapter``,
+    # this file is also ``__main__``, whose Adapter is a different class.
+    from powerstrip.kit.sdk import Adapter as adapter_class
+
+    app = getattr(module, attribute, None)
+    if not isinstance(app, adapter_class):
+        raise SystemExit(f"powerstrip-adapter: {where} has no Adapter called {attribute!r}")
+    return app
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """``powerstrip-adapter TARGET --listen HOST:PORT | --unix PATH``: serve an adapter module
+    (see ``load``) without a ``__main__`` block of its own."""
+    args = list(sys.argv[1:] if argv is None else argv)
+    if not args or args[0].startswith("-"):
+        print("usage: powerstrip-adapter FILE.py|MODULE[:NAME] (--listen HOST:PORT | --unix PATH)",
+              file=sys.stderr)
+        raise SystemExit(2)
+    load(args[0]).run(args[1:])
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,385 @@
+"""Testing adapters: in-process hook calls, and real engines, proxies and adapters for e2e tests.
+
+Unit tests call an ``Adapter`` in-process with a synthetic hook call and look at the result::
+
+    from powerstrip.testing import call_pre
+
+    def test_refuses_privileged():
+        result = call_pre(app, "POST", "/v1.41/containers/create",
+                          {"Image": "busybox", "HostConfig": {"Privileged": True}})
+        assert result.status == 403 and "privileged" in result.message
+
+End-to-end tests use the fixtures: put ``pytest_plugins = ["powerstrip.testing"]`` in a
+``conftest.py`` and ask for ``docker_engine`` (a throwaway Docker Engine, started by the project's
+own script, with ``busybox:latest`` imported), ``powerstrip_proxy`` (a factory: give it an adapters
+file's text and get a running Powerstrip in front of that engine) and ``adapter_process`` (a
+factory: give it a command line and get the adapter's URL once it listens). Everything started is
+stopped when the test (or, for the engine, the session) ends. The engine must start: if it cannot,
+the fixture fails, it never skips.
+
+Needs pytest (``pip install powerstrip[testing]``).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+from twisted.internet import defer
+from twisted.python.failure import Failure
+
+from powerstrip.hooks.wire import (
+    ClientRequest,
+    ServerResponse,
+    parse_post_hook_answer,
+    parse_pre_hook_answer,
+    post_hook_call,
+    pre_hook_call,
+)
+from powerstrip.kit.sdk import Adapter, Request, Response
+from powerstrip_dev import processes
+from powerstrip_dev.engine import Engine, ensure_packages
+from powerstrip_dev.processes import Service, ServiceError, start_service, wait_for_line
+
+__all__ = [
+    "AdapterProcess",
+    "HookResult",
+    "ProxyProcess",
+    "await_line",
+    "call_post",
+    "call_post_async",
+    "call_pre",
+    "call_pre_async",
+    "launch_proxy",
+    "short_tmpdir",
+    "start_adapter",
+    "start_engine",
+    "stop_process",
+    "stop_proxy",
+]
+
+PROXY_START_TIMEOUT = 15.0
+PROXY_STOP_TIMEOUT = 10.0
+ADAPTER_START_TIMEOUT = 15.0
+
+
+# -- in-process calls ---------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class HookResult:
+    """What an adapter answered to one hook call: the HTTP status and the answer document, read
+    as the proxy reads it (a field the adapter leaves out keeps the value it was sent)."""
+
+    status: int
+    document: dict[str, Any]
+    raw: bytes = field(repr=False, default=b"")
+    sent_request: ClientRequest | None = field(repr=False, default=None)
+    sent_response: ServerResponse | None = field(repr=False, default=None)
+
+    @property
+    def refused(self) -> bool:
+        """Whether the adapter refused the call (any status but 200)."""
+        return self.status != 200
+
+    @property
+    def message(self) -> str | None:
+        """The refusal's (or error's) message, None for an answer."""
+        message = self.document.get("message")
+        return message if isinstance(message, str) else None
+
+    @property
+    def request(self) -> Request:
+        """The pre-hook's answer: the request as the adapter wants it forwarded."""
+        if self.refused:
+            raise AssertionError(f"the adapter answered {self.status}: {self.message}")
+        assert self.sent_request is not None, "not the result of a pre-hook call"
+        return Request.from_wire(parse_pre_hook_answer(self.raw, self.sent_request))
+
+    @property
+    def response(self) -> Response:
+        """The post-hook's answer: the response as the adapter wants it passed on."""
+        if self.refused:
+            raise AssertionError(f"the adapter answered {self.status}: {self.message}")
+        assert self.sent_response is not None, "not the result of a post-hook call"
+        return Response.from_wire(parse_post_hook_answer(self.raw, self.sent_response))
+
+
+def _body_text(body: Any) -> str | None:
+    if body is None or isinstance(body, str):
+        return body
+    return json.dumps(body)
+
+
+def _result(
+    answer: tuple[int, bytes],
+    request: ClientRequest,
+    response: ServerResponse | None = None,
+) -> HookResult:
+    status, body = answer
+    return HookResult(status, json.loads(body), body, request, response)
+
+
+def call_pre_async(
+    adapter: Adapter, method: str, target: str, body: Any = None
+) -> defer.Deferred[HookResult]:
+    """Send ``adapter`` a pre-hook call for ``method target``; fires with its ``HookResult``.
+
+    ``body`` is the client's JSON body: a string as sent, or any JSON value (serialised here),
+    or None for none.
+    """
+    request = ClientRequest(method, target, _body_text(body))
+    return adapter.handle(pre_hook_call(request)).addCallback(_result, request)
+
+
+def call_post_async(
+    adapter: Adapter,
+    method: str,
+    target: str,
+    body: Any = None,
+    *,
+    code: int = 200,
+    response: Any = "",
+    content_type: str | None = "application/json",
+) -> defer.Deferred[HookResult]:
+    """Send ``adapter`` a post-hook call: the client's request, and the daemon's ``code``,
+    ``content_type`` and ``response`` body (text as sent, or a JSON value); fires with its
+    ``HookResult``."""
+    request = ClientRequest(method, target, _body_text(body))
+    sent = ServerResponse(content_type, _body_text(response), code)
+    return adapter.handle(post_hook_call(request, sent)).addCallback(_result, request, sent)
+
+
+def _now(deferred: defer.Deferred[HookResult], kind: str) -> HookResult:
+    results: list[Any] = []
+    deferred.addBoth(results.append)
+    if not results:
+        raise AssertionError(
+            f"the {kind}-hook did not answer at once: it waits on I/O, which needs a running "
+            f"reactor. Use call_{kind}_async (e.g. with pytest-twisted) or an e2e test."
+        )
+    outcome = results[0]
+    if isinstance(outcome, Failure):
+        outcome.raiseException()
+    return outcome
+
+
+def call_pre(adapter: Adapter, method: str, target: str, body: Any = None) -> HookResult:
+    """``call_pre_async`` for hooks that answer without waiting on I/O: the result at once."""
+    return _now(call_pre_async(adapter, method, target, body), "pre")
+
+
+def call_post(
+    adapter: Adapter,
+    method: str,
+    target: str,
+    body: Any = None,
+    *,
+    code: int = 200,
+    response: Any = "",
+    content_type: str | None = "application/json",
+) -> HookResult:
+    """``call_post_async`` for hooks that answer without waiting on I/O: the result at once."""
+    deferred = call_post_async(
+        adapter, method, target, body, code=code, response=response, content_type=content_type
+    )
+    return _now(deferred, "post")
+
+
+# -- processes ----------------------------------------------------------------------------
+
+
+def short_tmpdir(prefix: str) -> str:
+    """A fresh directory whose path is short enough for unix sockets inside it."""
+    # A unix socket path must stay under 108 bytes.
+    base = tempfile.gettempdir()
+    return tempfile.mkdtemp(prefix=prefix, dir=base if len(base) <= 40 else "/tmp")
+
+
+def start_engine() -> Engine:
+    """A throwaway Docker Engine of its own, running, with ``busybox:latest`` imported.
+
+    Installs the packages it needs when missing. Stop it with ``engine.stop(remove=True)``.
+    """
+    ensure_packages()
+    engine = Engine(short_tmpdir("ps-"))
+    engine.start()
+    try:
+        engine.ensure_image()
+    except BaseException:
+        engine.stop(remove=True)
+        raise
+    return engine
+
+
+def await_line(
+    proc: subprocess.Popen, stdout_path: Path, prefix: str, timeout: float, what: str,
+    stderr_path: Path | None = None,
+) -> str:
+    """The rest of the first line of ``stdout_path`` starting with ``prefix``, waiting up to
+    ``timeout`` seconds for ``proc`` to print it; the test fails (and ``proc`` is killed) if it
+    exits or runs out of time first."""
+    try:
+        return wait_for_line(proc, stdout_path, prefix, timeout, what, stderr_path)
+    except ServiceError as exc:
+        pytest.fail(str(exc))
+
+
+def stop_process(proc: subprocess.Popen) -> None:
+    """SIGTERM a process (an adapter) and reap it, killing it if it lingers."""
+    processes.stop_process(proc)
+
+
+@dataclass
+class ProxyProcess:
+    """A Powerstrip running as ``python -m powerstrip serve``; ``host`` is its DOCKER_HOST."""
+
+    host: str
+    port: int
+    proc: subprocess.Popen
+    stderr_path: Path
+    workdir: Path | None = None
+    config_path: Path | None = None
+
+    def stderr(self) -> str:
+        """Everything the proxy has logged so far."""
+        try:
+            return self.stderr_path.read_text(errors="replace")
+        except OSError:
+            return ""
+
+
+def launch_proxy(upstream: str, config: Path | None = None) -> ProxyProcess:
+    """Start ``python -m powerstrip serve`` in front of ``upstream``, with the adapters file
+    ``config`` (None: no hooks), and return once it has printed its ``export DOCKER_HOST=`` line.
+
+    It listens on port 0 and the caller learns the port from that line, so no port is ever raced
+    for. Its stderr goes to a file (``ProxyProcess.stderr()``).
+    """
+    workdir = Path(tempfile.mkdtemp(prefix="ps-proxy-"))
+    argv = [sys.executable, "-m", "powerstrip", "serve",
+            "--listen", "tcp://127.0.0.1:0", "--upstream", upstream]
+    if config is not None:
+        argv += ["--config", str(config)]
+    try:
+        # Only --config names a file; an empty cwd keeps ./powerstrip.yml out of reach.
+        service = start_service("powerstrip", argv, workdir, prefix="export DOCKER_HOST=",
+                                timeout=PROXY_START_TIMEOUT, cwd=workdir,
+                                env={"POWERSTRIP_CONFIG": ""})
+    except ServiceError as exc:
+        shutil.rmtree(workdir, ignore_errors=True)
+        pytest.fail(str(exc))
+    match = re.fullmatch(r"tcp://127\.0\.0\.1:(\d+)", service.value)
+    assert match, f"unexpected proxy address {service.value!r}"
+    return ProxyProcess(service.value, int(match.group(1)), service.proc, service.stderr_path,
+                        workdir, config)
+
+
+def stop_proxy(running: ProxyProcess) -> None:
+    """SIGTERM the proxy; it must exit 0 within 10 s, without a traceback in its log."""
+    proc = running.proc
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+    try:
+        code = proc.wait(PROXY_STOP_TIMEOUT)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+        pytest.fail(f"proxy ignored SIGTERM for {PROXY_STOP_TIMEOUT:g} s\n{running.stderr()}")
+    log_text = running.stderr()
+    if running.workdir is not None:
+        shutil.rmtree(running.workdir, ignore_errors=True)
+    assert code == 0, f"proxy exited {code} after SIGTERM\n{log_text}"
+    assert "Traceback" not in log_text, log_text
+
+
+@dataclass
+class AdapterProcess(Service):
+    """An adapter service started by ``start_adapter``; ``url`` is what it printed."""
+
+    workdir: Path = field(repr=False, default=Path())
+
+    def stop(self, timeout: float = 5.0) -> int:
+        """Stop the adapter and remove its output files; returns its exit status."""
+        code = super().stop(timeout)
+        shutil.rmtree(self.workdir, ignore_errors=True)
+        return code
+
+
+def start_adapter(argv: Sequence[str], name: str = "adapter") -> AdapterProcess:
+    """Run ``argv`` (e.g. ``[sys.executable, "my_adapter.py", "--listen", "127.0.0.1:0"]``)
+    and return once it has printed ``listening on URL``, as SDK adapters do."""
+    workdir = Path(tempfile.mkdtemp(prefix=f"ps-{name}-"))
+    try:
+        service = start_service(name, argv, workdir, timeout=ADAPTER_START_TIMEOUT)
+    except ServiceError as exc:
+        shutil.rmtree(workdir, ignore_errors=True)
+        pytest.fail(str(exc))
+    return AdapterProcess(**vars(service), workdir=workdir)
+
+
+# -- pytest fixtures (``pytest_plugins = ["powerstrip.testing"]``) --------------------------
+
+
+@pytest.fixture(scope="session")
+def docker_engine() -> Iterator[Engine]:
+    """A throwaway Docker Engine for the session, with ``busybox:latest``; ``.host`` is its
+    DOCKER_HOST (talk to it directly to set up and to check what a hook did)."""
+    engine = start_engine()
+    try:
+        yield engine
+    finally:
+        engine.stop(remove=True)
+
+
+@pytest.fixture
+def powerstrip_proxy(
+    docker_engine: Engine, tmp_path: Path
+) -> Iterator[Callable[[str | None], ProxyProcess]]:
+    """A factory: ``powerstrip_proxy(adapters_yml_text)`` starts a Powerstrip in front of
+    ``docker_engine`` with that adapters file (None: no hooks) and returns it; ``.host`` is the
+    DOCKER_HOST to give the docker CLI. Stopped, and checked to exit cleanly, after the test."""
+    started: list[ProxyProcess] = []
+
+    def launch(config_text: str | None = None) -> ProxyProcess:
+        path = None
+        if config_text is not None:
+            path = tmp_path / f"adapters-{len(started)}.yml"
+            path.write_text(config_text)
+        running = launch_proxy(docker_engine.host, path)
+        started.append(running)
+        return running
+
+    try:
+        yield launch
+    finally:
+        for running in started:
+            stop_proxy(running)
+
+
+@pytest.fixture
+def adapter_process() -> Iterator[Callable[..., AdapterProcess]]:
+    """A factory: ``adapter_process(argv)`` starts an adapter service and returns it once it
+    listens (``.url`` for the adapters file, ``.log()`` for its log). Stopped after the test."""
+    started: list[AdapterProcess] = []
+
+    def start(argv: Sequence[str], name: str = "adapter") -> AdapterProcess:
+        running = start_adapter(argv, name)
+        started.append(running)
+        return running
+
+    try:
+        yield start
+    finally:
+        for running in started:
+            running.stop()
