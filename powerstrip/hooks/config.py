@@ -32,6 +32,8 @@ from urllib.parse import unquote, urlsplit
 import yaml
 from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 
+from powerstrip.hooks.matching import parse_endpoint_key
+
 DEFAULT_TIMEOUT = 10.0
 DEFAULT_MAX_BODY = 4 * 1024 * 1024
 ON_ERROR_CHOICES = ("fail", "skip")
@@ -49,7 +51,6 @@ _INT = _TAG + "int"
 _FLOAT = _TAG + "float"
 _MERGE = _TAG + "merge"
 
-_METHOD = re.compile(r"\*|[A-Z]+")
 _SIZE = re.compile(r"(\d+(?:\.\d+)?)\s*([A-Za-z]*)")
 _SIZE_UNITS = {
     "": 1, "b": 1,
@@ -517,7 +518,7 @@ class _Checker:
         self, text: str, key: Node, spec: Node, uses: list[tuple[Node, str, str]]
     ) -> Endpoint | None:
         try:
-            method, pattern = _parse_endpoint_key(text)
+            method, pattern = parse_endpoint_key(text)
         except ValueError as exc:
             self.report(key, f"endpoint {text!r}: {exc}")
             method, pattern = "", ""
@@ -554,21 +555,6 @@ class _Checker:
                 hooks[field] = tuple(names)
         line = key.start_mark.line + 1
         return Endpoint(text, method, pattern, hooks["pre"], hooks["post"], line)
-
-
-def _parse_endpoint_key(text: str) -> tuple[str, str]:
-    """Split ``"METHOD PATH-GLOB"``; raise ValueError saying what is wrong."""
-    form = "write it as \"METHOD PATH-GLOB\", e.g. \"POST /*/containers/create\""
-    if text.count(" ") != 1 or any(ch.isspace() and ch != " " for ch in text):
-        raise ValueError(f"a method and a path glob separated by exactly one space; {form}")
-    method, pattern = text.split(" ")
-    if not _METHOD.fullmatch(method):
-        if _METHOD.fullmatch(method.upper()):
-            raise ValueError(f"methods are written in capitals: {method.upper()!r}")
-        raise ValueError(f"method {method!r} must be * or an HTTP method such as POST; {form}")
-    if not (pattern == "*" or pattern.startswith("/")):
-        raise ValueError(f"path glob {pattern!r} must start with '/' (or be '*'); {form}")
-    return method, pattern
 
 
 def _parse_target(url: str) -> AdapterTarget:

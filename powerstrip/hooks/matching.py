@@ -205,6 +205,32 @@ def split_version(path: str) -> tuple[str | None, str]:
 
 # -- patterns -------------------------------------------------------------------------------
 
+_METHOD = re.compile(r"\*|[A-Z]+")
+
+
+def parse_endpoint_key(text: str) -> tuple[str, str]:
+    """Split an endpoint key ``"METHOD PATH-GLOB"`` into its method and path glob.
+
+    The adapters file and the SDK's hook patterns both read keys with this, so a key one
+    refuses the other does too. The method is ``*`` or an HTTP method in capitals (dockerd
+    routes methods case-sensitively); the glob is ``*`` or starts with ``/``; exactly one
+    space separates them and no other whitespace is allowed.
+
+    Raises ValueError whose message says what is wrong and how to write the key.
+    """
+    form = "write it as \"METHOD PATH-GLOB\", e.g. \"POST /*/containers/create\""
+    if text.count(" ") != 1 or any(ch.isspace() and ch != " " for ch in text):
+        raise ValueError(f"a method and a path glob separated by exactly one space; {form}")
+    method, pattern = text.split(" ")
+    if not _METHOD.fullmatch(method):
+        if _METHOD.fullmatch(method.upper()):
+            raise ValueError(f"methods are written in capitals: {method.upper()!r}")
+        raise ValueError(f"method {method!r} must be * or an HTTP method such as POST; {form}")
+    if not (pattern == "*" or pattern.startswith("/")):
+        raise ValueError(f"path glob {pattern!r} must start with '/' (or be '*'); {form}")
+    return method, pattern
+
+
 # One fnmatch token: a bracketed set as fnmatch.translate reads one ("[", an optional "!", a "]"
 # taken literally if first, up to the next "]"; possessive, because without that closing "]" the
 # "[" is a literal), or any single character.

@@ -21,8 +21,9 @@
     if __name__ == "__main__":
         app.run()  # --listen HOST:PORT or --unix PATH
 
-Patterns are endpoint keys as in the adapters file (``METHOD PATH-GLOB``) and match exactly as
-the proxy matches them (``powerstrip.matching.Matcher``), so an adapter may listen at one URL for
+Patterns are endpoint keys as in the adapters file (``METHOD PATH-GLOB``), read by the same
+``parse_endpoint_key`` and matched exactly as the proxy matches them
+(``powerstrip.hooks.matching.Matcher``), so an adapter may listen at one URL for
 many endpoints and route the calls itself. A pre-hook gets a ``Request`` and returns it, a
 changed copy, or None (unchanged); a post-hook gets the ``Request`` and a ``Response`` and returns
 the response likewise. A hook may also return a Deferred, or be ``async def``. Several hooks
@@ -39,7 +40,6 @@ import inspect
 import json
 import logging
 import os
-import re
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -50,7 +50,7 @@ from urllib.parse import parse_qs
 from twisted.internet import defer
 from twisted.web import resource, server
 
-from powerstrip.hooks.matching import Matcher, SpellingError
+from powerstrip.hooks.matching import Matcher, SpellingError, parse_endpoint_key
 from powerstrip.hooks.wire import (
     CallError,
     ClientRequest,
@@ -64,7 +64,6 @@ __all__ = ["Adapter", "Refuse", "Request", "Response"]
 
 log = logging.getLogger("powerstrip.adapter")
 
-_METHOD = re.compile(r"\*|[A-Z]+")
 # None is a meaningful content type (the daemon sent none), so "not given" needs its own marker.
 _KEEP: Any = object()
 
@@ -257,6 +256,7 @@ class Adapter:
         """Register the decorated function as a pre-hook for the endpoint key ``pattern``.
 
         It is called as ``func(request)`` and returns a ``Request``, or None for unchanged.
+        Raises ValueError for a key the adapters file would refuse.
         """
         return self._register("pre-hook", pattern)
 
@@ -264,12 +264,15 @@ class Adapter:
         """Register the decorated function as a post-hook for the endpoint key ``pattern``.
 
         It is called as ``func(request, response)`` and returns a ``Response``, or None for
-        unchanged.
+        unchanged. Raises ValueError for a key the adapters file would refuse.
         """
         return self._register("post-hook", pattern)
 
     def _register(self, kind: str, pattern: str) -> Callable[[F], F]:
-        method, glob = _parse_pattern(pattern)
+        try:
+            method, glob = parse_endpoint_key(pattern)
+        except ValueError as exc:
+            raise ValueError(f"hook pattern {pattern!r}: {exc}") from None
 
         def decorate(func: F) -> F:
             self._hooks[kind].append(_Hook(kind, method, glob, func))
@@ -444,17 +447,6 @@ class Adapter:
 
 class _HookFailed(Exception):
     """A hook raised or returned something it must not; the message names the hook."""
-
-
-def _parse_pattern(pattern: str) -> tuple[str, str]:
-    """Split an endpoint key ``"METHOD PATH-GLOB"``, checked as the adapters file checks it."""
-    parts = pattern.split()
-    if len(parts) != 2 or not _METHOD.fullmatch(parts[0]) or not parts[1].startswith(("/", "*")):
-        raise ValueError(
-            f"a hook pattern is \"METHOD /PATH-GLOB\", e.g. \"POST /*/containers/create\", "
-            f"not {pattern!r}"
-        )
-    return parts[0], parts[1]
 
 
 class _AdapterResource(resource.Resource):

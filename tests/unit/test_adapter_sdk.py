@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 import textwrap
@@ -264,6 +265,27 @@ def test_bad_pattern_is_refused_at_registration():
     for pattern in ("/containers/create", "post /containers/create", "POST containers"):
         with pytest.raises(ValueError):
             app.pre(pattern)
+
+
+@pytest.mark.parametrize(
+    ("pattern", "phrase"),
+    [
+        ("post /x", "methods are written in capitals: 'POST'"),
+        ("POST  /x", "exactly one space"),
+        ("POST\t/x", "exactly one space"),
+        (" POST /x", "exactly one space"),
+        ("POST /x ", "exactly one space"),
+        ("POST x", "must start with '/'"),
+        ("POST *x", "must start with '/'"),
+        ("PO-ST /x", "must be * or an HTTP method"),
+    ],
+)
+def test_patterns_the_adapters_file_refuses_are_refused(pattern, phrase):
+    """The SDK reads hook patterns with the adapters file's rules and says what is wrong."""
+    for register in (Adapter("t").pre, Adapter("t").post):
+        with pytest.raises(ValueError, match=re.escape(phrase)) as refused:
+            register(pattern)
+        assert repr(pattern) in str(refused.value)
 
 
 ADAPTER_SCRIPT = textwrap.dedent("""
