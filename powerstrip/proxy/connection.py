@@ -14,7 +14,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 
-from twisted.internet import defer, interfaces, main, tcp
+from twisted.internet import defer, interfaces
 from twisted.internet.endpoints import clientFromString, connectProtocol
 from twisted.internet.protocol import Factory, Protocol
 from twisted.python.failure import Failure
@@ -41,6 +41,7 @@ from powerstrip.hooks.matching import SpellingError, canonical_path
 from powerstrip.hooks.plans import Plan, hidden_from_hooks, is_json, is_stream, is_text
 from powerstrip.hooks.wire import ClientRequest, ServerResponse
 from powerstrip.proxy.addresses import Address, client_description
+from powerstrip.proxy.flow import Pauser, direct_reads, no_delay, send
 from powerstrip.proxy.reactor import BackToBack
 
 log = logging.getLogger("powerstrip.proxy")
@@ -50,46 +51,6 @@ PIPELINE_HIGH_WATER = 256 * 1024
 #: After the shutdown grace, how long the errors sent to requests still waiting may take to
 #: leave before their connections are dropped.
 SHUTDOWN_FLUSH = 1.0
-
-
-@implementer(interfaces.IPushProducer)
-class Pauser:
-    """Pauses a transport's reading for several independent reasons at once.
-
-    A transport's own pause/resume is a single flag; the proxy pauses the same client for flow
-    control, while a daemon connection is being opened and while pipelined requests wait, and
-    each of those must not undo the others.
-    """
-
-    __slots__ = ("transport", "reasons")
-
-    def __init__(self, transport: interfaces.IPushProducer) -> None:
-        self.transport = transport
-        self.reasons: set[str] = set()
-
-    def pause(self, reason: str) -> None:
-        """Stop reading until ``resume(reason)`` (and every other reason is gone)."""
-        if not self.reasons:
-            self.transport.pauseProducing()
-        self.reasons.add(reason)
-
-    def resume(self, reason: str) -> None:
-        """Drop one reason to pause; read again once none is left."""
-        if reason in self.reasons:
-            self.reasons.discard(reason)
-            if not self.reasons:
-                self.transport.resumeProducing()
-
-    def pauseProducing(self) -> None:  # noqa: N802 - Twisted's interface
-        """The consumer's write buffer is full."""
-        self.pause("flow")
-
-    def resumeProducing(self) -> None:  # noqa: N802 - Twisted's interface
-        """The consumer's write buffer drained."""
-        self.resume("flow")
-
-    def stopProducing(self) -> None:  # noqa: N802 - Twisted's interface
-        """The consumer went away; the connection objects handle that themselves."""
 
 
 class Exchange:
@@ -149,8 +110,8 @@ class DaemonConnection(Protocol):
 
     def connectionMade(self) -> None:  # noqa: N802
         self.pauser = Pauser(self.transport)
-        _no_delay(self.transport)
-        _direct_reads(self.transport, self.client.daemon_data)
+        no_delay(self.transport)
+        direct_reads(self.transport, self.client.daemon_data)
 
     def dataReceived(self, data: bytes) -> None:  # noqa: N802
         self.client.daemon_data(data)
@@ -196,8 +157,8 @@ class ClientConnection(Protocol):
         self.pauser = Pauser(self.transport)
         window = self.factory.busy_poll
         self.pace = BackToBack(window) if window else None
-        _no_delay(self.transport)
-        _direct_reads(self.transport, self.dataReceived)
+        no_delay(self.transport)
+        direct_reads(self.transport, self.dataReceived)
         self.factory.connections.add(self)
 
     def dataReceived(self, data: bytes) -> None:  # noqa: N802
@@ -746,77 +707,7 @@ def _nothing() -> None:
     pass
 
 
-def send(transport: interfaces.ITransport, data: bytes) -> None:
-    """Write ``data`` to ``transport``, sending at once when nothing is queued before it.
-
-    Twisted queues every write until the reactor's next turn finds the socket writable. For a
-    small request or answer that extra turn (and its two epoll_ctl calls) costs more than the
-    rest of the proxy's work, so when the transport's buffer is empty the bytes go straight to
-    the socket and only what the kernel did not take is queued.
-    """
-    # Only a plain socket transport: a TLS transport (a protocol wrapper) answers
-    # ``.socket`` with the raw socket beneath it, and bytes sent there would bypass the
-    # encryption.
-    if (
-        not isinstance(transport, tcp.Connection)
-        or transport.dataBuffer
-        or transport._tempDataBuffer
-        or not transport.connected
-        or transport.disconnecting
-    ):
-        transport.write(data)
-        return
-    try:
-        sent = transport.socket.send(data)
-    except BlockingIOError:
-        sent = 0
-    except OSError:
-        # Let Twisted meet the error on its own write and close the connection its usual way.
-        transport.write(data)
-        return
-    if sent < len(data):
-        transport.write(data[sent:])
-
-
 def _text(target: bytes) -> str:
     return target.decode("latin-1")
 
 
-def _direct_reads(transport: object, receive: Callable[[bytes], None]) -> None:
-    """Hand a plain socket transport's reads straight to ``receive``.
-
-    Twisted delivers a read through several layers (the transport's ``doRead`` and
-    ``_dataReceived``, the endpoint's wrapping protocol, then ours), and reads unix sockets with
-    ``recvmsg`` so that protocols can receive file descriptors, which the Docker API never
-    passes. On a small request each layer is a measurable share of the proxy's latency, so reads
-    of a TCP or unix socket go from ``recv`` to the proxy in one call. Everything else about the
-    transport (writes, pausing, half-close, loss) stays Twisted's; TLS transports are left alone.
-    """
-    if not isinstance(transport, tcp.Connection):
-        return
-    recv = transport.socket.recv
-    size = transport.bufferSize
-
-    def do_read() -> object:
-        try:
-            data = recv(size)
-        except BlockingIOError:
-            return None
-        except OSError:
-            return main.CONNECTION_LOST
-        if data:
-            receive(data)
-            return None
-        return main.CONNECTION_DONE
-
-    transport.doRead = do_read
-
-
-def _no_delay(transport: object) -> None:
-    # Small request/response pairs must not wait for Nagle's algorithm; unix sockets have none.
-    set_no_delay = getattr(transport, "setTcpNoDelay", None)
-    if set_no_delay is not None:
-        try:
-            set_no_delay(True)
-        except OSError:
-            pass
