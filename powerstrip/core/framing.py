@@ -15,6 +15,7 @@ from http import HTTPStatus
 
 import httptools
 
+from powerstrip.core.media import HIJACK_CONTENT_TYPES, last_header, media_type
 from powerstrip.hooks.matching import SpellingError, canonical_path
 
 #: A request head larger than this is refused: dockerd itself caps headers at 1 MiB, and a head
@@ -23,11 +24,6 @@ MAX_HEAD_SIZE = 1024 * 1024
 
 #: A chunk-size line (hex size plus extensions) longer than this is malformed.
 MAX_CHUNK_LINE = 4096
-
-HIJACK_CONTENT_TYPES = (
-    b"application/vnd.docker.raw-stream",
-    b"application/vnd.docker.multiplexed-stream",
-)
 
 
 class FramingError(Exception):
@@ -44,18 +40,6 @@ class BodyKind(enum.Enum):
     NONE = "none"
     LENGTH = "length"
     CHUNKED = "chunked"
-
-
-def last_header(headers: list[tuple[bytes, bytes]], name: bytes) -> bytes | None:
-    """The last value of header ``name`` (case-insensitive) among ``headers``, or None. (Go's
-    ``Header.Get`` reads the first; requests that repeat a header where that matters are refused
-    before hooks see them, see ``plans.hidden_from_hooks``.)"""
-    name = name.lower()
-    found = None
-    for key, value in headers:
-        if key.lower() == name:
-            found = value
-    return found
 
 
 class RequestHead:
@@ -473,9 +457,8 @@ class ResponseHead:
 
     @property
     def content_type(self) -> bytes | None:
-        """The media type without parameters, or None."""
-        value = self.header(b"content-type")
-        return None if value is None else value.split(b";", 1)[0].strip().lower()
+        """The media type without parameters, or None (see ``media.media_type``)."""
+        return media_type(last_header(self.headers, b"content-type"))
 
 
 class _FramingOnly(_Callbacks):

@@ -10,6 +10,10 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
+# is_json and is_text live in core.media; re-exported while core.exchange imports them from here.
+from powerstrip.core.media import is_json as is_json
+from powerstrip.core.media import is_text as is_text
+from powerstrip.core.media import media_type
 from powerstrip.hooks.config import Adapter, Config
 
 #: Responses that stream (or hijack the connection): post-hooks never hold them back, so they
@@ -95,28 +99,6 @@ def is_stream(path: str, query: str = "") -> bool:
     return False
 
 
-def media_type(content_type: bytes | str | None) -> str | None:
-    """A Content-Type's media type without parameters, lower-cased as Go's ``mime`` reads it;
-    None for no header."""
-    if content_type is None:
-        return None
-    if isinstance(content_type, bytes):
-        content_type = content_type.decode("latin-1")
-    return content_type.split(";", 1)[0].strip().lower()
-
-
-def is_json(content_type: bytes | str | None) -> bool:
-    """Whether a Content-Type names JSON, whatever its parameters (``; charset=utf-8``)."""
-    media = media_type(content_type)
-    return media is not None and (media == "application/json" or media.endswith("+json"))
-
-
-def is_text(content_type: bytes | str | None) -> bool:
-    """Whether post-hooks can be shown a body of this type: JSON or text."""
-    media = media_type(content_type)
-    return media is not None and (is_json(media) or media.startswith("text/"))
-
-
 #: The methods whose form-encoded bodies Go's ``ParseForm`` reads as parameters.
 _FORM_METHODS = frozenset((b"POST", b"PUT", b"PATCH"))
 
@@ -136,7 +118,7 @@ def hidden_from_hooks(
     if len(content_types) > 1:
         return "more than one Content-Type header"
     if (has_body and method in _FORM_METHODS and content_types
-            and media_type(content_types[0]) == "application/x-www-form-urlencoded"):
+            and media_type(content_types[0]) == b"application/x-www-form-urlencoded"):
         return ("a form-encoded body (application/x-www-form-urlencoded); send parameters in "
                 "the query")
     return None

@@ -13,8 +13,9 @@ from powerstrip.core.framing import (
     decode_chunked,
     parse_request_head,
 )
+from powerstrip.core.media import is_json, is_text, media_type
 from powerstrip.hooks.config import parse_config
-from powerstrip.hooks.plans import hidden_from_hooks, is_json, is_stream, is_text, make_plan
+from powerstrip.hooks.plans import hidden_from_hooks, is_stream, make_plan
 
 
 @pytest.mark.parametrize(
@@ -65,6 +66,24 @@ def test_streaming_responses(path, query, stream):
 def test_content_types(value, json_, text):
     assert is_json(value) is json_
     assert is_text(value) is text
+    # The response head reads its Content-Type with the same rule.
+    field = b"" if value is None else b"Content-Type: " + value + b"\r\n"
+    reader = ResponseReader()
+    reader.feed(b"HTTP/1.1 200 OK\r\n" + field + b"Content-Length: 0\r\n\r\n")
+    assert reader.head is not None and reader.head.content_type == media_type(value)
+
+
+@pytest.mark.parametrize(
+    ("value", "media"),
+    [
+        (b"Application/JSON ; charset=utf-8", b"application/json"),
+        (" text/plain;a=b", b"text/plain"),
+        (b"", b""),
+        (None, None),
+    ],
+)
+def test_media_type(value, media):
+    assert media_type(value) == media
 
 
 CONFIG = """\
