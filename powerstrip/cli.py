@@ -11,7 +11,8 @@ import signal
 import socket
 import stat
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from importlib.metadata import EntryPoint, entry_points
 from pathlib import Path
 
 from twisted.internet.address import IPv4Address, IPv6Address, UNIXAddress
@@ -27,6 +28,13 @@ DEFAULT_BUSY_POLL = "200"
 #: A spin longer than this is no longer a wait for an answer in flight, only burnt CPU.
 LONGEST_BUSY_POLL = 10_000
 SHUTDOWN_GRACE = 5.0
+#: The entry-point group through which other packages add subcommands: ``NAME = module:main``,
+#: where ``main(argv) -> int`` parses its own arguments. The development package
+#: ``powerstrip_dev`` adds ``engine``, ``run`` and ``demo`` this way, so that this module never
+#: imports it: it installs packages and starts daemons, which the proxy must never do.
+COMMANDS_GROUP = "powerstrip.commands"
+#: The subcommands defined here, which an entry point cannot replace.
+BUILTIN_COMMANDS = ("serve", "check")
 
 
 class UsageError(Exception):
@@ -245,32 +253,61 @@ def build_parser() -> argparse.ArgumentParser:
     check_parser.add_argument("--config", help="adapters file (found as serve finds it)")
     check_parser.set_defaults(func=check)
 
-    commands.add_parser(
-        "engine", help="a throwaway Docker Engine: start|stop [--root DIR] [--remove]"
-    )
-    commands.add_parser("run", help="the rig: Powerstrip and the example adapters (make run)")
-    commands.add_parser(
-        "demo", help="two hosts, one dataset: the example adapters' story end to end"
-    )
+    for name, entry in added_commands().items():
+        # Only listed: loading it here would import the other package for every command.
+        added = commands.add_parser(
+            name, help=f"from {entry.module} (see powerstrip {name} --help)", add_help=False
+        )
+        # Reached only after global options (``powerstrip -v run``); ``main`` hands a command
+        # named first its arguments, which this parser does not know.
+        added.set_defaults(func=lambda args, entry=entry: run_added(entry, []))
     return parser
+
+
+def added_commands() -> dict[str, EntryPoint]:
+    """The subcommands other installed packages add (group ``powerstrip.commands``), by name;
+    listed from the installed metadata without importing anything."""
+    added: dict[str, EntryPoint] = {}
+    for entry in entry_points(group=COMMANDS_GROUP):
+        # The first of a name wins, as the first distribution on sys.path does for imports.
+        if entry.name not in BUILTIN_COMMANDS:
+            added.setdefault(entry.name, entry)
+    return added
+
+
+def load_command(entry: EntryPoint) -> Callable[[list[str]], int | None]:
+    """The ``main`` of an added subcommand. ``UsageError`` when the package providing it is not
+    installed although its entry point is (a packaging that left the development package out);
+    any other import failure is a bug in that package and propagates."""
+    try:
+        return entry.load()
+    except ModuleNotFoundError as exc:
+        parts = entry.module.split(".")
+        if exc.name not in {".".join(parts[:n]) for n in range(1, len(parts) + 1)}:
+            raise
+        raise UsageError(
+            f"the {entry.name} command needs {entry.module}, which is not installed "
+            f"({parts[0]}: the development tooling, in Powerstrip's source tree; "
+            "pip install . from there)"
+        ) from None
+
+
+def run_added(entry: EntryPoint, argv: Sequence[str]) -> int:
+    """Load the added subcommand ``entry`` and run it with ``argv``; its exit status."""
+    return load_command(entry)(list(argv)) or 0
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``powerstrip`` console script."""
     argv = list(sys.argv[1:] if argv is None else argv)
-    if argv[:1] == ["engine"]:
-        # The engine has its own parser; hand it everything, --help included.
-        from powerstrip_dev import engine
-
-        return engine.main(argv[1:])
-    if argv[:1] == ["demo"]:
-        from powerstrip_dev import demo
-
-        return demo.main(argv[1:])
-    if argv[:1] == ["run"]:
-        from powerstrip_dev import rig
-
-        return rig.main(argv[1:])
+    entry = added_commands().get(argv[0]) if argv else None
+    if entry is not None:
+        # An added command has its own parser; hand it everything after its name, --help too.
+        try:
+            return run_added(entry, argv[1:])
+        except UsageError as exc:
+            print(f"powerstrip: {exc}", file=sys.stderr)
+            return 2
     args = build_parser().parse_args(argv)
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO,

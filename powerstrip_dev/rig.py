@@ -1,7 +1,7 @@
 """The run command: Powerstrip with the example adapters in front of a Docker Engine.
 
 It uses the daemon at ``--upstream`` when that answers, and otherwise starts a throwaway engine
-(``powerstrip.engine``) for as long as the rig runs. It starts the four example adapters of
+(``powerstrip_dev.engine``) for as long as the rig runs. It starts the four example adapters of
 ``adapters/`` on the ports ``powerstrip.yml`` names, then serves with ``powerstrip.yml``: container
 create goes through ``debug -> volumes -> debug -> network -> debug -> policy`` (the debug adapter
 between the others prints what each one changed), start gets the debug and network post-hooks.

@@ -1,0 +1,206 @@
+"""The package layout holds: no import cycles, the runtime package ``powerstrip`` apart from the
+development package ``powerstrip_dev`` (which installs packages and starts daemons), and the
+``powerstrip`` subcommands that live in ``powerstrip_dev`` reached only through entry points."""
+
+from __future__ import annotations
+
+import ast
+import subprocess
+import sys
+from collections.abc import Iterator
+from importlib.metadata import EntryPoint
+from pathlib import Path
+
+import pytest
+
+from powerstrip import cli
+
+ROOT = Path(__file__).resolve().parents[2]
+PACKAGES = ("powerstrip", "powerstrip_dev")
+#: The one runtime module allowed to reach the development package: the test kit's engine
+#: fixture starts the throwaway engine, and only when a test asks for it.
+DEV_IMPORTER = "powerstrip.kit.testing"
+
+
+def module_files() -> dict[str, Path]:
+    """Every module of the two packages, by dotted name."""
+    found = {}
+    for package in PACKAGES:
+        for path in sorted((ROOT / package).rglob("*.py")):
+            parts = path.relative_to(ROOT).with_suffix("").parts
+            if parts[-1] == "__init__":
+                parts = parts[:-1]
+            found[".".join(parts)] = path
+    return found
+
+
+MODULES = module_files()
+
+
+def imports(name: str, path: Path) -> Iterator[tuple[str, ast.stmt]]:
+    """Every module ``name`` imports, with the statement: at module level, inside functions and
+    under ``if TYPE_CHECKING`` alike. ``from P import N`` counts as importing ``P.N`` when that
+    is a module, else ``P``."""
+    package = name if path.name == "__init__.py" else name.rpartition(".")[0]
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        if isinstance(node, ast.Import):
+            for alias in node.names:
+                yield alias.name, node
+        elif isinstance(node, ast.ImportFrom):
+            if node.level:
+                base = package.split(".")[: len(package.split(".")) - node.level + 1]
+                source = ".".join(base + ([node.module] if node.module else []))
+            else:
+                source = node.module or ""
+            for alias in node.names:
+                submodule = f"{source}.{alias.name}"
+                yield (submodule if submodule in MODULES else source), node
+
+
+def graph() -> dict[str, set[str]]:
+    """Module -> the modules of the two packages it imports."""
+    return {
+        name: {target for target, _ in imports(name, path) if target in MODULES and target != name}
+        for name, path in MODULES.items()
+    }
+
+
+def find_cycle(edges: dict[str, set[str]]) -> list[str] | None:
+    """One import cycle as a path that ends where it starts, or None."""
+    state: dict[str, str] = {}
+    stack: list[str] = []
+
+    def visit(node: str) -> list[str] | None:
+        state[node] = "open"
+        stack.append(node)
+        for target in sorted(edges.get(node, ())):
+            if state.get(target) == "open":
+                return stack[stack.index(target):] + [target]
+            if target not in state and (cycle := visit(target)):
+                return cycle
+        stack.pop()
+        state[node] = "done"
+        return None
+
+    for node in sorted(edges):
+        if node not in state and (cycle := visit(node)):
+            return cycle
+    return None
+
+
+def test_the_modules_are_found() -> None:
+    assert {"powerstrip.cli", "powerstrip.kit.testing", "powerstrip_dev.rig"} <= set(MODULES)
+
+
+def test_no_import_cycle() -> None:
+    cycle = find_cycle(graph())
+    assert cycle is None, "import cycle: " + " -> ".join(cycle)
+
+
+def test_the_cycle_finder_finds_one() -> None:
+    assert find_cycle({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": set()}) == ["a", "b", "c", "a"]
+    assert find_cycle({"a": {"b"}, "b": set()}) is None
+
+
+def test_the_runtime_package_does_not_import_the_development_package() -> None:
+    reaching = {
+        f"{name} imports {target} (line {node.lineno})"
+        for name, path in MODULES.items() if name.split(".")[0] == "powerstrip"
+        for target, node in imports(name, path)
+        if target.split(".")[0] == "powerstrip_dev" and name != DEV_IMPORTER
+    }
+    assert not reaching, "\n".join(sorted(reaching))
+
+
+def run_python(code: str) -> subprocess.CompletedProcess[str]:
+    """Run ``code`` in a fresh interpreter of this environment, from the repository."""
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=60, cwd=ROOT)
+
+
+def test_importing_the_proxy_loads_nothing_of_the_development_package() -> None:
+    result = run_python(
+        "import sys\n"
+        "import powerstrip.proxy.connection, powerstrip.cli, powerstrip.hooks.live\n"
+        "powerstrip_cli = sys.modules['powerstrip.cli']\n"
+        "powerstrip_cli.build_parser()\n"
+        "print(sorted(m for m in sys.modules if m.split('.')[0] == 'powerstrip_dev'))\n"
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "[]"
+
+
+# -- the subcommands the development package adds -------------------------------------------
+
+
+def test_the_development_subcommands_are_registered_entry_points() -> None:
+    added = cli.added_commands()
+    assert {name: entry.value for name, entry in added.items()} == {
+        "engine": "powerstrip_dev.engine:main",
+        "run": "powerstrip_dev.rig:main",
+        "demo": "powerstrip_dev.demo:main",
+    }
+
+
+def test_the_help_lists_them() -> None:
+    shown = cli.build_parser().format_help()
+    for name in ("serve", "check", "engine", "run", "demo"):
+        assert name in shown
+
+
+def test_a_subcommand_gets_everything_after_its_name() -> None:
+    result = subprocess.run([sys.executable, "-m", "powerstrip", "engine", "--help"],
+                            capture_output=True, text=True, timeout=60, cwd=ROOT)
+    assert result.returncode == 0, result.stderr
+    assert "start" in result.stdout and "--root" in result.stdout
+
+
+def fake_entry_points(*entries: EntryPoint):  # noqa: ANN201 - a stand-in for entry_points
+    def select(group: str) -> list[EntryPoint]:
+        return [e for e in entries if e.group == group]
+
+    return select
+
+
+def test_a_subcommand_whose_package_is_missing_says_so(monkeypatch, capsys) -> None:
+    ghost = EntryPoint("ghost", "powerstrip_ghost.tool:main", cli.COMMANDS_GROUP)
+    monkeypatch.setattr(cli, "entry_points", fake_entry_points(ghost))
+    assert cli.main(["ghost", "start"]) == 2
+    error = capsys.readouterr().err
+    assert "the ghost command needs powerstrip_ghost.tool, which is not installed" in error
+
+
+def test_a_broken_import_inside_a_subcommand_is_not_mistaken_for_a_missing_package(
+    monkeypatch, tmp_path
+) -> None:
+    (tmp_path / "broken_tool.py").write_text("import no_such_dependency_here\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    broken = EntryPoint("broken", "broken_tool:main", cli.COMMANDS_GROUP)
+    monkeypatch.setattr(cli, "entry_points", fake_entry_points(broken))
+    with pytest.raises(ModuleNotFoundError, match="no_such_dependency_here"):
+        cli.main(["broken"])
+
+
+def test_an_entry_point_cannot_replace_a_builtin_command(monkeypatch) -> None:
+    impostor = EntryPoint("serve", "powerstrip_ghost:main", cli.COMMANDS_GROUP)
+    monkeypatch.setattr(cli, "entry_points", fake_entry_points(impostor))
+    assert cli.added_commands() == {}
+
+
+def test_a_subcommand_gets_its_arguments_and_runs_after_global_options_too(monkeypatch) -> None:
+    seen: list[list[str]] = []
+    tool = EntryPoint("tool", "tests.unit.test_layout:record_tool", cli.COMMANDS_GROUP)
+    monkeypatch.setattr(cli, "entry_points", fake_entry_points(tool))
+    monkeypatch.setattr(sys.modules[__name__], "RECORDED", seen)
+    assert cli.main(["tool", "--flag", "x"]) == 3
+    assert cli.main(["-v", "tool"]) == 3
+    assert seen == [["--flag", "x"], []]
+
+
+RECORDED: list[list[str]] = []
+
+
+def record_tool(argv: list[str]) -> int:
+    """An added subcommand for the test above: records its arguments."""
+    RECORDED.append(argv)
+    return 3
