@@ -35,7 +35,7 @@ from urllib.parse import parse_qs
 import yaml
 
 from powerstrip.adapter import Adapter, Refuse, Request
-from powerstrip.hooks.matching import clean_path
+from powerstrip.core.paths import clean_path
 from powerstrip.kit.gojson import (
     ANY,
     BOOL,

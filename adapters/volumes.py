@@ -34,7 +34,7 @@ from typing import Any
 from twisted.internet import defer
 
 from powerstrip.adapter import Adapter, Refuse, Request
-from powerstrip.hooks.matching import clean_path
+from powerstrip.core.paths import clean_path
 from powerstrip.kit.engine_api import EngineClient, EngineError
 from powerstrip.kit.gojson import go_fold_equal, go_keys, go_value
 from powerstrip.proxy.addresses import AddressError, parse_address

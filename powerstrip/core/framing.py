@@ -16,7 +16,7 @@ from http import HTTPStatus
 import httptools
 
 from powerstrip.core.media import HIJACK_CONTENT_TYPES, last_header, media_type
-from powerstrip.hooks.matching import SpellingError, canonical_path
+from powerstrip.core.paths import SpellingError, canonical_path
 
 #: A request head larger than this is refused: dockerd itself caps headers at 1 MiB, and a head
 #: that never ends must not grow the proxy's memory without bound.

@@ -50,7 +50,8 @@ from urllib.parse import parse_qs
 from twisted.internet import defer
 from twisted.web import resource, server
 
-from powerstrip.hooks.matching import Matcher, SpellingError, parse_endpoint_key
+from powerstrip.core.paths import SpellingError
+from powerstrip.hooks.matching import Matcher, parse_endpoint_key
 from powerstrip.hooks.wire import (
     CallError,
     ClientRequest,

@@ -18,7 +18,8 @@ from urllib.parse import quote
 
 import pytest
 
-from powerstrip.hooks.matching import Matcher, SpellingError, canonical_path, split_version
+from powerstrip.core.paths import SpellingError, canonical_path, split_version
+from powerstrip.hooks.matching import Matcher
 from powerstrip_dev.engine import Engine
 from tests.rawhttp import Response, call
 

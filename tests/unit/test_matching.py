@@ -16,15 +16,9 @@ import pytest
 from hypothesis import example, given
 from hypothesis import strategies as st
 
+from powerstrip.core.paths import SpellingError, _canonical_slow, canonical_path, split_version
 from powerstrip.hooks.config import parse_config
-from powerstrip.hooks.matching import (
-    Matcher,
-    SpellingError,
-    _canonical_slow,
-    canonical_path,
-    split_version,
-    unversioned_globs,
-)
+from powerstrip.hooks.matching import Matcher, unversioned_globs
 
 
 @dataclass(frozen=True)
