@@ -10,9 +10,6 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-# is_json and is_text live in core.media; re-exported while core.exchange imports them from here.
-from powerstrip.core.media import is_json as is_json
-from powerstrip.core.media import is_text as is_text
 from powerstrip.core.media import media_type
 from powerstrip.hooks.config import Adapter, Config
 
