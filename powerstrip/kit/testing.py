@@ -17,7 +17,10 @@ factory: give it a command line and get the adapter's URL once it listens). Ever
 stopped when the test (or, for the engine, the session) ends. The engine must start: if it cannot,
 the fixture fails, it never skips.
 
-Needs pytest (``pip install powerstrip[testing]``).
+The in-process calls and the process helpers need nothing beyond Powerstrip itself, so scripts
+and other test runners can use them; the fixtures exist only where pytest is installed
+(``pip install powerstrip[testing]``). The throwaway engine comes from the development package
+``powerstrip_dev``, imported only when an engine is started.
 """
 
 from __future__ import annotations
@@ -32,9 +35,8 @@ import tempfile
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, NoReturn
 
-import pytest
 from twisted.internet import defer
 from twisted.python.failure import Failure
 
@@ -48,8 +50,15 @@ from powerstrip.hooks.wire import (
 )
 from powerstrip.kit.sdk import Adapter, Request, Response
 from powerstrip_dev import processes
-from powerstrip_dev.engine import Engine, ensure_packages
 from powerstrip_dev.processes import Service, ServiceError, start_service, wait_for_line
+
+try:
+    import pytest
+except ImportError:  # the helpers work without it; only the fixtures below need it
+    pytest = None
+
+if TYPE_CHECKING:
+    from powerstrip_dev.engine import Engine
 
 __all__ = [
     "AdapterProcess",
@@ -71,6 +80,15 @@ __all__ = [
 PROXY_START_TIMEOUT = 15.0
 PROXY_STOP_TIMEOUT = 10.0
 ADAPTER_START_TIMEOUT = 15.0
+#: The pytest fixtures, defined (and exported) only when pytest is importable.
+FIXTURES = ("adapter_process", "docker_engine", "powerstrip_proxy")
+
+
+def _fail(message: str) -> NoReturn:
+    """Fail the test: as pytest reports a failure when pytest is there, else AssertionError."""
+    if pytest is not None:
+        pytest.fail(message)
+    raise AssertionError(message)
 
 
 # -- in-process calls ---------------------------------------------------------------------
@@ -211,6 +229,10 @@ def start_engine() -> Engine:
 
     Installs the packages it needs when missing. Stop it with ``engine.stop(remove=True)``.
     """
+    # Here, not at the top: the throwaway engine is development tooling that may run apt-get,
+    # and importing the test kit for its in-process calls must not load it.
+    from powerstrip_dev.engine import Engine, ensure_packages
+
     ensure_packages()
     engine = Engine(short_tmpdir("ps-"))
     engine.start()
@@ -232,7 +254,7 @@ def await_line(
     try:
         return wait_for_line(proc, stdout_path, prefix, timeout, what, stderr_path)
     except ServiceError as exc:
-        pytest.fail(str(exc))
+        _fail(str(exc))
 
 
 def stop_process(proc: subprocess.Popen) -> None:
@@ -278,7 +300,7 @@ def launch_proxy(upstream: str, config: Path | None = None) -> ProxyProcess:
                                 env={"POWERSTRIP_CONFIG": ""})
     except ServiceError as exc:
         shutil.rmtree(workdir, ignore_errors=True)
-        pytest.fail(str(exc))
+        _fail(str(exc))
     match = re.fullmatch(r"tcp://127\.0\.0\.1:(\d+)", service.value)
     assert match, f"unexpected proxy address {service.value!r}"
     return ProxyProcess(service.value, int(match.group(1)), service.proc, service.stderr_path,
@@ -295,7 +317,7 @@ def stop_proxy(running: ProxyProcess) -> None:
     except subprocess.TimeoutExpired:
         proc.kill()
         proc.wait()
-        pytest.fail(f"proxy ignored SIGTERM for {PROXY_STOP_TIMEOUT:g} s\n{running.stderr()}")
+        _fail(f"proxy ignored SIGTERM for {PROXY_STOP_TIMEOUT:g} s\n{running.stderr()}")
     log_text = running.stderr()
     if running.workdir is not None:
         shutil.rmtree(running.workdir, ignore_errors=True)
@@ -324,62 +346,65 @@ def start_adapter(argv: Sequence[str], name: str = "adapter") -> AdapterProcess:
         service = start_service(name, argv, workdir, timeout=ADAPTER_START_TIMEOUT)
     except ServiceError as exc:
         shutil.rmtree(workdir, ignore_errors=True)
-        pytest.fail(str(exc))
+        _fail(str(exc))
     return AdapterProcess(**vars(service), workdir=workdir)
 
 
 # -- pytest fixtures (``pytest_plugins = ["powerstrip.testing"]``) --------------------------
+# Only where pytest is installed: the helpers above serve scripts and other runners too.
+
+if pytest is not None:
+    __all__ += FIXTURES
+
+    @pytest.fixture(scope="session")
+    def docker_engine() -> Iterator[Engine]:
+        """A throwaway Docker Engine for the session, with ``busybox:latest``; ``.host`` is its
+        DOCKER_HOST (talk to it directly to set up and to check what a hook did)."""
+        engine = start_engine()
+        try:
+            yield engine
+        finally:
+            engine.stop(remove=True)
 
 
-@pytest.fixture(scope="session")
-def docker_engine() -> Iterator[Engine]:
-    """A throwaway Docker Engine for the session, with ``busybox:latest``; ``.host`` is its
-    DOCKER_HOST (talk to it directly to set up and to check what a hook did)."""
-    engine = start_engine()
-    try:
-        yield engine
-    finally:
-        engine.stop(remove=True)
+    @pytest.fixture
+    def powerstrip_proxy(
+        docker_engine: Engine, tmp_path: Path
+    ) -> Iterator[Callable[[str | None], ProxyProcess]]:
+        """A factory: ``powerstrip_proxy(adapters_yml_text)`` starts a Powerstrip in front of
+        ``docker_engine`` with that adapters file (None: no hooks) and returns it; ``.host`` is the
+        DOCKER_HOST to give the docker CLI. Stopped, and checked to exit cleanly, after the test."""
+        started: list[ProxyProcess] = []
+
+        def launch(config_text: str | None = None) -> ProxyProcess:
+            path = None
+            if config_text is not None:
+                path = tmp_path / f"adapters-{len(started)}.yml"
+                path.write_text(config_text)
+            running = launch_proxy(docker_engine.host, path)
+            started.append(running)
+            return running
+
+        try:
+            yield launch
+        finally:
+            for running in started:
+                stop_proxy(running)
 
 
-@pytest.fixture
-def powerstrip_proxy(
-    docker_engine: Engine, tmp_path: Path
-) -> Iterator[Callable[[str | None], ProxyProcess]]:
-    """A factory: ``powerstrip_proxy(adapters_yml_text)`` starts a Powerstrip in front of
-    ``docker_engine`` with that adapters file (None: no hooks) and returns it; ``.host`` is the
-    DOCKER_HOST to give the docker CLI. Stopped, and checked to exit cleanly, after the test."""
-    started: list[ProxyProcess] = []
+    @pytest.fixture
+    def adapter_process() -> Iterator[Callable[..., AdapterProcess]]:
+        """A factory: ``adapter_process(argv)`` starts an adapter service and returns it once it
+        listens (``.url`` for the adapters file, ``.log()`` for its log). Stopped after the test."""
+        started: list[AdapterProcess] = []
 
-    def launch(config_text: str | None = None) -> ProxyProcess:
-        path = None
-        if config_text is not None:
-            path = tmp_path / f"adapters-{len(started)}.yml"
-            path.write_text(config_text)
-        running = launch_proxy(docker_engine.host, path)
-        started.append(running)
-        return running
+        def start(argv: Sequence[str], name: str = "adapter") -> AdapterProcess:
+            running = start_adapter(argv, name)
+            started.append(running)
+            return running
 
-    try:
-        yield launch
-    finally:
-        for running in started:
-            stop_proxy(running)
-
-
-@pytest.fixture
-def adapter_process() -> Iterator[Callable[..., AdapterProcess]]:
-    """A factory: ``adapter_process(argv)`` starts an adapter service and returns it once it
-    listens (``.url`` for the adapters file, ``.log()`` for its log). Stopped after the test."""
-    started: list[AdapterProcess] = []
-
-    def start(argv: Sequence[str], name: str = "adapter") -> AdapterProcess:
-        running = start_adapter(argv, name)
-        started.append(running)
-        return running
-
-    try:
-        yield start
-    finally:
-        for running in started:
-            running.stop()
+        try:
+            yield start
+        finally:
+            for running in started:
+                running.stop()

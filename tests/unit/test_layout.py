@@ -130,6 +130,66 @@ def test_importing_the_proxy_loads_nothing_of_the_development_package() -> None:
     assert result.stdout.strip() == "[]"
 
 
+def runtime_imports(path: Path) -> Iterator[ast.stmt]:
+    """The import statements that run when the module at ``path`` is imported: not those in
+    functions, nor those under ``if TYPE_CHECKING``."""
+    pending: list[ast.AST] = list(ast.parse(path.read_text(), str(path)).body)
+    while pending:
+        node = pending.pop()
+        if isinstance(node, ast.Import | ast.ImportFrom):
+            yield node
+        elif isinstance(node, ast.If) and ast.unparse(node.test) in ("TYPE_CHECKING",
+                                                                     "typing.TYPE_CHECKING"):
+            pending.extend(node.orelse)
+        elif not isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef | ast.Lambda):
+            pending.extend(ast.iter_child_nodes(node))
+
+
+def test_the_test_kit_imports_the_throwaway_engine_only_when_it_starts_one() -> None:
+    path = MODULES[DEV_IMPORTER]
+    run_at_import = {node.lineno for node in runtime_imports(path)}
+    eager = {target for target, node in imports(DEV_IMPORTER, path)
+             if node.lineno in run_at_import}
+    assert "powerstrip.kit.sdk" in eager  # the walk sees the module-level imports
+    assert not {target for target in eager if target.startswith("powerstrip_dev.engine")}, eager
+    result = run_python(
+        "import sys\n"
+        "import powerstrip.testing\n"
+        "print('powerstrip_dev.engine' in sys.modules)\n"
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "False"
+
+
+def test_the_test_kit_imports_without_pytest() -> None:
+    """The in-process calls serve scripts and other runners: no pytest needed, and then no
+    fixtures either."""
+    result = run_python(
+        "import sys\n"
+        "sys.modules['pytest'] = None  # as if it were not installed\n"
+        "import powerstrip.testing\n"
+        "from powerstrip.testing import call_pre\n"
+        "from powerstrip.adapter import Adapter\n"
+        "app = Adapter('t')\n"
+        "app.pre('POST /*/containers/create')(lambda request: None)\n"
+        "assert call_pre(app, 'POST', '/v1.41/containers/create', {}).status == 200\n"
+        "fixtures = ('adapter_process', 'docker_engine', 'powerstrip_proxy')\n"
+        "print(sorted(set(fixtures) & set(dir(powerstrip.testing))))\n"
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "[]"
+
+
+def test_with_pytest_the_test_kit_exports_its_fixtures() -> None:
+    import powerstrip.testing
+    from powerstrip.kit.testing import FIXTURES
+
+    assert set(FIXTURES) == {"adapter_process", "docker_engine", "powerstrip_proxy"}
+    assert set(FIXTURES) <= set(powerstrip.testing.__all__)
+    for name in FIXTURES:
+        assert callable(getattr(powerstrip.testing, name))
+
+
 # -- the subcommands the development package adds -------------------------------------------
 
 
