@@ -32,10 +32,9 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs
 
-import yaml
-
 from powerstrip.adapter import Adapter, Refuse, Request
 from powerstrip.core.paths import clean_path
+from powerstrip.kit import yamlfile
 from powerstrip.kit.gojson import (
     ANY,
     BOOL,
@@ -263,37 +262,6 @@ _SWITCHES = ("privileged", "host_network", "host_pid")
 _RULE_NAMES = (*_SWITCHES, "cap_add", "bind_mounts", "images")
 
 
-class _RulesLoader(yaml.SafeLoader):
-    """SafeLoader that refuses duplicate keys, which plain YAML would silently drop."""
-
-
-def _mapping(loader: _RulesLoader, node: yaml.MappingNode) -> dict[Any, Any]:
-    seen: dict[Any, int] = {}
-    for key_node, _ in node.value:
-        key = loader.construct_object(key_node)
-        line = key_node.start_mark.line + 1
-        if key in seen:
-            raise RulesError(f"line {line}: duplicate key {key!r} (also on line {seen[key]})")
-        seen[key] = line
-    loader.flatten_mapping(node)
-    return {
-        **{"__lines__": seen},
-        **{loader.construct_object(k, deep=True): loader.construct_object(v, deep=True)
-           for k, v in node.value},
-    }
-
-
-_RulesLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _mapping)
-
-
-def _lines(obj: dict[Any, Any]) -> dict[Any, int]:
-    return obj.get("__lines__", {})
-
-
-def _plain(obj: dict[Any, Any]) -> dict[Any, Any]:
-    return {k: v for k, v in obj.items() if k != "__lines__"}
-
-
 def parse_rules(text: str, source: str = "<rules>") -> Rules:
     """Rules from the YAML ``text``; RulesError with ``source`` and the line for any fault.
 
@@ -302,19 +270,17 @@ def parse_rules(text: str, source: str = "<rules>") -> Rules:
     cap_add; ``{allow: [...]}`` for bind_mounts (with ``resolve_symlinks``) and images.
     """
     try:
-        doc = yaml.load(text, Loader=_RulesLoader)  # noqa: S506 - a SafeLoader subclass
-    except RulesError as exc:
-        raise RulesError(f"{source}: {exc}") from None
-    except yaml.YAMLError as exc:
-        raise RulesError(f"{source}: not YAML: {exc}") from None
+        doc = yamlfile.load(text, source)
+    except yamlfile.YamlError as exc:
+        raise RulesError(str(exc)) from None
 
-    def fail(where: dict[Any, Any] | None, key: Any, message: str) -> RulesError:
-        line = _lines(where).get(key) if where else None
+    def fail(where: yamlfile.LinedDict, key: str, message: str) -> RulesError:
+        line = where.lines.get(key)
         return RulesError(f"{source}{f':{line}' if line else ''}: {message}")
 
     if not isinstance(doc, dict):
         raise RulesError(f"{source}: a rules file is a mapping with a 'rules' key")
-    for key in _plain(doc):
+    for key in doc:
         if key not in ("version", "rules"):
             raise fail(doc, key, f"unknown key {key!r}; expected 'version' and 'rules'")
     if doc.get("version", 1) != 1:
@@ -324,10 +290,10 @@ def parse_rules(text: str, source: str = "<rules>") -> Rules:
         raise fail(doc, "rules", "'rules' must be a mapping of rule names to settings")
     settings: dict[str, Any] = {}
     sources: dict[str, str] = {}
-    for name, value in _plain(rules).items():
+    for name, value in rules.items():
         if name not in _RULE_NAMES:
             raise fail(rules, name, f"unknown rule {name!r}; rules are {', '.join(_RULE_NAMES)}")
-        sources[name] = f"{source}:{_lines(rules).get(name)}"
+        sources[name] = f"{source}:{rules.lines.get(name)}"
         if name in _SWITCHES:
             if value not in ("forbid", "allow"):
                 raise fail(rules, name, f"rule {name} is 'forbid' or 'allow', not {value!r}")
@@ -340,7 +306,7 @@ def parse_rules(text: str, source: str = "<rules>") -> Rules:
         if not isinstance(value, dict) or "allow" not in value:
             raise fail(rules, name, f"rule {name} needs {{allow: [...]}}"
                        + (" or 'forbid'" if name == "cap_add" else ""))
-        for key in _plain(value):
+        for key in value:
             if key not in options:
                 raise fail(value, key, f"unknown setting {key!r} of rule {name}")
         allow = value["allow"]

@@ -23,16 +23,16 @@ import difflib
 import math
 import os
 import re
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from dataclasses import dataclass
 from decimal import Decimal
 from pathlib import Path
 from urllib.parse import unquote, urlsplit
 
-import yaml
 from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 
 from powerstrip.hooks.matching import parse_endpoint_key
+from powerstrip.kit.yamlfile import Document, YamlError, describe, is_null, is_str
 
 DEFAULT_TIMEOUT = 10.0
 DEFAULT_MAX_BODY = 4 * 1024 * 1024
@@ -43,14 +43,6 @@ _ENDPOINT_KEYS = ("pre", "post")
 _ADAPTER_KEYS = ("url", "timeout", "on_error")
 _URL_FORMS = "http://HOST/PATH, https://HOST/PATH, unix:///SOCKET:/PATH or http+unix://%2FSOCKET/PATH"
 
-_TAG = "tag:yaml.org,2002:"
-_STR = _TAG + "str"
-_NULL = _TAG + "null"
-_BOOL = _TAG + "bool"
-_INT = _TAG + "int"
-_FLOAT = _TAG + "float"
-_MERGE = _TAG + "merge"
-
 _SIZE = re.compile(r"(\d+(?:\.\d+)?)\s*([A-Za-z]*)")
 _SIZE_UNITS = {
     "": 1, "b": 1,
@@ -59,16 +51,8 @@ _SIZE_UNITS = {
 }
 
 
-class ConfigError(Exception):
+class ConfigError(YamlError):
     """A configuration that cannot be used; ``errors`` holds one ``PATH:LINE: message`` each."""
-
-    def __init__(self, errors: list[str]) -> None:
-        # The list itself is the only argument, so the exception pickles and copies intact.
-        super().__init__(list(errors))
-        self.errors: list[str] = list(errors)
-
-    def __str__(self) -> str:
-        return "\n".join(self.errors)
 
 
 @dataclass(frozen=True)
@@ -151,160 +135,15 @@ def parse_config(text: str, source: str = "<string>") -> Config:
 
     Raises ConfigError listing every problem found, each as ``SOURCE:LINE: message``.
     """
-    problems: list[tuple[int, str]] = []
-
-    def report(where: Node | int, message: str) -> None:
-        line = where if isinstance(where, int) else where.start_mark.line + 1
-        problems.append((line, message))
-
     try:
-        loader = _Loader(text, report)
-    except yaml.reader.ReaderError as exc:
-        line = text.count("\n", 0, exc.position) + 1
-        code = exc.character if isinstance(exc.character, int) else ord(exc.character)
-        raise ConfigError(
-            [f"{source}:{line}: YAML syntax error: unacceptable character #x{code:04x}: "
-             f"{exc.reason}"]
-        ) from None
-    try:
-        try:
-            root = loader.get_single_node()
-        except yaml.MarkedYAMLError as exc:
-            raise ConfigError([f"{source}:{_syntax_error(exc, text)}"]) from None
-        except RecursionError:
-            raise ConfigError([f"{source}:1: YAML syntax error: nested too deeply"]) from None
-        config = _Checker(source, loader, report).config(root)
-    finally:
-        loader.dispose()
-    if problems or config is None:
-        raise ConfigError(_messages(source, problems))
+        document = Document(text, source)
+    except YamlError as exc:
+        raise ConfigError(exc.errors) from None
+    config = _Checker(source, document).config(document.root)
+    errors = document.errors()
+    if errors or config is None:
+        raise ConfigError(errors)
     return config
-
-
-def _syntax_error(exc: yaml.MarkedYAMLError, text: str) -> str:
-    """``LINE: message`` for a YAML syntax error, at the point where the parser gave up."""
-    mark = exc.problem_mark or exc.context_mark
-    line = mark.line + 1 if mark is not None else 1
-    # "End of stream" is marked past the final newline, on a line editors do not show.
-    line = max(1, min(line, len(text.splitlines())))
-    parts = []
-    if exc.context:
-        where = f" on line {exc.context_mark.line + 1}" if exc.context_mark is not None else ""
-        parts.append(f"{exc.context}{where}")
-    if exc.problem:
-        parts.append(exc.problem)
-    return f"{line}: YAML syntax error: {', '.join(parts) or 'cannot parse'}"
-
-
-def _messages(source: str, problems: list[tuple[int, str]]) -> list[str]:
-    # Sorted by line so the list reads top to bottom like the file; an anchored node used twice
-    # would otherwise report the same fault twice.
-    out: list[str] = []
-    for line, message in sorted(problems, key=lambda problem: problem[0]):
-        text = f"{source}:{line}: {message}"
-        if text not in out:
-            out.append(text)
-    return out
-
-
-class _Loader(yaml.SafeLoader):
-    """A SafeLoader read as a node tree, so every key and value keeps the line it is on.
-
-    PyYAML's own mapping construction keeps the last of two identical keys without a word (the
-    original Powerstrip lost a user's pre-hook that way); ``entries`` reports them instead.
-    """
-
-    def __init__(self, text: str, report: Callable[[Node | int, str], None]) -> None:
-        super().__init__(text)
-        self.report = report
-        self._merging: set[int] = set()
-
-    def entries(self, node: MappingNode) -> list[tuple[str, Node, Node]]:
-        """The ``(key, key node, value node)`` entries of a mapping, in file order.
-
-        Keys must be strings; duplicates are reported and kept, so each value is still checked.
-        Entries merged in with ``<<`` come first, unless the mapping sets the same key itself.
-        """
-        own: list[tuple[str, Node, Node]] = []
-        first_line: dict[str, int] = {}
-        merged: list[tuple[str, Node, Node]] = []
-        for key, value in node.value:
-            if key.tag == _MERGE:
-                merged.extend(self._merged(value))
-                continue
-            if not (isinstance(key, ScalarNode) and key.tag == _STR):
-                hint = "; quote it" if isinstance(key, ScalarNode) else ""
-                self.report(key, f"keys must be strings, got {_describe(key)}{hint}")
-                continue
-            line = key.start_mark.line + 1
-            if key.value in first_line:
-                self.report(
-                    key,
-                    f"duplicate key {key.value!r}: it is also on line {first_line[key.value]}; "
-                    "YAML would silently keep only the last one",
-                )
-            else:
-                first_line[key.value] = line
-            own.append((key.value, key, value))
-        # As in PyYAML: the mapping's own keys override merged ones, and among merged mappings
-        # the first one listed wins.
-        kept: dict[str, tuple[str, Node, Node]] = {}
-        for entry in merged:
-            if entry[0] not in first_line:
-                kept.setdefault(entry[0], entry)
-        return list(kept.values()) + own
-
-    def _merged(self, value: Node) -> list[tuple[str, Node, Node]]:
-        sources = value.value if isinstance(value, SequenceNode) else [value]
-        out: list[tuple[str, Node, Node]] = []
-        for source in sources:
-            if not isinstance(source, MappingNode):
-                self.report(source, f"'<<' merges mappings only, got {_describe(source)}")
-            elif id(source) in self._merging:
-                self.report(source, "'<<' merges a mapping into itself")
-            else:
-                self._merging.add(id(source))
-                try:
-                    out.extend(self.entries(source))
-                finally:
-                    self._merging.discard(id(source))
-        return out
-
-    def scalar(self, node: Node) -> object:
-        """The Python value of a null, boolean, number or string node; other nodes give ``node``."""
-        if isinstance(node, ScalarNode):
-            if node.tag == _STR:
-                return node.value
-            if node.tag in (_NULL, _BOOL, _INT, _FLOAT):
-                return self.construct_object(node)
-        return node
-
-
-def _describe(node: Node) -> str:
-    """How a message names what was found where something else belongs."""
-    if isinstance(node, MappingNode):
-        return "a mapping"
-    if isinstance(node, SequenceNode):
-        return "a list"
-    if node.tag == _NULL:
-        return "null"
-    if node.tag == _BOOL:
-        return f"the boolean {node.value}"
-    if node.tag in (_INT, _FLOAT):
-        return f"the number {node.value}"
-    if node.tag == _STR:
-        return f"the string {node.value!r}"
-    if node.tag == _TAG + "timestamp":
-        return f"the date {node.value}"
-    return f"a value tagged {node.tag}"
-
-
-def _is_null(node: Node) -> bool:
-    return isinstance(node, ScalarNode) and node.tag == _NULL
-
-
-def _is_str(node: Node) -> bool:
-    return isinstance(node, ScalarNode) and node.tag == _STR
 
 
 def _did_you_mean(name: str, choices: Iterable[str]) -> str:
@@ -315,12 +154,10 @@ def _did_you_mean(name: str, choices: Iterable[str]) -> str:
 class _Checker:
     """Walks the node tree of one file, building the Config and reporting every fault."""
 
-    def __init__(
-        self, source: str, loader: _Loader, report: Callable[[Node | int, str], None]
-    ) -> None:
+    def __init__(self, source: str, document: Document) -> None:
         self.source = source
-        self.loader = loader
-        self.report = report
+        self.document = document
+        self.report = document.report
 
     def unknown(self, key: Node, name: str, known: tuple[str, ...], where: str) -> None:
         self.report(
@@ -330,16 +167,16 @@ class _Checker:
         )
 
     def config(self, root: Node | None) -> Config | None:
-        if root is None or _is_null(root):
+        if root is None or is_null(root):
             self.report(1, "the file is empty: it needs 'endpoints' and 'adapters' "
                            "(write {} for none)")
             return None
         if not isinstance(root, MappingNode):
             self.report(root, "the top level must be a mapping with 'endpoints' and 'adapters', "
-                              f"got {_describe(root)}")
+                              f"got {describe(root)}")
             return None
         sections: dict[str, list[tuple[Node, Node]]] = {}
-        for name, key, value in self.loader.entries(root):
+        for name, key, value in self.document.entries(root):
             if name in _TOP_KEYS:
                 sections.setdefault(name, []).append((key, value))
             else:
@@ -379,16 +216,16 @@ class _Checker:
         return Config(tuple(endpoints), adapters, self.source, max_body)
 
     def version(self, key: Node, value: Node) -> None:
-        found = self.loader.scalar(value)
-        if _is_null(value):
+        found = self.document.scalar(value)
+        if is_null(value):
             self.report(key, "'version' is empty (null); write 'version: 1' or leave it out")
         elif type(found) is not int or found != 1:
-            self.report(value, f"'version' must be 1, got {_describe(value)}")
+            self.report(value, f"'version' must be 1, got {describe(value)}")
 
     def max_body(self, key: Node, value: Node) -> int:
-        found = self.loader.scalar(value)
+        found = self.document.scalar(value)
         size: int | None = None
-        if _is_null(value):
+        if is_null(value):
             self.report(key, "'max_body' is empty (null); give a size such as 4MiB, "
                              "or leave it out for the default")
             return DEFAULT_MAX_BODY
@@ -398,7 +235,7 @@ class _Checker:
             size = _parse_size(found)
         if size is None:
             self.report(value, "'max_body' must be a number of bytes or a size such as 4MiB, "
-                               f"512KiB or 1MB, got {_describe(value)}")
+                               f"512KiB or 1MB, got {describe(value)}")
         elif size <= 0:
             self.report(value, f"'max_body' must be more than 0 bytes, got {value.value}")
         else:
@@ -407,15 +244,15 @@ class _Checker:
 
     def adapters(self, key: Node, value: Node, out: dict[str, Adapter]) -> set[str] | None:
         """Check the 'adapters' section into ``out``; the names it defines, None if unreadable."""
-        if _is_null(value):
+        if is_null(value):
             self.report(key, "'adapters' is empty (null); write 'adapters: {}' for none")
             return None
         if not isinstance(value, MappingNode):
             self.report(value, "'adapters' must be a mapping of names to URLs, "
-                               f"got {_describe(value)}")
+                               f"got {describe(value)}")
             return None
         names: set[str] = set()
-        for name, name_node, spec in self.loader.entries(value):
+        for name, name_node, spec in self.document.entries(value):
             names.add(name)
             adapter = self.adapter(name, name_node, spec)
             if adapter is not None:
@@ -426,17 +263,17 @@ class _Checker:
         line = key.start_mark.line + 1
         if not name:
             self.report(key, "adapter names must not be empty")
-        if _is_null(spec):
+        if is_null(spec):
             self.report(key, f"adapter {name!r} has no URL")
             return None
-        if _is_str(spec):
+        if is_str(spec):
             target = self.target(name, spec)
             if target is None:
                 return None
             return Adapter(name, spec.value, target, line=line)
         if not isinstance(spec, MappingNode):
             self.report(spec, f"adapter {name!r} must be a URL or a mapping with 'url', "
-                              f"got {_describe(spec)}")
+                              f"got {describe(spec)}")
             return None
 
         url: str | None = None
@@ -445,29 +282,29 @@ class _Checker:
         on_error = "fail"
         ok = True
         seen_url = False
-        for field, field_key, value in self.loader.entries(spec):
+        for field, field_key, value in self.document.entries(spec):
             if field not in _ADAPTER_KEYS:
                 self.unknown(field_key, field, _ADAPTER_KEYS, f"in adapter {name!r}")
                 ok = False
-            elif _is_null(value):
+            elif is_null(value):
                 self.report(field_key, f"{field!r} of adapter {name!r} is empty (null)")
                 ok = False
                 seen_url = seen_url or field == "url"
             elif field == "url":
                 seen_url = True
-                if not _is_str(value):
+                if not is_str(value):
                     self.report(value, f"'url' of adapter {name!r} must be a string, "
-                                       f"got {_describe(value)}")
+                                       f"got {describe(value)}")
                     ok = False
                 else:
                     url = value.value
                     target = self.target(name, value)
                     ok = ok and target is not None
             elif field == "timeout":
-                found = self.loader.scalar(value)
+                found = self.document.scalar(value)
                 if type(found) not in (int, float):
                     self.report(value, f"'timeout' of adapter {name!r} must be a number of "
-                                       f"seconds, got {_describe(value)}")
+                                       f"seconds, got {describe(value)}")
                     ok = False
                 elif not (math.isfinite(found) and found > 0):
                     self.report(value, f"'timeout' of adapter {name!r} must be a finite number "
@@ -476,9 +313,9 @@ class _Checker:
                 else:
                     timeout = float(found)
             else:
-                if not (_is_str(value) and value.value in ON_ERROR_CHOICES):
+                if not (is_str(value) and value.value in ON_ERROR_CHOICES):
                     self.report(value, f"'on_error' of adapter {name!r} must be 'fail' or "
-                                       f"'skip', got {_describe(value)}")
+                                       f"'skip', got {describe(value)}")
                     ok = False
                 else:
                     on_error = value.value
@@ -500,15 +337,15 @@ class _Checker:
         self, key: Node, value: Node, uses: list[tuple[Node, str, str]]
     ) -> list[Endpoint]:
         """Check the 'endpoints' section; adapter names used are appended to ``uses``."""
-        if _is_null(value):
+        if is_null(value):
             self.report(key, "'endpoints' is empty (null); write 'endpoints: {}' for none")
             return []
         if not isinstance(value, MappingNode):
             self.report(value, "'endpoints' must be a mapping of \"METHOD PATH-GLOB\" keys, "
-                               f"got {_describe(value)}")
+                               f"got {describe(value)}")
             return []
         out: list[Endpoint] = []
-        for text, key_node, spec in self.loader.entries(value):
+        for text, key_node, spec in self.document.entries(value):
             endpoint = self.endpoint(text, key_node, spec, uses)
             if endpoint is not None:
                 out.append(endpoint)
@@ -522,36 +359,36 @@ class _Checker:
         except ValueError as exc:
             self.report(key, f"endpoint {text!r}: {exc}")
             method, pattern = "", ""
-        if _is_null(spec):
+        if is_null(spec):
             self.report(key, f"endpoint {text!r} is empty (null); give it 'pre' and/or 'post' "
                              "lists, or write {}")
             return None
         if not isinstance(spec, MappingNode):
             self.report(spec, f"endpoint {text!r} must be a mapping with 'pre' and/or 'post', "
-                              f"got {_describe(spec)}")
+                              f"got {describe(spec)}")
             return None
         hooks: dict[str, tuple[str, ...]] = {"pre": (), "post": ()}
-        for field, field_key, value in self.loader.entries(spec):
+        for field, field_key, value in self.document.entries(spec):
             if field not in _ENDPOINT_KEYS:
                 self.unknown(field_key, field, _ENDPOINT_KEYS, f"in endpoint {text!r}")
                 continue
             where = f"{field!r} of endpoint {text!r}"
-            if _is_null(value):
+            if is_null(value):
                 self.report(field_key, f"{where} is empty (null); list adapter names, "
                                        "or write [] for none")
             elif not isinstance(value, SequenceNode):
-                hint = f"; write [{value.value}]" if _is_str(value) else ""
+                hint = f"; write [{value.value}]" if is_str(value) else ""
                 self.report(value, f"{where} must be a list of adapter names, "
-                                   f"got {_describe(value)}{hint}")
+                                   f"got {describe(value)}{hint}")
             else:
                 names: list[str] = []
                 for item in value.value:
-                    if _is_str(item):
+                    if is_str(item):
                         names.append(item.value)
                         uses.append((item, item.value, f"in {where}"))
                     else:
                         self.report(item, f"{where}: list items must be adapter names "
-                                          f"(strings), got {_describe(item)}")
+                                          f"(strings), got {describe(item)}")
                 hooks[field] = tuple(names)
         line = key.start_mark.line + 1
         return Endpoint(text, method, pattern, hooks["pre"], hooks["post"], line)

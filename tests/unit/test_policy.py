@@ -410,7 +410,8 @@ def test_the_example_rules_load() -> None:
     ("rules: {images: {allow: [busybox], deny: []}}", "unknown setting 'deny'"),
     ("version: 2\nrules: {}", "version must be 1"),
     ("rule: {}", "unknown key 'rule'"),
-    ("rules: [", "not YAML"),
+    ("rules: [", "policy.yml:1: YAML syntax error"),
+    ("rules: {1: forbid}", "keys must be strings, got the number 1; quote it"),
     ("- a", "a rules file is a mapping"),
 ])
 def test_rules_errors_are_clear(text: str, message: str) -> None:
@@ -422,6 +423,25 @@ def test_rules_errors_are_clear(text: str, message: str) -> None:
 def test_rules_errors_name_the_line() -> None:
     with pytest.raises(RulesError, match=r"policy.yml:3: unknown rule 'host_ipc'"):
         parse_rules("version: 1\nrules:\n  host_ipc: forbid\n", "policy.yml")
+
+
+def test_a_duplicate_key_names_both_lines_as_the_adapters_file_does() -> None:
+    with pytest.raises(RulesError) as caught:
+        parse_rules("rules:\n  privileged: forbid\n  host_pid: forbid\n  privileged: allow\n",
+                    "policy.yml")
+    assert str(caught.value) == (
+        "policy.yml:4: duplicate key 'privileged': it is also on line 2; "
+        "YAML would silently keep only the last one"
+    )
+
+
+def test_merged_rules_count_and_keep_their_lines() -> None:
+    text = "rules:\n  <<: {privileged: forbid}\n  host_pid: forbid\n  host_ipc: forbid\n"
+    with pytest.raises(RulesError, match=r"policy.yml:4: unknown rule 'host_ipc'"):
+        parse_rules(text, "policy.yml")
+    rules = parse_rules(text.replace("  host_ipc: forbid\n", ""), "policy.yml")
+    assert rules.privileged and rules.host_pid
+    assert rules.sources == {"privileged": "policy.yml:2", "host_pid": "policy.yml:3"}
 
 
 def test_cap_add_forbid_refuses_every_addition() -> None:
