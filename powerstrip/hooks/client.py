@@ -24,7 +24,7 @@ from twisted.web.client import Agent, HTTPConnectionPool, ResponseFailed
 from twisted.web.iweb import IAgentEndpointFactory
 from zope.interface import implementer
 
-from powerstrip.hooks.config import Adapter
+from powerstrip.hooks.config import AdapterSpec
 from powerstrip.hooks.plans import Hook
 from powerstrip.hooks.wire import (
     AnswerError,
@@ -131,7 +131,7 @@ class AdapterClient:
         self._call_prefix = os.urandom(4).hex()
         self._calls = itertools.count(1)
 
-    def _url(self, adapter: Adapter) -> str:
+    def _url(self, adapter: AdapterSpec) -> str:
         target = adapter.target
         if target.kind == "unix":
             return f"http://{self._endpoints.host_for(target.socket_path)}{target.http_path}"

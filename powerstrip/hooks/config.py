@@ -71,8 +71,10 @@ class AdapterTarget:
 
 
 @dataclass(frozen=True)
-class Adapter:
-    """A named adapter: where to reach it, how long to wait, and what a failed call means.
+class AdapterSpec:
+    """A named adapter as the adapters file declares it: where to reach it, how long to wait,
+    and what a failed call means. (The adapter itself is a service, often built with the SDK's
+    ``Adapter``; ``hooks.client.AdapterClient`` calls it.)
 
     ``on_error`` is "fail" (the client gets an error) or "skip" (the hook is passed over).
     ``line`` is where the adapter is defined, for messages that point back at the file.
@@ -108,7 +110,7 @@ class Config:
     """
 
     endpoints: tuple[Endpoint, ...]
-    adapters: dict[str, Adapter]
+    adapters: dict[str, AdapterSpec]
     source: str | None = None
     max_body: int = DEFAULT_MAX_BODY
 
@@ -185,7 +187,7 @@ class _Checker:
             if required not in sections:
                 self.report(1, f"missing '{required}' (write '{required}: {{}}' for none)")
 
-        adapters: dict[str, Adapter] = {}
+        adapters: dict[str, AdapterSpec] = {}
         defined: set[str] | None = set() if "adapters" in sections else None
         for key, value in sections.get("adapters", []):
             names = self.adapters(key, value, adapters)
@@ -242,7 +244,7 @@ class _Checker:
             return size
         return DEFAULT_MAX_BODY
 
-    def adapters(self, key: Node, value: Node, out: dict[str, Adapter]) -> set[str] | None:
+    def adapters(self, key: Node, value: Node, out: dict[str, AdapterSpec]) -> set[str] | None:
         """Check the 'adapters' section into ``out``; the names it defines, None if unreadable."""
         if is_null(value):
             self.report(key, "'adapters' is empty (null); write 'adapters: {}' for none")
@@ -259,7 +261,7 @@ class _Checker:
                 out[name] = adapter
         return names
 
-    def adapter(self, name: str, key: Node, spec: Node) -> Adapter | None:
+    def adapter(self, name: str, key: Node, spec: Node) -> AdapterSpec | None:
         line = key.start_mark.line + 1
         if not name:
             self.report(key, "adapter names must not be empty")
@@ -270,7 +272,7 @@ class _Checker:
             target = self.target(name, spec)
             if target is None:
                 return None
-            return Adapter(name, spec.value, target, line=line)
+            return AdapterSpec(name, spec.value, target, line=line)
         if not isinstance(spec, MappingNode):
             self.report(spec, f"adapter {name!r} must be a URL or a mapping with 'url', "
                               f"got {describe(spec)}")
@@ -324,7 +326,7 @@ class _Checker:
             return None
         if not ok or url is None or target is None:
             return None
-        return Adapter(name, url, target, timeout=timeout, on_error=on_error, line=line)
+        return AdapterSpec(name, url, target, timeout=timeout, on_error=on_error, line=line)
 
     def target(self, name: str, node: ScalarNode) -> AdapterTarget | None:
         try:

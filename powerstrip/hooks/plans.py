@@ -11,7 +11,7 @@ import re
 from dataclasses import dataclass
 
 from powerstrip.core.media import media_type
-from powerstrip.hooks.config import Adapter, Config
+from powerstrip.hooks.config import AdapterSpec, Config
 
 #: Responses that stream (or hijack the connection): post-hooks never hold them back, so they
 #: are not called for them. Matched on the routed path without its API version.
@@ -51,7 +51,7 @@ STREAM_SAMPLES = (
 class Hook:
     """One adapter to call, and the endpoint key that brought it in (for messages and logs)."""
 
-    adapter: Adapter
+    adapter: AdapterSpec
     endpoint: str
 
 

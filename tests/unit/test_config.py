@@ -19,7 +19,7 @@ from powerstrip.hooks.config import (
     DEFAULT_MAX_BODY,
     DEFAULT_TIMEOUT,
     EMPTY,
-    Adapter,
+    AdapterSpec,
     AdapterTarget,
     Config,
     ConfigError,
@@ -78,7 +78,7 @@ def test_original_example_loads_with_its_structure_and_order():
         Endpoint("POST /*/containers/*/start", "POST", "/*/containers/*/start", (), ("weave",), 6),
     )
     assert list(config.adapters) == ["flocker", "weave"]
-    assert config.adapters["flocker"] == Adapter(
+    assert config.adapters["flocker"] == AdapterSpec(
         "flocker", "http://flocker/flocker-adapter",
         AdapterTarget("http", "http://flocker/flocker-adapter", None, "/flocker-adapter"),
         timeout=DEFAULT_TIMEOUT, on_error="fail", line=9,
@@ -232,7 +232,7 @@ def test_bad_url_in_mapping_form_is_reported_at_the_url():
 
 def test_adapter_mapping_form_defaults():
     config = parse_config(with_adapters('"GET /x": {pre: [a]}\n', "a: {url: http://a/h}\n"))
-    assert config.adapters["a"] == Adapter(
+    assert config.adapters["a"] == AdapterSpec(
         "a", "http://a/h", AdapterTarget("http", "http://a/h", None, "/h"),
         timeout=10.0, on_error="fail", line=4,
     )
