@@ -37,7 +37,7 @@ from powerstrip.hooks.wire import (
     refusal_message,
 )
 
-log = logging.getLogger("powerstrip.hooks")
+log = logging.getLogger(__name__)
 
 #: An adapter's answer larger than this is a bad answer: it can only be the request or response
 #: it was sent, which are themselves limited by ``max_body``.

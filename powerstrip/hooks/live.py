@@ -18,7 +18,7 @@ from powerstrip.hooks.config import EMPTY, Config, ConfigError, load_config
 from powerstrip.hooks.matching import Matcher
 from powerstrip.hooks.plans import STREAM_SAMPLES, Plan, make_plan
 
-log = logging.getLogger("powerstrip.config")
+log = logging.getLogger(__name__)
 
 POLL_INTERVAL = 1.0
 

@@ -63,6 +63,8 @@ from powerstrip.hooks.wire import (
 
 __all__ = ["Adapter", "Refuse", "Request", "Response"]
 
+# Named for the public module adapters import this from: it heads each call's log line, and it
+# is the name an adapter author knows to set a level on.
 log = logging.getLogger("powerstrip.adapter")
 
 # None is a meaningful content type (the daemon sent none), so "not given" needs its own marker.
