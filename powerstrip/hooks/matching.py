@@ -12,9 +12,7 @@ import re
 from collections.abc import Sequence
 from typing import Generic, Protocol, TypeVar
 
-# SpellingError lives in core.paths; re-exported while core.exchange imports it from here.
 from powerstrip.core.paths import API_VERSION, canonical_path
-from powerstrip.core.paths import SpellingError as SpellingError
 
 
 class EndpointLike(Protocol):
