@@ -43,6 +43,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from powerstrip_dev import engine as engine_mod
+from powerstrip_dev.processes import ServiceError, start_proxy
 
 DOCKER = shutil.which("docker") or "/usr/local/bin/docker"
 
@@ -211,27 +212,21 @@ def peak_rss_mib(pid: int) -> float:
 
 
 def start_powerstrip(
-    upstream: str, config: Path | None = None, unix_socket: Path | None = None,
-    busy_poll: int | None = None,
+    upstream: str, workdir: Path, name: str, config: Path | None = None,
+    unix_socket: Path | None = None, busy_poll: int | None = None,
 ) -> tuple[subprocess.Popen, str]:
-    """Start a Powerstrip on a free TCP port (and on ``unix_socket`` too, when given);
-    return the process and its TCP address."""
-    extra = ["--config", str(config)] if config is not None else []
-    if unix_socket is not None:
-        extra += ["--listen", f"unix://{unix_socket}"]
+    """Start a Powerstrip on a free TCP port (and on ``unix_socket`` too, when given), its
+    output in ``workdir/NAME.out`` and ``.err``; return the process and its TCP address."""
+    extra = ["--listen", f"unix://{unix_socket}"] if unix_socket is not None else []
     if busy_poll is not None:
         extra += ["--busy-poll", str(busy_poll)]
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "powerstrip", "serve", "--listen", "tcp://127.0.0.1:0",
-         "--upstream", upstream, *extra],
-        stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, cwd="/",
-        env={**os.environ, "POWERSTRIP_CONFIG": "", "POWERSTRIP_BUSY_POLL": ""},
-    )
-    line = proc.stdout.readline().strip()
-    if not line.startswith("export DOCKER_HOST="):
-        proc.kill()
-        raise RuntimeError(f"powerstrip did not start: {line!r}")
-    return proc, line.split("=", 1)[1]
+    try:
+        # An empty POWERSTRIP_BUSY_POLL: the proxy's default, not whatever this shell set.
+        proxy = start_proxy(upstream, *extra, config=config, logdir=workdir, name=name,
+                            env={"POWERSTRIP_BUSY_POLL": ""})
+    except ServiceError as exc:
+        raise RuntimeError(f"powerstrip did not start: {exc}") from None
+    return proxy.proc, proxy.docker_host
 
 
 def start_haproxy(socket_path: str, workdir: Path,
@@ -349,7 +344,7 @@ def hook_cost(host: str, workdir: Path, rounds: int, processes: list) -> dict[st
             f'endpoints:\n  "POST /*/containers/create":\n    pre: [{names}]\n'
             + (f"adapters:\n{adapters}" if adapters else "adapters: {}\n")
         )
-        proc, proxy_host = start_powerstrip(host, config)
+        proc, proxy_host = start_powerstrip(host, workdir, f"powerstrip-{count}-hooks", config)
         processes.append(proc)
         targets.append(Target(f"{count} hooks", proxy_host))
     socks = {t.name: t.connect() for t in targets}
@@ -430,7 +425,7 @@ def main() -> int:
     processes: list[subprocess.Popen] = []
     try:
         powerstrip, powerstrip_host = start_powerstrip(
-            host, unix_socket=workdir / "powerstrip.sock")
+            host, workdir, "powerstrip", unix_socket=workdir / "powerstrip.sock")
         processes.append(powerstrip)
         targets = [Target("direct", host), Target("powerstrip", powerstrip_host)]
         # The same proxies on a unix listener, the direct socket's own transport: their
@@ -439,7 +434,7 @@ def main() -> int:
         sleeper_targets: list[Target] = []
         if "latency" in args.only and not args.no_sleeper:
             sleeper, sleeper_host = start_powerstrip(
-                host, unix_socket=workdir / "sleeper.sock", busy_poll=0)
+                host, workdir, "sleeper", unix_socket=workdir / "sleeper.sock", busy_poll=0)
             processes.append(sleeper)
             sleeper_targets = [Target("ps-sleeper", sleeper_host),
                                Target("sleeper-unix", f"unix://{workdir / 'sleeper.sock'}")]

@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from powerstrip_dev import engine, rig
-from powerstrip_dev.processes import Service, ServiceError, python, start_service
+from powerstrip_dev.processes import ProxyService, Service, ServiceError, start_proxy
 
 DATASET = "db"
 ADDRESS = "10.2.1.5"
@@ -49,13 +49,13 @@ class Host:
     engine: engine.Engine
     logdir: Path
     adapters: dict[str, Service] = field(default_factory=dict)
-    proxy: Service | None = None
+    proxy: ProxyService | None = None
 
     @property
     def docker_host(self) -> str:
         """The DOCKER_HOST of this host's Powerstrip."""
         assert self.proxy is not None
-        return self.proxy.value
+        return self.proxy.docker_host
 
 
 def say(text: str = "") -> None:
@@ -103,12 +103,8 @@ def start_host(name: str, workdir: Path, state: Path) -> Host:
     host.adapters = rig.start_adapters(eng.host, logdir, state, name, prefix=f"{name.lower()}-")
     config = workdir / f"{name.lower()}-adapters.yml"
     config.write_text(rig.chain_config({n: s.url for n, s in host.adapters.items()}))
-    host.proxy = start_service(
-        f"{name.lower()}-powerstrip",
-        python("-m", "powerstrip", "serve", "--listen", "tcp://127.0.0.1:0",
-               "--upstream", eng.host, "--config", str(config)),
-        logdir, prefix="export DOCKER_HOST=",
-    )
+    host.proxy = start_proxy(eng.host, config=config, logdir=logdir,
+                             name=f"{name.lower()}-powerstrip")
     say(f"  host {name}: engine {eng.host}, Powerstrip {host.docker_host}")
     return host
 

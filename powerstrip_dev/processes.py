@@ -2,7 +2,8 @@
 
 Each service writes its output to files (never to a pipe nobody drains) and announces itself with
 a line on standard output: adapters print ``listening on URL``, the proxy prints
-``export DOCKER_HOST=...``. ``start_service`` waits for that line.
+``export DOCKER_HOST=...``. ``start_service`` waits for that line; ``start_proxy`` is the one way
+the tests, the test kit, the demo and the benchmark start a ``powerstrip serve``.
 """
 
 from __future__ import annotations
@@ -16,9 +17,20 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-__all__ = ["Service", "ServiceError", "start_service", "stop_process", "wait_for_line"]
+__all__ = [
+    "ProxyService",
+    "Service",
+    "ServiceError",
+    "start_proxy",
+    "start_service",
+    "stop_process",
+    "wait_for_line",
+]
 
 PACKAGE_PARENT = Path(__file__).resolve().parent.parent
+#: What ``powerstrip serve`` prints once every listener is up, before the DOCKER_HOST value.
+PROXY_LINE = "export DOCKER_HOST="
+PROXY_START_TIMEOUT = 15.0
 
 
 class ServiceError(RuntimeError):
@@ -103,6 +115,60 @@ def start_service(
                                 env=child_env(env), cwd=cwd)
     value = wait_for_line(proc, stdout_path, prefix, timeout, name, stderr_path)
     return Service(name, value, proc, stdout_path, stderr_path)
+
+
+@dataclass
+class ProxyService(Service):
+    """A running ``powerstrip serve``. ``value`` is the rest of its ``export DOCKER_HOST=`` line:
+    the first listener's address, followed by `` DOCKER_TLS_VERIFY=1`` for a TLS listener."""
+
+    @property
+    def docker_host(self) -> str:
+        """The DOCKER_HOST of its first listener, as it printed it (port 0 resolved)."""
+        return self.value.split(" ", 1)[0]
+
+    @property
+    def assignments(self) -> str:
+        """The shell assignments it printed after ``export``: ``DOCKER_HOST=...`` and, for a
+        TLS listener, ``DOCKER_TLS_VERIFY=1``."""
+        return f"DOCKER_HOST={self.value}"
+
+    @property
+    def port(self) -> int | None:
+        """The TCP port of its first listener; None for a unix socket."""
+        host = self.docker_host
+        return int(host.rsplit(":", 1)[1]) if host.startswith("tcp://") else None
+
+
+def start_proxy(
+    upstream: str,
+    *extra: str,
+    logdir: Path,
+    listen: str = "tcp://127.0.0.1:0",
+    config: Path | str | None = None,
+    name: str = "powerstrip",
+    timeout: float = PROXY_START_TIMEOUT,
+    cwd: Path | None = None,
+    env: Mapping[str, str] | None = None,
+) -> ProxyService:
+    """Start ``python -m powerstrip serve --listen LISTEN --upstream UPSTREAM [--config CONFIG]
+    EXTRA...`` and return once it has printed its ``export DOCKER_HOST=`` line; its output goes
+    to ``logdir/NAME.out`` and ``.err``. ``ServiceError`` (the proxy killed) if it exits first
+    or ``timeout`` seconds pass.
+
+    The default listener is port 0, whose bound port the caller learns from that line, so no
+    port is ever raced for. Only ``config`` names an adapters file: ``POWERSTRIP_CONFIG`` is
+    emptied (``env`` may set it again) and the proxy runs in ``cwd``, by default ``logdir``,
+    where no ``./powerstrip.yml`` is found.
+    """
+    argv = python("-m", "powerstrip", "serve", "--listen", listen, "--upstream", upstream)
+    if config is not None:
+        argv += ["--config", str(config)]
+    argv += extra
+    logdir.mkdir(parents=True, exist_ok=True)
+    service = start_service(name, argv, logdir, prefix=PROXY_LINE, timeout=timeout,
+                            cwd=cwd or logdir, env={"POWERSTRIP_CONFIG": "", **(env or {})})
+    return ProxyService(**vars(service))
 
 
 def stop_process(proc: subprocess.Popen, timeout: float = 5.0) -> int:

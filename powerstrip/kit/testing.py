@@ -30,7 +30,6 @@ import re
 import shutil
 import signal
 import subprocess
-import sys
 import tempfile
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -50,7 +49,13 @@ from powerstrip.hooks.wire import (
 )
 from powerstrip.kit.sdk import Adapter, Request, Response
 from powerstrip_dev import processes
-from powerstrip_dev.processes import Service, ServiceError, start_service, wait_for_line
+from powerstrip_dev.processes import (
+    Service,
+    ServiceError,
+    start_proxy,
+    start_service,
+    wait_for_line,
+)
 
 try:
     import pytest
@@ -289,15 +294,9 @@ def launch_proxy(upstream: str, config: Path | None = None) -> ProxyProcess:
     for. Its stderr goes to a file (``ProxyProcess.stderr()``).
     """
     workdir = Path(tempfile.mkdtemp(prefix="ps-proxy-"))
-    argv = [sys.executable, "-m", "powerstrip", "serve",
-            "--listen", "tcp://127.0.0.1:0", "--upstream", upstream]
-    if config is not None:
-        argv += ["--config", str(config)]
     try:
-        # Only --config names a file; an empty cwd keeps ./powerstrip.yml out of reach.
-        service = start_service("powerstrip", argv, workdir, prefix="export DOCKER_HOST=",
-                                timeout=PROXY_START_TIMEOUT, cwd=workdir,
-                                env={"POWERSTRIP_CONFIG": ""})
+        service = start_proxy(upstream, config=config, logdir=workdir,
+                              timeout=PROXY_START_TIMEOUT)
     except ServiceError as exc:
         shutil.rmtree(workdir, ignore_errors=True)
         _fail(str(exc))

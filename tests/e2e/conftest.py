@@ -41,6 +41,7 @@ from powerstrip.testing import (  # noqa: F401 - fixtures and helpers the e2e te
     stop_proxy,
 )
 from powerstrip_dev.engine import Engine
+from powerstrip_dev.processes import ServiceError, start_proxy
 
 REPO = Path(__file__).resolve().parents[2]
 HERE = Path(__file__).resolve().parent
@@ -170,19 +171,19 @@ def serving(upstream: str, listen: str = "tcp://127.0.0.1:0"
     """A ``powerstrip serve`` process of its own, with no hooks: the process and what its
     printed line assigns (``DOCKER_HOST=...`` and, for TLS, ``DOCKER_TLS_VERIFY=1``). It must
     exit 0 on SIGTERM at the end."""
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "powerstrip", "serve", "--listen", listen,
-         "--upstream", upstream],
-        stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, cwd="/",
-        env={**os.environ, "PYTHONPATH": str(REPO), "POWERSTRIP_CONFIG": ""},
-    )
+    logdir = Path(tempfile.mkdtemp(prefix="ps-serving-"))
     try:
-        line = proc.stdout.readline().strip()
-        assert line.startswith("export DOCKER_HOST="), line
-        yield proc, line[len("export "):]
+        try:
+            proxy = start_proxy(upstream, listen=listen, logdir=logdir)
+        except ServiceError as exc:
+            pytest.fail(str(exc))
+        try:
+            yield proxy.proc, proxy.assignments
+        finally:
+            proxy.proc.send_signal(signal.SIGTERM)
+            assert proxy.proc.wait(10) == 0
     finally:
-        proc.send_signal(signal.SIGTERM)
-        assert proc.wait(10) == 0
+        shutil.rmtree(logdir, ignore_errors=True)
 
 
 @pytest.fixture

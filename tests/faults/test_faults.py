@@ -19,6 +19,7 @@ from pathlib import Path
 
 import pytest
 
+from powerstrip_dev.processes import ServiceError, start_proxy
 from tests.e2e.conftest import rss_peak_mib
 from tests.rawhttp import Conn
 from tests.tlscerts import make_certs, ssl_listen
@@ -40,26 +41,17 @@ class Proxy:
         return len(os.listdir(f"/proc/{self.proc.pid}/fd"))
 
 
-def start_proxy(upstream: str, *extra: str, listen: str = "tcp://127.0.0.1:0") -> Proxy:
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "powerstrip", "serve", "--listen", listen,
-         "--upstream", upstream, *extra],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-        env={**os.environ, "POWERSTRIP_CONFIG": ""}, cwd="/",
-    )
-    line = proc.stdout.readline()
-    if not line.startswith("export DOCKER_HOST="):
-        proc.kill()
-        raise AssertionError(f"proxy did not start: {line!r} {proc.stderr.read()}")
-    return Proxy(proc, line.strip().split("=", 1)[1])
-
-
 @pytest.fixture
-def proxy_factory() -> Iterator[Callable[..., Proxy]]:
+def proxy_factory(tmp_path: Path) -> Iterator[Callable[..., Proxy]]:
     started: list[Proxy] = []
 
-    def make(upstream: str, *extra: str, **kw: str) -> Proxy:
-        proxy = start_proxy(upstream, *extra, **kw)
+    def make(upstream: str, *extra: str, listen: str = "tcp://127.0.0.1:0") -> Proxy:
+        try:
+            service = start_proxy(upstream, *extra, listen=listen,
+                                  logdir=tmp_path / f"proxy-{len(started)}")
+        except ServiceError as exc:
+            raise AssertionError(f"proxy did not start: {exc}") from None
+        proxy = Proxy(service.proc, service.value)
         started.append(proxy)
         return proxy
 
@@ -318,10 +310,10 @@ def test_busy_poll_from_the_command_line_wins_over_a_bad_environment_value(tmp_p
                              env=env)
     assert refused.returncode == 2
     assert "--busy-poll: 'fast' is not a number of microseconds" in refused.stderr
-    proc = subprocess.Popen([*command, "--busy-poll", "0"], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, cwd="/", env=env)
+    proxy = start_proxy(daemon.host, "--busy-poll", "0", logdir=tmp_path / "proxy",
+                        env={"POWERSTRIP_BUSY_POLL": "fast"})
+    proc, port = proxy.proc, proxy.port
     try:
-        port = int(proc.stdout.readline().strip().rsplit(":", 1)[1])
         with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
             sock.sendall(b"GET /_ping HTTP/1.1\r\nHost: x\r\n\r\n")
             assert read_response(sock)[1] == b"OK"
