@@ -202,7 +202,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         for name in ("A", "B"):
             hosts.append(start_host(name, workdir, state))
         story(*hosts, state)
-    except (StepFailed, ServiceError, engine.EngineError) as exc:
+    except (StepFailed, ServiceError, engine.ThrowawayEngineError) as exc:
         say(f"  ✗ {exc}")
         say(f"demo FAILED; logs in {workdir / 'logs'}")
         args.keep = True

@@ -52,8 +52,9 @@ LOG_TAIL_LINES = 40
 _INNER_SCRIPT = 'ip link set lo up && exec dockerd "$@"'
 
 
-class EngineError(RuntimeError):
-    """The engine could not be installed, started, stopped or provisioned; the message says why."""
+class ThrowawayEngineError(RuntimeError):
+    """The throwaway engine could not be installed, started, stopped or provisioned; the message
+    says why. Not ``powerstrip.kit.engine_api.EngineError``, which is an Engine API answer."""
 
 
 def ensure_packages() -> None:
@@ -74,7 +75,8 @@ def ensure_packages() -> None:
     if not need:
         return
     if os.geteuid() != 0:
-        raise EngineError(f"need root to install {' '.join(need)} (or install them yourself)")
+        raise ThrowawayEngineError(
+            f"need root to install {' '.join(need)} (or install them yourself)")
     env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
     for command in (
         ["apt-get", "update"],
@@ -86,10 +88,10 @@ def ensure_packages() -> None:
                 stderr=subprocess.STDOUT, check=False,
             )
         except OSError as exc:
-            raise EngineError(f"cannot run {' '.join(command)}: {exc}") from None
+            raise ThrowawayEngineError(f"cannot run {' '.join(command)}: {exc}") from None
         if result.returncode != 0:
             output = result.stdout.decode(errors="replace")
-            raise EngineError(
+            raise ThrowawayEngineError(
                 f"{' '.join(command)} failed with exit status {result.returncode}:\n{output}"
             )
 
@@ -146,19 +148,20 @@ class Engine:
         """
         # The kernel caps unix socket paths at 108 bytes including the terminator.
         if len(os.fsencode(self.socket_path)) > 107:
-            raise EngineError(f"socket path too long for a unix socket: {self.socket_path}")
+            raise ThrowawayEngineError(
+                f"socket path too long for a unix socket: {self.socket_path}")
         live = self.pid()
         if live is not None:
-            raise EngineError(f"an engine is already running in {self.root} (pid {live})")
+            raise ThrowawayEngineError(f"an engine is already running in {self.root} (pid {live})")
         self._clean_stale()
         try:
             for path in (self.root, self.data_root, self.exec_root):
                 path.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
-            raise EngineError(f"cannot create {self.root}: {exc}") from None
+            raise ThrowawayEngineError(f"cannot create {self.root}: {exc}") from None
         unshare = shutil.which("unshare", path=_sbin_path())
         if unshare is None or shutil.which("dockerd", path=_sbin_path()) is None:
-            raise EngineError("unshare or dockerd not found; run ensure_packages() first")
+            raise ThrowawayEngineError("unshare or dockerd not found; run ensure_packages() first")
         command = [
             unshare, "--net", "--mount", "--propagation", "slave",
             "sh", "-c", _INNER_SCRIPT, "sh",
@@ -181,26 +184,27 @@ class Engine:
                     env=env, cwd=self.root, start_new_session=True,
                 )
             except OSError as exc:
-                raise EngineError(f"cannot run {unshare}: {exc}") from None
+                raise ThrowawayEngineError(f"cannot run {unshare}: {exc}") from None
         try:
             self.wait_ready(timeout)
-        except EngineError:
+        except ThrowawayEngineError:
             self.stop()
             raise
 
     def wait_ready(self, timeout: float = 30.0) -> None:
-        """Wait until the running dockerd answers ``/_ping``; EngineError if it dies or is late."""
+        """Wait until the running dockerd answers ``/_ping``; ``ThrowawayEngineError`` if it
+        dies or is late."""
         deadline = time.monotonic() + timeout
         while True:
             if daemon_reachable(self.host, timeout=1.0):
                 return
             if self.pid() is None:
                 code = self._proc.poll() if self._proc is not None else None
-                raise EngineError(
+                raise ThrowawayEngineError(
                     f"dockerd exited (status {code}) before answering /_ping\n{self.log_tail()}"
                 )
             if time.monotonic() > deadline:
-                raise EngineError(
+                raise ThrowawayEngineError(
                     f"dockerd did not answer /_ping within {timeout:g} s\n{self.log_tail()}"
                 )
             time.sleep(0.1)
@@ -233,7 +237,7 @@ class Engine:
                 except ProcessLookupError:
                     pass
                 if not self._wait_exit(pid, 5.0):
-                    raise EngineError(f"dockerd (pid {pid}) survived SIGKILL")
+                    raise ThrowawayEngineError(f"dockerd (pid {pid}) survived SIGKILL")
             for leftover in tree:
                 leftover.kill()
         if self._proc is not None:
@@ -246,14 +250,14 @@ class Engine:
         if remove and self.root.exists():
             mounted = [m for m in _mount_points() if m == self.root or self.root in m.parents]
             if mounted:
-                raise EngineError(
+                raise ThrowawayEngineError(
                     f"not deleting {self.root}: still mounted there: "
                     + ", ".join(str(m) for m in mounted)
                 )
             try:
                 shutil.rmtree(self.root)
             except OSError as exc:
-                raise EngineError(f"cannot delete {self.root}: {exc}") from None
+                raise ThrowawayEngineError(f"cannot delete {self.root}: {exc}") from None
 
     def pid(self) -> int | None:
         """The PID of this root's dockerd if it is running, else None."""
@@ -288,7 +292,7 @@ class Engine:
         if status == 200:
             return
         if status != 404:
-            raise EngineError(f"cannot inspect image {name}: {status} {body[:500]!r}")
+            raise ThrowawayEngineError(f"cannot inspect image {name}: {status} {body[:500]!r}")
         repo, tag = _split_reference(name)
         query = urllib.parse.urlencode(
             {"fromSrc": "-", "repo": repo, "tag": tag, "changes": 'CMD ["sh"]'}
@@ -300,7 +304,8 @@ class Engine:
         # Import reports failure inside a 200 progress stream, so look at the messages too.
         errors = [m["error"] for m in _json_messages(body) if isinstance(m, dict) and "error" in m]
         if status != 200 or errors:
-            raise EngineError(f"importing {name} failed: {status} {errors or body[:500]!r}")
+            raise ThrowawayEngineError(
+                f"importing {name} failed: {status} {errors or body[:500]!r}")
 
     # -- internals -------------------------------------------------------------------------
 
@@ -315,13 +320,13 @@ class Engine:
         try:
             return _request(self.host, method, path, body, headers, timeout)
         except (OSError, http.client.HTTPException) as exc:
-            raise EngineError(f"{method} {path} on {self.host} failed: {exc}") from None
+            raise ThrowawayEngineError(f"{method} {path} on {self.host} failed: {exc}") from None
 
     def _remove_containers(self) -> None:
         try:
             status, body = self._api("GET", "/containers/json?all=1")
             ids = [c["Id"] for c in json.loads(body)] if status == 200 else []
-        except (EngineError, ValueError, KeyError, TypeError) as exc:
+        except (ThrowawayEngineError, ValueError, KeyError, TypeError) as exc:
             log.warning("cannot list containers before stopping: %s", exc)
             return
         for container_id in ids:
@@ -329,7 +334,7 @@ class Engine:
                 status, body = self._api(
                     "DELETE", f"/containers/{container_id}?force=1&v=1", timeout=60.0
                 )
-            except EngineError as exc:
+            except ThrowawayEngineError as exc:
                 log.warning("%s", exc)
                 continue
             if status not in (204, 404):
@@ -389,7 +394,7 @@ class Engine:
 def busybox_rootfs_tar() -> bytes:
     """A tar of a minimal root filesystem around the host's static busybox."""
     if not BUSYBOX.exists():
-        raise EngineError(f"{BUSYBOX} not found; run ensure_packages() first")
+        raise ThrowawayEngineError(f"{BUSYBOX} not found; run ensure_packages() first")
     applets = subprocess.run(
         [str(BUSYBOX), "--list"], capture_output=True, check=True
     ).stdout.decode().split()
@@ -623,7 +628,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"export DOCKER_HOST={engine.host}", flush=True)
         else:
             engine.stop(remove=args.remove)
-    except EngineError as exc:
+    except ThrowawayEngineError as exc:
         print(f"powerstrip engine: {exc}", file=sys.stderr)
         return 1
     return 0

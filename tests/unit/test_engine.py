@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from powerstrip_dev import engine
-from powerstrip_dev.engine import Engine, EngineError, daemon_reachable
+from powerstrip_dev.engine import Engine, ThrowawayEngineError, daemon_reachable
 
 pytestmark = pytest.mark.timeout(20)
 
@@ -100,7 +100,7 @@ def test_engine_paths(tmp_path):
 
 
 def test_socket_path_too_long():
-    with pytest.raises(EngineError, match="too long"):
+    with pytest.raises(ThrowawayEngineError, match="too long"):
         Engine("/tmp/" + "x" * 120).start()
 
 
@@ -197,14 +197,14 @@ def test_ensure_packages_reports_apt_output(monkeypatch):
     monkeypatch.setattr(engine.shutil, "which", lambda name, path=None: None)
     monkeypatch.setattr(engine.os, "geteuid", lambda: 0)
     monkeypatch.setattr(engine.subprocess, "run", fake)
-    with pytest.raises(EngineError, match="apt says no"):
+    with pytest.raises(ThrowawayEngineError, match="apt says no"):
         engine.ensure_packages()
 
 
 def test_ensure_packages_needs_root(monkeypatch):
     monkeypatch.setattr(engine.shutil, "which", lambda name, path=None: None)
     monkeypatch.setattr(engine.os, "geteuid", lambda: 1000)
-    with pytest.raises(EngineError, match="need root"):
+    with pytest.raises(ThrowawayEngineError, match="need root"):
         engine.ensure_packages()
 
 
