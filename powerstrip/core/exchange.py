@@ -1,0 +1,889 @@
+"""One client connection's exchanges as a state machine, without I/O.
+
+The proxy's connection driver (``powerstrip.proxy.connection``) turns transport callbacks into
+the events of ``Machine`` (client bytes, client EOF, daemon bytes, daemon EOF, daemon gone, hook
+answers and failures, shutdown and its deadline) and performs the actions the machine asks of
+its ``Effects`` (send to the daemon, send to the client, call hooks, pause and resume reading,
+half-close, close). Nothing here touches a socket, a reactor or a clock of its own, so every
+path is tested with plain calls (``tests/unit/test_exchange.py``).
+
+Like h11's, the state is split by role. The *request* side follows the client's current request
+(``RequestState``); the *response* side follows the answer to it (``ResponseState``). They move
+independently: the daemon may answer before a request body has all arrived, and a request's
+body may still be read while post-hooks hold its response. An exchange ends when both sides are
+``DONE``; the connection then reads its next request. A hijack (101, or a legacy raw stream)
+takes both sides to ``HIJACKED``; any close takes both to ``CLOSED``.
+
+Every event is dispatched through a table keyed by the state of the side it concerns
+(``REQUEST_TABLE``, ``RESPONSE_TABLE``); each table names a handler for every state, so no
+combination is left without a defined next step. A handler either moves the exchange on or
+answers with a Docker-style error and closes: nothing leaves a connection open and silent.
+"""
+
+from __future__ import annotations
+
+import enum
+import logging
+from collections.abc import Callable
+from typing import Protocol
+
+from powerstrip.core.errors import error_response
+from powerstrip.core.framing import (
+    END,
+    Body,
+    BodyKind,
+    CollectingResponseReader,
+    FramingError,
+    Head,
+    RequestHead,
+    RequestReader,
+    ResponseReader,
+    build_request_head,
+    build_response,
+    decode_chunked,
+)
+from powerstrip.core.media import is_json, is_text
+from powerstrip.core.paths import SpellingError, canonical_path
+from powerstrip.hooks.plans import hidden_from_hooks, is_stream
+from powerstrip.hooks.wire import ClientRequest, ServerResponse
+
+log = logging.getLogger(__name__)
+
+#: Bytes of pipelined requests, or of a body held for pre-hooks, read before the client is
+#: paused.
+PIPELINE_HIGH_WATER = 256 * 1024
+
+
+class RequestState(enum.Enum):
+    """Where the client's current request stands."""
+
+    #: Between requests: the reader waits for (the rest of) a head.
+    IDLE = "idle"
+    #: Head read; its JSON body is held whole for the pre-hooks. Nothing reached the daemon.
+    HOLDING = "holding"
+    #: The pre-hooks are running. Nothing of this request reached the daemon; a body that is
+    #: not shown to them waits, unread once past the high-water mark.
+    PRE_HOOKS = "pre_hooks"
+    #: Approved (or unhooked) and passing to the daemon as it arrives; not yet read whole.
+    SENDING = "sending"
+    #: Read whole and passed on (or answered by the proxy itself).
+    DONE = "done"
+    #: The connection carries raw bytes both ways now.
+    HIJACKED = "hijacked"
+    #: Nothing more is read or sent.
+    CLOSED = "closed"
+
+
+class ResponseState(enum.Enum):
+    """Where the answer to the client's current request stands."""
+
+    #: No request is outstanding: any byte from the daemon now is one nobody asked for.
+    IDLE = "idle"
+    #: Waiting for the daemon's answer; nothing of it was sent to the client.
+    WAITING = "waiting"
+    #: Passing the daemon's answer to the client as it arrives.
+    STREAMING = "streaming"
+    #: Holding the daemon's answer whole for the post-hooks.
+    COLLECTING = "collecting"
+    #: The post-hooks are running on the held answer.
+    POST_HOOKS = "post_hooks"
+    #: The answer has been sent whole.
+    DONE = "done"
+    HIJACKED = "hijacked"
+    CLOSED = "closed"
+
+
+class PlanLike(Protocol):
+    """What the machine needs of a request's hook plan (``powerstrip.hooks.plans.Plan``)."""
+
+    pre: tuple
+    post: tuple
+    #: The adapters file in force (``max_body``: the largest body hooks are shown).
+    config: object
+
+    @property
+    def endpoints(self) -> str:
+        """The matched endpoint keys, for messages."""
+
+
+class HooksLike(Protocol):
+    """The configuration in force, as far as the machine asks it (``LiveConfig``)."""
+
+    active: bool
+
+    def plan(self, method: bytes, target: bytes) -> PlanLike | None:
+        """The hooks for a request; raises SpellingError for a path dockerd would refuse."""
+
+
+class PaceLike(Protocol):
+    """Busy-poll bookkeeping (``powerstrip.proxy.reactor.BackToBack``)."""
+
+    quick: bool
+
+    def request(self, now: float) -> bool:
+        """A request began."""
+
+    def answered(self, now: float) -> bool:
+        """Its answer ended; whether the next request is likely to come back to back."""
+
+
+class Effects(Protocol):
+    """The actions the machine asks of its driver. Each is performed at once, in order."""
+
+    def to_daemon(self, data: bytes) -> None:
+        """Send bytes to the daemon (connecting first if there is no connection yet)."""
+
+    def to_client(self, data: bytes) -> None:
+        """Send bytes to the client."""
+
+    def half_close_daemon(self) -> None:
+        """End the daemon's input (as soon as a connection exists and what was sent left)."""
+
+    def half_close_client(self) -> None:
+        """End the client's input, keeping the connection open for the client's bytes."""
+
+    def close_daemon(self) -> None:
+        """Close the daemon connection (the client's stays as it is)."""
+
+    def close(self) -> None:
+        """Close both connections once what was sent has left."""
+
+    def abort(self) -> None:
+        """Reset both connections now."""
+
+    def pause(self, reason: str) -> None:
+        """Stop reading from the client for ``reason``."""
+
+    def resume(self, reason: str) -> None:
+        """Drop ``reason`` to stop reading from the client."""
+
+    def call_pre_hooks(self, exchange: Exchange, request: ClientRequest) -> None:
+        """Run ``exchange.plan.pre`` on ``request``; answer with ``Machine.pre_hooks_done`` or
+        ``Machine.hooks_failed``, naming the exchange."""
+
+    def call_post_hooks(
+        self, exchange: Exchange, request: ClientRequest, response: ServerResponse
+    ) -> None:
+        """Run ``exchange.plan.post``; answer with ``Machine.post_hooks_done`` or
+        ``Machine.hooks_failed``."""
+
+    def expect_soon(self) -> None:
+        """An answer or a request is due at once (the reactor may busy-poll for it)."""
+
+
+class Exchange:
+    """One request and its response: the data both sides of the machine keep about it.
+
+    The class attributes are the starting values: a plain request sets only what differs.
+    """
+
+    #: The whole request has been read from the client.
+    read_whole = False
+    #: A response byte (the daemon's or the proxy's) has been sent to the client.
+    forwarded = False
+    #: Raw request bytes held back while pre-hooks run.
+    held: list[bytes] = []  # replaced, never appended to, while empty
+    held_size = 0
+    #: The body is JSON that pre-hooks are shown: held whole, until the request ends.
+    buffer_json = False
+    #: The request as the last pre-hook left it, for post-hooks.
+    hooked_request: ClientRequest | None = None
+    #: Raw response bytes held for post-hooks.
+    response_raw: list[bytes] = []  # likewise
+    #: Sent with every hook call for this request (``Powerstrip-Call``); the driver sets it.
+    call_id: str | None = None
+    #: The response as post-hooks were shown it, and whether it answers a HEAD.
+    sent_response: ServerResponse | None = None
+    head_only = False
+
+    def __init__(
+        self, head: RequestHead, plan: PlanLike | None = None,
+        framing: ResponseReader | None = None,
+    ) -> None:
+        """``framing`` is the connection's framing-only response reader, reused for a
+        response nobody inspects."""
+        self.head = head
+        self.plan = plan
+        hijack = head.may_hijack
+        collect = False
+        if plan is not None and plan.post and not hijack:
+            target = head.target.decode("latin-1")
+            # The routed path, so that no spelling of a stream gets it held for post-hooks.
+            path = canonical_path(target) or target.partition("?")[0]
+            collect = not is_stream(path, target.partition("?")[2])
+        #: Post-hooks see this response: it is held whole instead of forwarded as it comes.
+        self.collect = collect
+        if collect:
+            self.response: ResponseReader = CollectingResponseReader(head.method)
+            self.response_raw = []
+        elif (framing is not None and not hijack and head.method != b"HEAD"
+                and head.body_kind is BodyKind.NONE):
+            self.response = framing.restart()
+        else:
+            self.response = ResponseReader(head.method, headers=hijack)
+
+    def describe(self) -> str:
+        """``METHOD TARGET``, for messages."""
+        return f"{self.head.method.decode('latin-1')} {self.head.target.decode('latin-1')}"
+
+
+class Machine:
+    """The exchanges of one client connection, one at a time, in order.
+
+    ``hooks`` is the configuration in force (None: no hooks), ``upstream`` names the daemon in
+    messages, ``pace`` and ``clock`` are for busy-polling (both None when nothing busy-polls).
+    """
+
+    def __init__(
+        self, effects: Effects, hooks: HooksLike | None = None, upstream: str = "the daemon",
+        pace: PaceLike | None = None, clock: Callable[[], float] | None = None,
+    ) -> None:
+        self.effects = effects
+        self.hooks = hooks
+        self.upstream = upstream
+        self.pace = pace
+        self.clock = clock
+        self.reader = RequestReader()
+        #: Follows the daemon's responses to plain requests, one llhttp parser for them all.
+        self.framing = ResponseReader(headers=False, head=False)
+        self.request_state = RequestState.IDLE
+        self.response_state = ResponseState.IDLE
+        self.exchange: Exchange | None = None
+        self.client_eof = False
+        #: The client's end of input has been passed on to the daemon.
+        self.eof_forwarded = False
+        self.daemon_eof_seen = False
+        #: Close once the current exchange is over (the proxy is stopping).
+        self.draining = False
+        self.pipeline_paused = False
+        # Hot-path effects, bound once.
+        self._to_daemon = effects.to_daemon
+        self._to_client = effects.to_client
+
+    # -- events: the client side ----------------------------------------------------------
+
+    def client_data(self, data: bytes) -> None:
+        """Bytes from the client."""
+        REQUEST_TABLE["client_data"][self.request_state](self, data)
+
+    def client_ended(self) -> None:
+        """The client half-closed its connection (no more bytes will come)."""
+        self.client_eof = True
+        REQUEST_TABLE["client_eof"][self.request_state](self)
+
+    def pre_hooks_done(self, exchange: Exchange, changed: ClientRequest) -> None:
+        """The pre-hooks approved ``exchange``'s request, as ``changed``."""
+        if exchange is self.exchange:
+            REQUEST_TABLE["pre_hooks_done"][self.request_state](self, changed)
+
+    def hooks_failed(self, exchange: Exchange, status: int, message: str) -> None:
+        """A hook of ``exchange`` refused it, or could not be called."""
+        if exchange is not self.exchange:
+            return  # a late answer: its exchange already ended
+        if self.request_state is RequestState.PRE_HOOKS:
+            self._pre_hooks_failed(status, message)
+        else:
+            RESPONSE_TABLE["hooks_failed"][self.response_state](self, status, message)
+
+    # -- events: the daemon side ----------------------------------------------------------
+
+    def daemon_data(self, data: bytes) -> None:
+        """Bytes from the daemon."""
+        RESPONSE_TABLE["daemon_data"][self.response_state](self, data)
+
+    def daemon_ended(self) -> None:
+        """The daemon half-closed its side of the connection."""
+        self.daemon_eof_seen = True
+        RESPONSE_TABLE["daemon_eof"][self.response_state](self)
+
+    def daemon_gone(self) -> None:
+        """The daemon connection is gone (closed, reset, or never made)."""
+        self.eof_forwarded = False  # a new connection has not heard it
+        RESPONSE_TABLE["daemon_gone"][self.response_state](self)
+
+    def client_gone(self) -> None:
+        """The client connection is gone: nothing more is sent or read."""
+        self._set_closed()
+
+    def daemon_unreachable(self, reason: str) -> None:
+        """A connection to the daemon could not be made."""
+        if self.closed:
+            return
+        log.warning("cannot reach the Docker daemon at %s: %s", self.upstream, reason)
+        self._refuse(502, f"cannot reach the Docker daemon at {self.upstream}: {reason}")
+
+    def post_hooks_done(self, exchange: Exchange, changed: ServerResponse) -> None:
+        """The post-hooks answered ``exchange``'s response with ``changed``."""
+        if exchange is self.exchange:
+            RESPONSE_TABLE["post_hooks_done"][self.response_state](self, changed)
+
+    # -- events: the proxy ----------------------------------------------------------------
+
+    def shutdown(self) -> None:
+        """The proxy is stopping: close once the current exchange is over."""
+        self.draining = True
+        if self.request_state is RequestState.IDLE and not self.reader.buffered:
+            self._close()
+
+    def deadline(self, grace: float) -> None:
+        """The shutdown grace ran out with this connection still busy.
+
+        A request still waiting for its answer is told so with a Docker-style error, so that
+        its client knows it may not have taken effect rather than seeing a bare disconnect;
+        anything else (a response half sent, a hijacked stream) can only be cut.
+        """
+        if self.closed:
+            return
+        exchange = self.exchange
+        if (self.request_state is not RequestState.HIJACKED and exchange is not None
+                and not exchange.forwarded):
+            self._refuse(
+                503,
+                f"Powerstrip is stopping: the Docker daemon at {self.upstream} had not "
+                f"answered {exchange.describe()} within the {grace:g} s shutdown grace",
+            )
+        else:
+            self._set_closed()
+            self.effects.abort()
+
+    @property
+    def closed(self) -> bool:
+        """Whether the machine closed the connection."""
+        return self.request_state is RequestState.CLOSED
+
+    @property
+    def hijacked(self) -> bool:
+        """Whether the connection carries raw bytes both ways."""
+        return self.request_state is RequestState.HIJACKED
+
+    # -- request side ---------------------------------------------------------------------
+
+    def _read(self, data: bytes) -> None:
+        """Bytes of the HTTP stream: a new request, a body, or pipelined requests to hold."""
+        reader = self.reader
+        try:
+            head = reader.whole_request(data)
+            if head is None:
+                events = reader.feed(data)
+        except FramingError as exc:
+            self._refuse(exc.status, str(exc))
+            return
+        if head is not None:
+            if self._start(head):
+                self._request_read()
+        elif events:
+            self._handle(events)
+        elif reader.waiting and reader.buffered > PIPELINE_HIGH_WATER:
+            self.pipeline_paused = True
+            self.effects.pause("pipeline")
+
+    def _handle(self, events: list) -> None:
+        for event in events:
+            kind = event.__class__
+            if kind is Body:
+                state = self.request_state
+                if state is RequestState.SENDING:
+                    self._to_daemon(event.data)
+                elif state is RequestState.HOLDING or state is RequestState.PRE_HOOKS:
+                    self._hold(event.data)
+                else:
+                    return  # refused part-way (413, a hook failure): the rest is for nobody
+            elif kind is Head:
+                if not self._start(event.head):
+                    return
+            elif event is END:
+                if self.request_state is not RequestState.CLOSED:
+                    self._request_read()
+                return  # the last event: the reader waits after each request
+
+    def _start(self, head: RequestHead) -> bool:
+        """Begin an exchange; False if the request was refused and the connection is ending."""
+        if self.pace is not None:
+            self.pace.request(self.clock())
+        hooks = self.hooks
+        plan = None
+        if hooks is not None and hooks.active:
+            try:
+                plan = hooks.plan(head.method, head.target)
+            except SpellingError as exc:
+                self.exchange = Exchange(head)
+                self._refuse(400, f"refused {self.exchange.describe()}: {exc}")
+                return False
+        exchange = self.exchange = Exchange(head, plan, self.framing)
+        self.response_state = (ResponseState.COLLECTING if exchange.collect
+                               else ResponseState.WAITING)
+        if plan is None or not plan.pre:
+            self.request_state = RequestState.SENDING
+            self._to_daemon(head.raw)
+            if self.client_eof:
+                self._forward_eof()
+            return True
+        exchange.held = []
+        problem = hidden_from_hooks(head.method, head.headers,
+                                    head.body_kind is not BodyKind.NONE)
+        if problem is not None:
+            self._refuse(400, f"refused {exchange.describe()}: {problem}, on an endpoint with "
+                              f"pre-hooks (endpoint {plan.endpoints})")
+            return False
+        if head.body_kind is not BodyKind.NONE and is_json(head.header(b"content-type")):
+            if head.body_kind is BodyKind.LENGTH and head.content_length > plan.config.max_body:
+                self._too_large(head.content_length)
+                return False
+            exchange.buffer_json = True
+            self.request_state = RequestState.HOLDING
+        else:
+            # Body: null for the hooks; whatever body there is waits, unread, for their answer.
+            self.effects.pause("hooks")
+            self._run_pre_hooks()
+        return True
+
+    def _hold(self, data: bytes) -> None:
+        exchange = self.exchange
+        exchange.held.append(data)
+        exchange.held_size += len(data)
+        if exchange.buffer_json and exchange.held_size > exchange.plan.config.max_body + 1024:
+            # Chunked framing adds a few bytes; the payload is checked exactly when it is whole.
+            self._too_large(exchange.held_size)
+        elif exchange.held_size > PIPELINE_HIGH_WATER:
+            self.effects.pause("hooks")
+
+    def _too_large(self, size: int) -> None:
+        exchange = self.exchange
+        self._refuse(
+            413,
+            f"request body of {size} bytes exceeds the {exchange.plan.config.max_body}-byte "
+            f"limit for hooks (max_body) on {exchange.describe()} "
+            f"(endpoint {exchange.plan.endpoints})",
+        )
+
+    def _request_read(self) -> None:
+        """The current request has been read whole."""
+        if self.pace is not None and self.pace.quick:
+            self.effects.expect_soon()  # the daemon's answer, or the pre-hooks' adapters'
+        exchange = self.exchange
+        exchange.read_whole = True
+        state = self.request_state
+        if state is RequestState.HOLDING:
+            self._run_pre_hooks()
+        elif state is RequestState.SENDING:
+            self.request_state = RequestState.DONE
+            if self.response_state is ResponseState.DONE:
+                self._finish_exchange()
+        # PRE_HOOKS: the hooks' answer goes on from here.
+
+    def _run_pre_hooks(self) -> None:
+        exchange = self.exchange
+        head = exchange.head
+        body_text = None
+        if exchange.buffer_json:
+            raw = b"".join(exchange.held)
+            payload = decode_chunked(raw) if head.body_kind is BodyKind.CHUNKED else raw
+            if len(payload) > exchange.plan.config.max_body:
+                self._too_large(len(payload))
+                return
+            # The daemon's JSON decoder reads a byte that is not UTF-8 as U+FFFD, and so do the
+            # hooks; unless they change the body, the original bytes are what is forwarded.
+            body_text = payload.decode("utf-8", "replace")
+        request = ClientRequest(head.method.decode("latin-1"), head.target.decode("latin-1"),
+                                body_text)
+        exchange.hooked_request = request
+        self.request_state = RequestState.PRE_HOOKS
+        self.effects.call_pre_hooks(exchange, request)
+
+    def _approved(self, changed: ClientRequest) -> None:
+        """PRE_HOOKS, pre_hooks_done: send the request as the hooks left it."""
+        exchange = self.exchange
+        head = exchange.head
+        sent = exchange.hooked_request
+        exchange.hooked_request = changed
+        held, exchange.held = exchange.held, []
+        if changed == sent:
+            out = [head.raw, *held]
+        else:
+            method, target = changed.method.encode("latin-1"), changed.request.encode("latin-1")
+            if exchange.buffer_json or (head.body_kind is BodyKind.NONE and changed.body):
+                body = (changed.body or "").encode("utf-8")
+                headers = head.headers
+                if head.body_kind is BodyKind.NONE and head.header(b"content-type") is None:
+                    headers = [*headers, (b"Content-Type", b"application/json")]
+                out = [build_request_head(method, target, headers, len(body)), body]
+            else:
+                if changed.body != sent.body:
+                    log.warning("adapters changed the body of %s %s, which is not JSON: "
+                                "it is passed on unchanged", changed.method, changed.request)
+                out = [build_request_head(method, target, head.headers, None), *held]
+        self.request_state = (RequestState.DONE if exchange.read_whole
+                              else RequestState.SENDING)
+        for data in out:
+            self._to_daemon(data)
+        self.effects.resume("hooks")
+        if self.client_eof:
+            self._forward_eof()
+
+    def _pre_hooks_failed(self, status: int, message: str) -> None:
+        exchange = self.exchange
+        if not exchange.read_whole:
+            # Part of its body is still to come, and the proxy cannot tell where the next
+            # request would start without reading it: end the connection.
+            self._refuse(status, message)
+            return
+        # The whole request was read and nothing of it sent: the connection stays usable for
+        # the client's next request.
+        exchange.held = []
+        self.request_state = RequestState.DONE
+        self._answer_error(status, message)
+
+    def _answer_error(self, status: int, message: str) -> None:
+        """Answer the current request with an error and go on to the next one."""
+        exchange = self.exchange
+        exchange.forwarded = True
+        exchange.response_raw = []
+        self.response_state = ResponseState.DONE
+        self._to_client(error_response(status, message, close=False))
+        self.effects.resume("hooks")
+        if self.request_state is RequestState.DONE:
+            self._finish_exchange()
+
+    def _finish_exchange(self) -> None:
+        """Both sides are DONE: go on to the next request."""
+        self.exchange = None
+        self.request_state = RequestState.IDLE
+        self.response_state = ResponseState.IDLE
+        pace = self.pace
+        # Pipelined requests count too: the next one then starts right after this answer.
+        quick = pace is not None and pace.answered(self.clock())
+        try:
+            events = self.reader.next_request()
+        except FramingError as exc:
+            self._refuse(exc.status, str(exc))
+            return
+        if events:
+            self._handle(events)
+            return
+        if self.pipeline_paused:
+            self.pipeline_paused = False
+            self.effects.resume("pipeline")
+        if self.draining or self.client_eof:
+            # Stopping; or the client sent all it will and has its answers: whatever the
+            # daemon does with the end of input passed on to it, nothing more is owed.
+            self._close()
+        elif quick:
+            self.effects.expect_soon()  # a back-to-back client's next request
+
+    def _forward_eof(self) -> None:
+        """Pass the client's end of input on to the daemon once everything before it has gone.
+
+        The daemon hears the client's half-close as it would direct: on a hijacked connection
+        that is the end of stdin (``echo hi | docker run -i``); during a response it is how
+        dockerd learns that nobody reads an ``events`` or ``logs -f`` stream any more.
+        """
+        state = self.request_state
+        if self.eof_forwarded or state is RequestState.CLOSED:
+            return
+        if state is RequestState.HIJACKED:
+            self.eof_forwarded = True
+            self.effects.half_close_daemon()
+            if self.daemon_eof_seen:
+                self._close()
+        elif state is RequestState.IDLE:
+            # Between requests, whatever is held is at most part of a head (a whole one would
+            # have begun an exchange): it can never be completed, and nothing is owed for it.
+            self._close()
+        elif state is RequestState.SENDING or state is RequestState.DONE:
+            if self.reader.buffered:
+                return  # pipelined requests are still to be sent first
+            self.eof_forwarded = True
+            self.effects.half_close_daemon()
+        # HOLDING or PRE_HOOKS: nothing was sent yet; see _client_eof_unsent.
+
+    # Request-side handlers, named by state (see REQUEST_TABLE).
+
+    def _raw_to_daemon(self, data: bytes) -> None:
+        self._to_daemon(data)
+
+    def _ignore(self, *args: object) -> None:
+        pass
+
+    def _client_eof_idle(self) -> None:
+        self._forward_eof()
+
+    def _client_eof_unsent(self) -> None:
+        """HOLDING or PRE_HOOKS: the client stopped sending before its request was passed on."""
+        exchange = self.exchange
+        if exchange.read_whole:
+            return  # the hooks' answer decides; the end of input follows the request then
+        # A request that can never be read whole: nothing of it reached the daemon, and no
+        # answer can be owed for it. Close, as dockerd does on a body cut short.
+        self._close()
+
+    def _client_eof_sent(self) -> None:
+        self._forward_eof()
+
+    # -- response side --------------------------------------------------------------------
+
+    def _unasked(self, data: bytes) -> None:
+        """IDLE or DONE, daemon_data: bytes for no request."""
+        log.warning("the Docker daemon sent %d bytes nobody asked for; closing", len(data))
+        self._close()
+
+    def _raw_to_client(self, data: bytes) -> None:
+        self._to_client(data)
+
+    def _stream(self, data: bytes) -> None:
+        """WAITING or STREAMING, daemon_data: pass the answer on, watching for its end."""
+        exchange = self.exchange
+        response = exchange.response
+        had_head = response.head is not None
+        try:
+            response.feed(data)
+        except FramingError as exc:
+            if exchange.forwarded:
+                self._set_closed()
+                self.effects.abort()
+            else:
+                self._refuse(exc.status, str(exc))
+            return
+        exchange.forwarded = True
+        self.response_state = ResponseState.STREAMING
+        self._to_client(data)
+        # A 101 switches protocols whatever the reader (a framing-only one never has a head);
+        # a legacy raw stream is a hijack only where the request could be one.
+        if response.upgraded or (
+            not had_head and response.head is not None and exchange.head.may_hijack
+            and response.hijacked
+        ):
+            self._hijack()
+        elif response.complete:
+            self._response_done()
+
+    def _response_done(self) -> None:
+        self.response_state = ResponseState.DONE
+        if self.request_state is RequestState.DONE:
+            self._finish_exchange()
+
+    def _collect(self, data: bytes) -> None:
+        """COLLECTING, daemon_data: hold the answer for post-hooks; let it through instead if it
+        turns out to be one they cannot see (a hijack, a body that is neither JSON nor text)."""
+        exchange = self.exchange
+        response = exchange.response
+        try:
+            response.feed(data)
+        except FramingError as exc:
+            self._refuse(exc.status, str(exc))
+            return
+        exchange.response_raw.append(data)
+        self._collected()
+
+    def _collected(self) -> None:
+        exchange = self.exchange
+        response = exchange.response
+        head = response.head
+        if head is None:
+            return
+        if response.upgraded or response.hijacked or not (
+            is_text(head.content_type) or response.complete and not response.body
+        ):
+            raw, exchange.response_raw = exchange.response_raw, []
+            exchange.forwarded = True
+            self.response_state = ResponseState.STREAMING
+            for piece in raw:
+                self._to_client(piece)
+            if response.upgraded or (exchange.head.may_hijack and response.hijacked):
+                self._hijack()
+            elif response.complete:
+                self._response_done()
+            return
+        plan = exchange.plan
+        if len(response.body) > plan.config.max_body:
+            self._refuse(502, f"the daemon's response to {exchange.describe()} exceeds the "
+                              f"{plan.config.max_body}-byte limit for post-hooks (max_body) on "
+                              f"endpoint {plan.endpoints}")
+            return
+        if not response.complete:
+            return
+        head_only = exchange.head.method == b"HEAD"
+        content_type = head.header(b"content-type")
+        sent = ServerResponse(
+            None if content_type is None else content_type.decode("latin-1"),
+            response.body.decode("utf-8", "replace"),
+            head.status,
+        )
+        request = exchange.hooked_request or ClientRequest(
+            exchange.head.method.decode("latin-1"), exchange.head.target.decode("latin-1"),
+            None)
+        exchange.sent_response = sent
+        exchange.head_only = head_only
+        self.response_state = ResponseState.POST_HOOKS
+        self.effects.pause("hooks")
+        self.effects.call_post_hooks(exchange, request, sent)
+
+    def _post_hooks_unasked(self, data: bytes) -> None:
+        """POST_HOOKS, daemon_data: the held answer was complete; more is for nobody."""
+        self._unasked(data)
+
+    def _answered(self, changed: ServerResponse) -> None:
+        """POST_HOOKS, post_hooks_done: send the answer as the hooks left it."""
+        exchange = self.exchange
+        raw, exchange.response_raw = exchange.response_raw, []
+        if changed == exchange.sent_response:
+            out = b"".join(raw)
+        else:
+            head = exchange.response.head
+            out = build_response(
+                changed.code, head.headers,
+                None if changed.content_type is None else changed.content_type.encode("latin-1"),
+                (changed.body or "").encode("utf-8"), head_only=exchange.head_only,
+            )
+        exchange.forwarded = True
+        self._to_client(out)
+        self.effects.resume("hooks")
+        self._response_done()
+
+    def _post_hooks_failed(self, status: int, message: str) -> None:
+        """POST_HOOKS, hooks_failed: the answer is replaced by the error."""
+        if self.request_state is not RequestState.DONE:
+            self._refuse(status, message)
+            return
+        self._answer_error(status, message)
+
+    def _daemon_eof(self) -> None:
+        """Any HTTP state, daemon_eof: the daemon ends; its connection closes with it."""
+        self.effects.close_daemon()
+
+    def _daemon_eof_hijacked(self) -> None:
+        self.effects.half_close_client()
+        if self.client_eof:
+            self._close()
+
+    def _daemon_gone_idle(self) -> None:
+        """IDLE or DONE, daemon_gone: between requests (after ``Connection: close``, or idle)
+        the client sees its connection end, exactly as it would direct. With a request still
+        held for pre-hooks, nothing of it reached the daemon: it is answered as one the daemon
+        could not take."""
+        if self.exchange is not None and not self.exchange.forwarded:
+            self._refuse(502, f"the Docker daemon at {self.upstream} closed the connection "
+                              "without answering")
+        else:
+            self._close()
+
+    def _daemon_gone_waiting(self) -> None:
+        """WAITING or STREAMING, daemon_gone."""
+        exchange = self.exchange
+        response = exchange.response
+        if not exchange.forwarded or (response.head is None and response is not self.framing):
+            # Nothing, or only an interim 100 Continue, reached the client (the connection's
+            # shared reader, used for bodiless requests, never sees a head).
+            self._refuse(502, f"the Docker daemon at {self.upstream} closed the connection "
+                              "without answering")
+        else:
+            # Either the end of a response delimited by the connection's end, or a response cut
+            # short. Closing (not resetting) delivers what did arrive; a client that was owed
+            # more sees the short body, as it would direct.
+            self._close()
+
+    def _daemon_gone_collecting(self) -> None:
+        """COLLECTING, daemon_gone."""
+        response = self.exchange.response
+        if response.head is not None and response.end_of_stream():
+            # A response whose body ends with the connection (an HTTP/1.0 client's): complete
+            # now, so post-hooks see it; the client's connection ends after it, as it would.
+            self.draining = True
+            self._collected()
+            return
+        self._refuse(502, f"the Docker daemon at {self.upstream} closed the connection "
+                          "without answering")
+
+    def _daemon_gone_post_hooks(self) -> None:
+        """POST_HOOKS, daemon_gone: the answer is held whole; it goes out, then the end."""
+        self.draining = True
+
+    def _daemon_gone_hijacked(self) -> None:
+        self._close()
+
+    # -- both sides -----------------------------------------------------------------------
+
+    def _hijack(self) -> None:
+        """The daemon took the connection over: from now on, bytes flow raw both ways."""
+        self.request_state = RequestState.HIJACKED
+        self.response_state = ResponseState.HIJACKED
+        self.exchange = None
+        rest = self.reader.take_rest()
+        if rest:
+            self._to_daemon(rest)
+        if self.pipeline_paused:
+            self.pipeline_paused = False
+            self.effects.resume("pipeline")
+        self.eof_forwarded = False
+        if self.client_eof:
+            self._forward_eof()
+
+    def _refuse(self, status: int, message: str) -> None:
+        """Answer with a Docker-style error and close: nothing more is read from this client."""
+        self._set_closed()
+        self.effects.pause("closing")
+        self._to_client(error_response(status, message))
+        self.effects.close()
+
+    def _close(self) -> None:
+        self._set_closed()
+        self.effects.close()
+
+    def _set_closed(self) -> None:
+        self.request_state = RequestState.CLOSED
+        self.response_state = ResponseState.CLOSED
+
+
+
+RS = RequestState
+PS = ResponseState
+M = Machine
+
+#: For each client-side event, the handler in each request state.
+REQUEST_TABLE: dict[str, dict[RequestState, Callable]] = {
+    "client_data": {
+        RS.IDLE: M._read, RS.HOLDING: M._read, RS.PRE_HOOKS: M._read, RS.SENDING: M._read,
+        RS.DONE: M._read, RS.HIJACKED: M._raw_to_daemon, RS.CLOSED: M._ignore,
+    },
+    "client_eof": {
+        RS.IDLE: M._client_eof_idle, RS.HOLDING: M._client_eof_unsent,
+        RS.PRE_HOOKS: M._client_eof_unsent, RS.SENDING: M._client_eof_sent,
+        RS.DONE: M._client_eof_sent, RS.HIJACKED: M._client_eof_sent, RS.CLOSED: M._ignore,
+    },
+    "pre_hooks_done": {
+        RS.IDLE: M._ignore, RS.HOLDING: M._ignore, RS.PRE_HOOKS: M._approved,
+        RS.SENDING: M._ignore, RS.DONE: M._ignore, RS.HIJACKED: M._ignore,
+        RS.CLOSED: M._ignore,
+    },
+}
+
+#: For each daemon-side event, the handler in each response state.
+RESPONSE_TABLE: dict[str, dict[ResponseState, Callable]] = {
+    "daemon_data": {
+        PS.IDLE: M._unasked, PS.WAITING: M._stream, PS.STREAMING: M._stream,
+        PS.COLLECTING: M._collect, PS.POST_HOOKS: M._post_hooks_unasked, PS.DONE: M._unasked,
+        PS.HIJACKED: M._raw_to_client, PS.CLOSED: M._ignore,
+    },
+    "daemon_eof": {
+        PS.IDLE: M._daemon_eof, PS.WAITING: M._daemon_eof, PS.STREAMING: M._daemon_eof,
+        PS.COLLECTING: M._daemon_eof, PS.POST_HOOKS: M._daemon_eof, PS.DONE: M._daemon_eof,
+        PS.HIJACKED: M._daemon_eof_hijacked, PS.CLOSED: M._ignore,
+    },
+    "daemon_gone": {
+        PS.IDLE: M._daemon_gone_idle, PS.WAITING: M._daemon_gone_waiting,
+        PS.STREAMING: M._daemon_gone_waiting, PS.COLLECTING: M._daemon_gone_collecting,
+        PS.POST_HOOKS: M._daemon_gone_post_hooks, PS.DONE: M._daemon_gone_idle,
+        PS.HIJACKED: M._daemon_gone_hijacked, PS.CLOSED: M._ignore,
+    },
+    "post_hooks_done": {
+        PS.IDLE: M._ignore, PS.WAITING: M._ignore, PS.STREAMING: M._ignore,
+        PS.COLLECTING: M._ignore, PS.POST_HOOKS: M._answered, PS.DONE: M._ignore,
+        PS.HIJACKED: M._ignore, PS.CLOSED: M._ignore,
+    },
+    "hooks_failed": {
+        PS.IDLE: M._ignore, PS.WAITING: M._ignore, PS.STREAMING: M._ignore,
+        PS.COLLECTING: M._ignore, PS.POST_HOOKS: M._post_hooks_failed, PS.DONE: M._ignore,
+        PS.HIJACKED: M._ignore, PS.CLOSED: M._ignore,
+    },
+}
+
+del RS, PS, M

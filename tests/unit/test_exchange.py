@@ -1,0 +1,655 @@
+"""The exchange state machine (``powerstrip.core.exchange``) without sockets or a daemon.
+
+A recording ``Effects`` stands in for the driver. Hypothesis drives random event sequences —
+pipelined requests with and without hooks, JSON bodies by length and chunked, hook approvals,
+rewrites, refusals and failures, daemon answers cut into pieces, EOFs from both ends, hijacks,
+shutdown and its deadline — and checks after every step what the proxy promises:
+
+- every request read whole gets exactly one answer, in order, or the connection is closed;
+- no byte of a request reaches the daemon before its pre-hooks approved it;
+- nothing is sent after a close;
+- a body held for hooks never exceeds its limit;
+- once every hook and the daemon have answered, nothing is left open and silent.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass, field
+
+import httptools
+import pytest
+from hypothesis import HealthCheck, settings
+from hypothesis import strategies as st
+from hypothesis.stateful import (
+    RuleBasedStateMachine,
+    initialize,
+    invariant,
+    precondition,
+    rule,
+)
+
+from powerstrip.core.exchange import (
+    PIPELINE_HIGH_WATER,
+    REQUEST_TABLE,
+    RESPONSE_TABLE,
+    Machine,
+    RequestState,
+    ResponseState,
+)
+from powerstrip.core.paths import SpellingError
+from powerstrip.hooks.wire import ClientRequest, ServerResponse
+
+MAX_BODY = 600
+#: Rules that end a connection act about one time in ten (sampled, not drawn as an
+#: integer, which Hypothesis would often draw at its bound).
+ENDINGS = st.sampled_from([False] * 9 + [True])
+
+
+# -- fakes --------------------------------------------------------------------------------
+
+
+@dataclass
+class FakeConfig:
+    max_body: int = MAX_BODY
+
+
+@dataclass
+class FakePlan:
+    pre: tuple
+    post: tuple
+    config: FakeConfig = field(default_factory=FakeConfig)
+    endpoints: str = '"* /hooked"'
+
+
+class FakeHooks:
+    """Paths name their hooks: ``/pre/...``, ``/post/...``, ``/both/...``; ``/bad/`` is a
+    spelling dockerd would refuse."""
+
+    active = True
+
+    def plan(self, method: bytes, target: bytes) -> FakePlan | None:
+        if target.startswith(b"/bad/"):
+            raise SpellingError("a path dockerd refuses")
+        kind = target.split(b"/")[1]
+        if kind == b"pre":
+            return FakePlan(("a",), ())
+        if kind == b"post":
+            return FakePlan((), ("a",))
+        if kind == b"both":
+            return FakePlan(("a",), ("b",))
+        return None
+
+
+class Recorder:
+    """The driver's side: what the machine asked for, and any action after a close."""
+
+    def __init__(self) -> None:
+        self.daemon = bytearray()  # bytes sent on the current daemon connection
+        self.daemon_all = bytearray()  # on every daemon connection, in order
+        self.client = bytearray()
+        self.closed = False
+        self.aborted = False
+        self.after_close: list[str] = []
+        self.paused: set[str] = set()
+        self.pre_calls: list = []
+        self.post_calls: list = []
+        self.daemon_half_closed = False
+        self.client_half_closed = False
+        self.daemon_closed = False
+
+    def _check(self, what: str) -> None:
+        if self.closed or self.aborted:
+            self.after_close.append(what)
+
+    def to_daemon(self, data: bytes) -> None:
+        self._check("to_daemon")
+        self.daemon += data
+        self.daemon_all += data
+
+    def to_client(self, data: bytes) -> None:
+        self._check("to_client")
+        self.client += data
+
+    def half_close_daemon(self) -> None:
+        self.daemon_half_closed = True
+
+    def half_close_client(self) -> None:
+        self.client_half_closed = True
+
+    def close_daemon(self) -> None:
+        self.daemon_closed = True
+
+    def close(self) -> None:
+        self.closed = True
+
+    def abort(self) -> None:
+        self.aborted = True
+
+    def pause(self, reason: str) -> None:
+        self.paused.add(reason)
+
+    def resume(self, reason: str) -> None:
+        self.paused.discard(reason)
+
+    def call_pre_hooks(self, exchange: object, request: ClientRequest) -> None:
+        self._check("call_pre_hooks")
+        self.pre_calls.append((exchange, request))
+
+    def call_post_hooks(self, exchange: object, request: ClientRequest,
+                        response: ServerResponse) -> None:
+        self._check("call_post_hooks")
+        self.post_calls.append((exchange, request, response))
+
+    def expect_soon(self) -> None:
+        pass
+
+
+# -- wire helpers -------------------------------------------------------------------------
+
+
+def make_request(seq: int, kind: str, body: str, chunked: bool) -> bytes:
+    """A request carrying its sequence number in ``X-Seq``."""
+    if kind == "attach":
+        return (f"POST /v1.41/containers/c/attach?stream=1 HTTP/1.1\r\nHost: x\r\nX-Seq: {seq}"
+                "\r\nConnection: Upgrade\r\nUpgrade: tcp\r\n\r\n").encode()
+    method = "GET" if body == "" else "POST"
+    head = f"{method} /{kind}/{seq} HTTP/1.1\r\nHost: x\r\nX-Seq: {seq}\r\n"
+    if body == "":
+        return (head + "\r\n").encode()
+    payload = body.encode()
+    if chunked:
+        half = len(payload) // 2
+        parts = [payload[:half], payload[half:]]
+        framed = b"".join(b"%x\r\n%s\r\n" % (len(p), p) for p in parts if p) + b"0\r\n\r\n"
+        return (head + "Content-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n"
+                ).encode() + framed
+    return (head + f"Content-Type: application/json\r\nContent-Length: {len(payload)}\r\n\r\n"
+            ).encode() + payload
+
+
+def daemon_answer(seq: int) -> bytes:
+    body = json.dumps({"seq": seq}).encode()
+    return (b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n"
+            % len(body)) + body
+
+
+class _Requests:
+    """httptools target: the X-Seq of every complete request in a byte stream."""
+
+    def __init__(self) -> None:
+        self.seqs: list[int] = []
+        self.partial: int | None = None
+        self._name = b""
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        if name.lower() == b"x-seq":
+            self.partial = int(value)
+
+    def on_message_complete(self) -> None:
+        self.seqs.append(self.partial)
+        self.partial = None
+
+
+def requests_in(stream: bytes) -> tuple[list[int], int | None]:
+    """The sequence numbers of the requests whole in ``stream``, and of one begun after them."""
+    target = _Requests()
+    parser = httptools.HttpRequestParser(target)
+    try:
+        parser.feed_data(bytes(stream))
+    except httptools.HttpParserUpgrade:
+        pass
+    return target.seqs, target.partial
+
+
+class _Responses:
+    def __init__(self) -> None:
+        self.bodies: list[bytes] = []
+        self.statuses: list[int] = []
+        self._body = b""
+        self.parser: httptools.HttpResponseParser | None = None
+
+    def on_body(self, data: bytes) -> None:
+        self._body += data
+
+    def on_headers_complete(self) -> None:
+        self.statuses.append(self.parser.get_status_code())
+
+    def on_message_complete(self) -> None:
+        self.bodies.append(self._body)
+        self._body = b""
+
+
+def responses_in(stream: bytes) -> list[tuple[int, object]]:
+    """(status, what it answers) for every complete response in ``stream``: an ``int`` sequence
+    number for the daemon's answers, the message for the proxy's own errors."""
+    target = _Responses()
+    parser = httptools.HttpResponseParser(target)
+    target.parser = parser
+    try:
+        parser.feed_data(bytes(stream))
+    except httptools.HttpParserUpgrade:
+        pass
+    except httptools.HttpParserError:
+        pass  # after a Connection: close answer llhttp refuses more; nothing more was owed
+    out = []
+    for status, body in zip(target.statuses, target.bodies, strict=False):
+        document = json.loads(body) if body else {}
+        out.append((status, document.get("seq", document.get("message"))))
+    return out
+
+
+# -- the state machine test ---------------------------------------------------------------
+
+
+class ExchangeMachine(RuleBasedStateMachine):
+    """Random event sequences against one client connection."""
+
+    @initialize()
+    def start(self) -> None:
+        self.fx = Recorder()
+        self.machine = Machine(self.fx, FakeHooks(), "unix:///daemon.sock")
+        self.sent: list[tuple[int, str]] = []  # (seq, kind) of every request sent whole
+        self.unsent = b""  # bytes of requests the client has yet to send
+        self.approved: set[int] = set()
+        self.answered_by_daemon: set[int] = set()
+        self.hijacked_at: int | None = None
+        self.client_eof = False
+        self.daemon_eof = False
+        self.next_seq = 0
+        self.refused: set[int] = set()
+        self.upgrade_queued = False
+        self.stopping = False
+
+    # Client rules
+
+    @rule(kind=st.sampled_from(["plain", "pre", "post", "both", "bad", "attach"]),
+          body=st.sampled_from(["", '{"Image": "busybox"}', '{"a": "' + "x" * 700 + '"}']),
+          chunked=st.booleans(), cut=st.sampled_from([10_000, 0, 7, 60]))
+    @precondition(lambda self: not self.client_eof and not self.upgrade_queued)
+    def client_queues_request(self, kind: str, body: str, chunked: bool, cut: int) -> None:
+        """A request: sent at once, or in part (``cut`` bytes), or only queued (0)."""
+        # Nothing is pipelined after an upgrade request: what follows it is raw or nothing.
+        self.upgrade_queued = kind == "attach"
+        seq = self.next_seq
+        self.next_seq += 1
+        self.sent.append((seq, kind))
+        self.unsent += make_request(seq, kind, body, chunked)
+        if cut:
+            self.client_sends(cut)
+
+    @rule(size=st.integers(min_value=1, max_value=400))
+    @precondition(lambda self: self.unsent and not self.client_eof)
+    def client_sends(self, size: int) -> None:
+        if self.fx.paused - {"flow"}:
+            return  # a paused transport delivers nothing
+        piece, self.unsent = self.unsent[:size], self.unsent[size:]
+        self.machine.client_data(piece)
+
+    @rule(chance=ENDINGS)
+    @precondition(lambda self: not self.client_eof)
+    def client_half_closes(self, chance: bool) -> None:
+        if not chance:
+            return  # endings are rare, or most runs would end in a few steps
+        self.client_eof = True
+        self.machine.client_ended()
+
+    @rule(data=st.binary(min_size=1, max_size=20))
+    @precondition(lambda self: self.hijacked_at is not None and not self.client_eof)
+    def client_sends_raw(self, data: bytes) -> None:
+        before = len(self.fx.daemon)
+        self.machine.client_data(data)
+        if not (self.fx.closed or self.fx.aborted):
+            assert bytes(self.fx.daemon[before:]) == data
+
+    # Hook rules
+
+    @rule(change=st.booleans())
+    @precondition(lambda self: self.fx.pre_calls)
+    def pre_hooks_approve(self, change: bool) -> None:
+        exchange, request = self.fx.pre_calls.pop(0)
+        self.approved.add(int(exchange.head.header(b"x-seq")))
+        if change and request.body is not None:
+            request = ClientRequest(request.method, request.request, '{"Image": "changed"}')
+        self.machine.pre_hooks_done(exchange, request)
+
+    @rule(status=st.sampled_from([403, 502, 504]))
+    @precondition(lambda self: self.fx.pre_calls or self.fx.post_calls)
+    def hooks_fail(self, status: int) -> None:
+        calls = self.fx.pre_calls or self.fx.post_calls
+        exchange = calls.pop(0)[0]
+        self.refused.add(int(exchange.head.header(b"x-seq")))
+        self.machine.hooks_failed(exchange, status, f"refused by adapter (status {status})")
+
+    @rule()
+    @precondition(lambda self: self.fx.post_calls)
+    def post_hooks_answer(self) -> None:
+        exchange, _request, response = self.fx.post_calls.pop(0)
+        self.machine.post_hooks_done(exchange, response)
+
+    # Daemon rules
+
+    def _owed(self) -> list[int]:
+        whole, _ = requests_in(self.fx.daemon)
+        return [seq for seq in whole if seq not in self.answered_by_daemon]
+
+    @rule(pieces=st.integers(min_value=1, max_value=4))
+    @precondition(lambda self: self.hijacked_at is None and not self.daemon_eof)
+    def daemon_answers(self, pieces: int) -> None:
+        owed = self._owed()
+        if not owed:
+            return
+        seq = owed[0]
+        self.answered_by_daemon.add(seq)
+        kind = dict(self.sent)[seq]
+        if kind == "attach":
+            answer = b"HTTP/1.1 101 UPGRADED\r\nConnection: Upgrade\r\nUpgrade: tcp\r\n\r\n"
+            self.hijacked_at = seq
+        else:
+            answer = daemon_answer(seq)
+        step = max(1, len(answer) // pieces)
+        for start in range(0, len(answer), step):
+            self.machine.daemon_data(answer[start:start + step])
+
+    @rule(data=st.binary(min_size=1, max_size=20))
+    @precondition(lambda self: self.hijacked_at is not None and not self.daemon_eof)
+    def daemon_sends_raw(self, data: bytes) -> None:
+        before = len(self.fx.client)
+        self.machine.daemon_data(data)
+        if not (self.fx.closed or self.fx.aborted):
+            assert bytes(self.fx.client[before:]) == data
+
+    @rule(chance=ENDINGS)
+    @precondition(lambda self: not self.daemon_eof)
+    def daemon_half_closes(self, chance: bool) -> None:
+        if not chance:
+            return  # endings are rare, or most runs would end in a few steps
+        self.daemon_eof = True
+        self.machine.daemon_ended()
+        if self.fx.daemon_closed:
+            # The driver closed the daemon connection as asked: its loss follows.
+            self.fx.daemon_closed = False
+            self.daemon_goes(True)
+
+    @rule(chance=ENDINGS)
+    def daemon_goes(self, chance: bool) -> None:
+        if not chance:
+            return  # endings are rare, or most runs would end in a few steps
+        self.machine.daemon_gone()
+        # The driver opens a new connection for the next bytes to the daemon.
+        for seq in self._owed():
+            self.answered_by_daemon.add(seq)  # lost with the connection
+        self.fx.daemon = bytearray()
+        self.fx.daemon_half_closed = False
+        self.daemon_eof = False
+
+    # The proxy
+
+    @rule(chance=ENDINGS)
+    def proxy_stops(self, chance: bool) -> None:
+        if not chance:
+            return  # endings are rare, or most runs would end in a few steps
+        self.stopping = True
+        self.machine.shutdown()
+
+    @rule(chance=ENDINGS)
+    def shutdown_grace_ends(self, chance: bool) -> None:
+        if not chance:
+            return  # endings are rare, or most runs would end in a few steps
+        self.machine.deadline(5.0)
+
+    # Invariants
+
+    def _ended(self) -> bool:
+        return self.fx.closed or self.fx.aborted
+
+    @invariant()
+    def nothing_after_close(self) -> None:
+        assert not self.fx.after_close, f"acted after closing: {self.fx.after_close}"
+        if self._ended():
+            assert self.machine.closed
+
+    @invariant()
+    def no_byte_before_approval(self) -> None:
+        kinds = dict(self.sent)
+        whole, partial = requests_in(self.fx.daemon_all)
+        for seq in [*whole, partial]:
+            if seq is not None and kinds.get(seq) in ("pre", "both"):
+                assert seq in self.approved, f"request {seq} reached the daemon unapproved"
+        for seq in self.refused:
+            if kinds.get(seq) in ("pre", "both") and seq not in self.approved:
+                assert seq not in whole
+
+    @invariant()
+    def daemon_hears_the_end_of_input(self) -> None:
+        # Once a request is on its way to the daemon, the client's half-close follows it, as
+        # it would direct (how dockerd learns nobody reads a stream any more).
+        # (While the daemon still owes the answer: once it has given it, its connection may be
+        # gone, and there is nothing to half-close.)
+        if (self.client_eof and not self.machine.reader.buffered  # (pipelined ones go first)
+                and self.machine.request_state in (RequestState.SENDING, RequestState.DONE)
+                and self.machine.response_state in (ResponseState.WAITING,
+                                                    ResponseState.STREAMING,
+                                                    ResponseState.COLLECTING)):
+            assert self.fx.daemon_half_closed
+
+    @invariant()
+    def held_body_within_limit(self) -> None:
+        exchange = self.machine.exchange
+        if exchange is None or self.machine.closed:
+            return
+        if exchange.buffer_json:
+            assert exchange.held_size <= MAX_BODY + 1024
+        else:
+            assert exchange.held_size <= PIPELINE_HIGH_WATER + 400
+
+    @invariant()
+    def answers_in_order(self) -> None:
+        answers = responses_in(self.fx.client)
+        order = [seq for seq, _ in self.sent]
+        assert len(answers) <= len(order)
+        for (status, what), seq in zip(answers, order, strict=False):
+            if isinstance(what, int):
+                assert what == seq, f"answer for {what} where {seq}'s was due"
+                assert status == 200
+            elif status == 101:
+                assert dict(self.sent)[seq] == "attach"
+            else:
+                assert status >= 400, (status, what)
+
+    def teardown(self) -> None:
+        """Settle: every hook and the daemon answer; then nothing may be open and silent."""
+        for _ in range(200):
+            if self._ended() or self.hijacked_at is not None:
+                break
+            progressed = False
+            if self.unsent and not (self.fx.paused - {"flow"}) and not self.client_eof:
+                self.client_sends(len(self.unsent))
+                progressed = True
+            if self.fx.pre_calls:
+                self.pre_hooks_approve(False)
+                progressed = True
+            elif self.fx.post_calls:
+                self.post_hooks_answer()
+                progressed = True
+            elif self._owed() and not self.daemon_eof:
+                self.daemon_answers(1)
+                progressed = True
+            elif self.fx.daemon_half_closed:
+                # The daemon, its input ended and nothing owed, closes (as Go's server does).
+                self.daemon_goes(True)
+                progressed = True
+            if not progressed:
+                break
+        self.nothing_after_close()
+        self.answers_in_order()
+        if self._ended() or self.hijacked_at is not None:
+            return
+        answers = responses_in(self.fx.client)
+        if not self.unsent:
+            # Everything the client sent was read and settled: each request has its answer.
+            assert len(answers) == len(self.sent), (answers, self.sent)
+        if self.client_eof:
+            assert self._ended(), "the client ended and was answered: the connection closes"
+        if self.stopping:
+            assert self._ended(), "the proxy stops: a settled connection closes"
+
+
+ExchangeMachine.TestCase.settings = settings(
+    max_examples=500, stateful_step_count=50, deadline=None,
+    suppress_health_check=[HealthCheck.too_slow],
+)
+test_exchange_machine = ExchangeMachine.TestCase
+
+
+# -- the tables ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("event", sorted(REQUEST_TABLE))
+def test_every_request_state_has_a_handler(event):
+    assert set(REQUEST_TABLE[event]) == set(RequestState)
+
+
+@pytest.mark.parametrize("event", sorted(RESPONSE_TABLE))
+def test_every_response_state_has_a_handler(event):
+    assert set(RESPONSE_TABLE[event]) == set(ResponseState)
+
+
+# -- plain cases, named -------------------------------------------------------------------
+
+
+def _machine() -> tuple[Machine, Recorder]:
+    fx = Recorder()
+    return Machine(fx, FakeHooks(), "unix:///daemon.sock"), fx
+
+
+def test_a_plain_request_passes_through_and_the_exchange_ends():
+    machine, fx = _machine()
+    request = make_request(0, "plain", "", False)
+    machine.client_data(request)
+    assert fx.daemon == request
+    assert machine.request_state is RequestState.DONE
+    assert machine.response_state is ResponseState.WAITING
+    machine.daemon_data(daemon_answer(0))
+    assert fx.client == daemon_answer(0)
+    assert machine.request_state is RequestState.IDLE
+    assert machine.response_state is ResponseState.IDLE
+
+
+def test_a_json_body_is_held_until_the_pre_hooks_approve():
+    machine, fx = _machine()
+    request = make_request(0, "pre", '{"Image": "busybox"}', False)
+    machine.client_data(request[:-5])
+    assert machine.request_state is RequestState.HOLDING and not fx.daemon
+    machine.client_data(request[-5:])
+    assert machine.request_state is RequestState.PRE_HOOKS and not fx.daemon
+    exchange, sent = fx.pre_calls.pop()
+    assert sent.body == '{"Image": "busybox"}'
+    machine.pre_hooks_done(exchange, sent)
+    assert fx.daemon == request
+
+
+def test_a_late_hook_answer_for_an_ended_exchange_is_ignored():
+    machine, fx = _machine()
+    machine.client_data(make_request(0, "pre", "", False))
+    exchange, sent = fx.pre_calls.pop()
+    machine.hooks_failed(exchange, 403, "no")
+    assert responses_in(fx.client) == [(403, "no")]
+    machine.pre_hooks_done(exchange, sent)  # after the refusal: nothing happens
+    assert not fx.daemon
+
+
+def test_a_client_that_ends_mid_body_held_for_hooks_is_closed_not_left_waiting():
+    machine, fx = _machine()
+    request = make_request(0, "pre", '{"Image": "busybox"}', False)
+    machine.client_data(request[:-3])
+    machine.client_ended()
+    assert fx.closed and not fx.daemon
+
+
+def test_a_client_that_ends_after_a_partial_head_is_closed():
+    machine, fx = _machine()
+    machine.client_data(b"GET /_ping HTTP/1.1\r\nHost:")
+    machine.client_ended()
+    assert fx.closed
+
+
+def test_end_of_input_waits_for_the_approved_request():
+    machine, fx = _machine()
+    machine.client_data(make_request(0, "pre", "", False))
+    machine.client_ended()
+    assert not fx.daemon_half_closed, "the request has not been sent yet"
+    exchange, sent = fx.pre_calls.pop()
+    machine.pre_hooks_done(exchange, sent)
+    assert fx.daemon and fx.daemon_half_closed
+
+
+def test_more_bytes_while_post_hooks_run_do_not_call_them_again():
+    machine, fx = _machine()
+    machine.client_data(make_request(0, "post", "", False))
+    machine.daemon_data(daemon_answer(0))
+    assert len(fx.post_calls) == 1
+    machine.daemon_data(b"HTTP/1.1 200 OK\r\n")
+    assert len(fx.post_calls) == 1 and fx.closed
+
+
+def test_after_a_refusal_the_daemons_late_answer_is_not_forwarded():
+    machine, fx = _machine()
+    machine.client_data(b"POST /plain/0 HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n"
+                        b"zz\r\n")
+    assert fx.closed and responses_in(fx.client)[0][0] == 400
+    before = bytes(fx.client)
+    machine.daemon_data(daemon_answer(0))
+    assert fx.client == before
+
+
+def test_a_misspelled_path_is_refused_before_anything_reaches_the_daemon():
+    machine, fx = _machine()
+    machine.client_data(make_request(0, "bad", "", False))
+    assert fx.closed and not fx.daemon
+    assert responses_in(fx.client)[0][0] == 400
+
+
+def test_hijack_passes_raw_bytes_both_ways():
+    machine, fx = _machine()
+    machine.client_data(make_request(0, "attach", "", False) + b"early stdin")
+    machine.daemon_data(b"HTTP/1.1 101 UPGRADED\r\nConnection: Upgrade\r\nUpgrade: tcp\r\n\r\n")
+    assert machine.hijacked
+    assert fx.daemon.endswith(b"early stdin")
+    machine.daemon_data(b"out")
+    machine.client_data(b"in")
+    assert fx.client.endswith(b"out") and fx.daemon.endswith(b"in")
+    machine.client_ended()
+    assert fx.daemon_half_closed and not fx.closed
+    machine.daemon_ended()
+    assert fx.client_half_closed and fx.closed
+
+
+def test_shutdown_closes_an_idle_connection_and_drains_a_busy_one():
+    machine, fx = _machine()
+    machine.shutdown()
+    assert fx.closed
+    machine, fx = _machine()
+    machine.client_data(make_request(0, "plain", "", False))
+    machine.shutdown()
+    assert not fx.closed
+    machine.daemon_data(daemon_answer(0))
+    assert fx.closed and responses_in(fx.client) == [(200, 0)]
+
+
+def test_the_deadline_answers_a_waiting_request_with_503():
+    machine, fx = _machine()
+    machine.client_data(make_request(0, "plain", "", False))
+    machine.deadline(5.0)
+    assert fx.closed
+    status, message = responses_in(fx.client)[0]
+    assert status == 503 and re.search(r"5 s shutdown grace", message)
+
+
+def test_the_daemon_going_away_unanswered_is_a_502():
+    machine, fx = _machine()
+    machine.client_data(make_request(0, "plain", "", False))
+    machine.daemon_gone()
+    status, message = responses_in(fx.client)[0]
+    assert status == 502 and "unix:///daemon.sock" in message and fx.closed
