@@ -628,11 +628,16 @@ def make_adapter(rules: Rules, name: str = "policy") -> Adapter:
     return app
 
 
+#: The example rules, beside this file in a checkout and where installed (package data).
+EXAMPLE_RULES = Path(__file__).with_name("policy.yml")
+
+
 def main(argv: list[str] | None = None) -> None:
-    """``policy.py --listen HOST:PORT|--unix PATH --rules FILE``: load the rules, then serve."""
+    """``policy.py --listen HOST:PORT|--unix PATH [--rules FILE]``: load the rules, then serve."""
     app = Adapter("policy")
     parser = app.argument_parser()
-    parser.add_argument("--rules", required=True, metavar="FILE", help="the YAML rules file")
+    parser.add_argument("--rules", default=str(EXAMPLE_RULES), metavar="FILE",
+                        help="the YAML rules file (default: the example rules, %(default)s)")
     args = parser.parse_args(argv)
     try:
         rules = load_rules(args.rules)

@@ -529,15 +529,50 @@ def load(target: str) -> Adapter:
     return app
 
 
+#: The example adapters' package: the repository's ``adapters/``, installed under this name.
+EXAMPLES_PACKAGE = "powerstrip_adapters"
+
+
+def example_command(name: str) -> Callable[[list[str]], None] | None:
+    """The command line (its ``main``) of the example adapter ``name`` (``policy``, ``volumes``,
+    ``network``, ``debug``), which takes that example's own options; None when ``name`` is not
+    one, or the examples are not installed."""
+    import importlib
+
+    try:
+        examples = importlib.import_module(EXAMPLES_PACKAGE)
+    except ModuleNotFoundError as exc:
+        if exc.name != EXAMPLES_PACKAGE:
+            raise
+        return None
+    if name not in getattr(examples, "EXAMPLES", ()):
+        return None
+    return importlib.import_module(f"{EXAMPLES_PACKAGE}.{name}").main
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     """``powerstrip-adapter TARGET --listen HOST:PORT | --unix PATH``: serve an adapter module
-    (see ``load``) without a ``__main__`` block of its own."""
+    (see ``load``) without a ``__main__`` block of its own, or an example adapter by its bare
+    name (``powerstrip-adapter policy --listen ...``) with that example's options."""
     args = list(sys.argv[1:] if argv is None else argv)
     if not args or args[0].startswith("-"):
-        print("usage: powerstrip-adapter FILE.py|MODULE[:NAME] (--listen HOST:PORT | --unix PATH)",
-              file=sys.stderr)
+        print("usage: powerstrip-adapter FILE.py|MODULE[:NAME]|EXAMPLE "
+              "(--listen HOST:PORT | --unix PATH) [OPTIONS]\n"
+              "examples: debug, volumes, network, policy", file=sys.stderr)
         raise SystemExit(2)
-    load(args[0]).run(args[1:])
+    command = None
+    try:
+        app = load(args[0])
+    except ModuleNotFoundError as exc:
+        # Only when no module of that name is importable: the user's own ``policy.py`` in the
+        # current directory still wins over the example.
+        command = example_command(args[0]) if exc.name == args[0] else None
+        if command is None:
+            raise
+    if command is not None:
+        command(args[1:])
+        return
+    app.run(args[1:])
 
 
 if __name__ == "__main__":

@@ -16,18 +16,21 @@ import pytest
 from powerstrip import cli
 
 ROOT = Path(__file__).resolve().parents[2]
-PACKAGES = ("powerstrip", "powerstrip_dev")
+#: Package name -> its directory: the runtime, the development tooling, and the example
+#: adapters, which install as powerstrip_adapters from adapters/.
+PACKAGES = {"powerstrip": "powerstrip", "powerstrip_dev": "powerstrip_dev",
+            "powerstrip_adapters": "adapters"}
 #: The one runtime module allowed to reach the development package: the test kit's engine
 #: fixture starts the throwaway engine, and only when a test asks for it.
 DEV_IMPORTER = "powerstrip.kit.testing"
 
 
 def module_files() -> dict[str, Path]:
-    """Every module of the two packages, by dotted name."""
+    """Every module of the packages, by dotted name."""
     found = {}
-    for package in PACKAGES:
-        for path in sorted((ROOT / package).rglob("*.py")):
-            parts = path.relative_to(ROOT).with_suffix("").parts
+    for package, directory in PACKAGES.items():
+        for path in sorted((ROOT / directory).rglob("*.py")):
+            parts = (package, *path.relative_to(ROOT / directory).with_suffix("").parts)
             if parts[-1] == "__init__":
                 parts = parts[:-1]
             found[".".join(parts)] = path
@@ -58,7 +61,7 @@ def imports(name: str, path: Path) -> Iterator[tuple[str, ast.stmt]]:
 
 
 def graph() -> dict[str, set[str]]:
-    """Module -> the modules of the two packages it imports."""
+    """Module -> the modules of the packages it imports."""
     return {
         name: {target for target, _ in imports(name, path) if target in MODULES and target != name}
         for name, path in MODULES.items()
@@ -89,7 +92,8 @@ def find_cycle(edges: dict[str, set[str]]) -> list[str] | None:
 
 
 def test_the_modules_are_found() -> None:
-    assert {"powerstrip.cli", "powerstrip.kit.testing", "powerstrip_dev.rig"} <= set(MODULES)
+    assert {"powerstrip.cli", "powerstrip.kit.testing", "powerstrip_dev.rig",
+            "powerstrip_adapters.policy"} <= set(MODULES)
 
 
 def test_no_import_cycle() -> None:
@@ -108,6 +112,15 @@ def test_the_runtime_package_does_not_import_the_development_package() -> None:
         for name, path in MODULES.items() if name.split(".")[0] == "powerstrip"
         for target, node in imports(name, path)
         if target.split(".")[0] == "powerstrip_dev" and name != DEV_IMPORTER
+    }
+    assert not reaching, "\n".join(sorted(reaching))
+
+
+def test_the_example_adapters_import_nothing_of_the_development_package() -> None:
+    reaching = {
+        f"{name} imports {target}"
+        for name, path in MODULES.items() if name.split(".")[0] == "powerstrip_adapters"
+        for target, _ in imports(name, path) if target.split(".")[0] == "powerstrip_dev"
     }
     assert not reaching, "\n".join(sorted(reaching))
 
@@ -264,3 +277,75 @@ def record_tool(argv: list[str]) -> int:
     """An added subcommand for the test above: records its arguments."""
     RECORDED.append(argv)
     return 3
+
+
+# -- the example adapters: adapters/ is the package powerstrip_adapters -----------------------
+
+
+def test_the_examples_are_one_package_under_two_names() -> None:
+    import powerstrip_adapters
+    import powerstrip_adapters.policy
+
+    import adapters.policy
+
+    assert Path(powerstrip_adapters.__file__).parent == ROOT / "adapters"
+    assert Path(powerstrip_adapters.policy.__file__) == Path(adapters.policy.__file__)
+    assert powerstrip_adapters.policy.EXAMPLE_RULES == ROOT / "adapters" / "policy.yml"
+
+
+def test_a_bare_example_name_is_the_examples_own_command_line() -> None:
+    import powerstrip_adapters
+
+    from powerstrip.kit.sdk import example_command
+
+    for name in ("debug", "volumes", "network", "policy"):
+        command = example_command(name)
+        assert command is not None and command.__module__ == f"powerstrip_adapters.{name}"
+    assert set(powerstrip_adapters.EXAMPLES) == {"debug", "volumes", "network", "policy"}
+    assert example_command("null_adapter") is None  # a standard-library script, not the SDK's
+    assert example_command("no_such_adapter") is None
+
+
+def test_powerstrip_adapter_runs_an_example_by_name(monkeypatch) -> None:
+    import powerstrip_adapters.policy
+
+    from powerstrip.kit import sdk
+
+    seen: list[list[str]] = []
+    monkeypatch.setattr(powerstrip_adapters.policy, "main", seen.append)
+    monkeypatch.setattr(sys, "path", list(sys.path))
+    sdk.main(["policy", "--listen", "127.0.0.1:0"])
+    assert seen == [["--listen", "127.0.0.1:0"]]
+
+
+def test_a_module_of_the_users_wins_over_the_example_of_that_name(monkeypatch, tmp_path) -> None:
+    from powerstrip.kit import sdk
+
+    (tmp_path / "policy.py").write_text(
+        "from powerstrip.adapter import Adapter\napp = Adapter('mine')\n")
+    served: list[tuple[str, list[str]]] = []
+    monkeypatch.setattr(sdk.Adapter, "run", lambda self, argv: served.append((self.name, argv)))
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(sys, "path", list(sys.path))
+    monkeypatch.delitem(sys.modules, "policy", raising=False)
+    try:
+        sdk.main(["policy", "--listen", "127.0.0.1:0"])
+    finally:
+        sys.modules.pop("policy", None)
+    assert served == [("mine", ["--listen", "127.0.0.1:0"])]
+
+
+def test_a_name_that_is_neither_still_fails_as_before(monkeypatch, tmp_path) -> None:
+    from powerstrip.kit import sdk
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(sys, "path", list(sys.path))
+    with pytest.raises(ModuleNotFoundError, match="no_such_adapter"):
+        sdk.main(["no_such_adapter", "--listen", "127.0.0.1:0"])
+
+
+def test_the_examples_still_run_as_scripts() -> None:
+    result = subprocess.run([sys.executable, str(ROOT / "adapters" / "policy.py"), "--help"],
+                            capture_output=True, text=True, timeout=60, cwd=ROOT)
+    assert result.returncode == 0, result.stderr
+    assert "--rules" in result.stdout
