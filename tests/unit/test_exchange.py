@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 
 import httptools
 import pytest
-from hypothesis import HealthCheck, settings
+from hypothesis import HealthCheck, event, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import (
     RuleBasedStateMachine,
@@ -64,20 +64,20 @@ class FakePlan:
 
 
 class FakeHooks:
-    """Paths name their hooks: ``/pre/...``, ``/post/...``, ``/both/...``; ``/bad/`` is a
-    spelling dockerd would refuse."""
+    """A request's ``hooks`` query parameter names its hooks (``pre``, ``post``, ``both``); a
+    target under ``/bad/`` is a spelling dockerd would refuse."""
 
     active = True
 
     def plan(self, method: bytes, target: bytes) -> FakePlan | None:
         if target.startswith(b"/bad/"):
             raise SpellingError("a path dockerd refuses")
-        kind = target.split(b"/")[1]
-        if kind == b"pre":
+        hooks = target.partition(b"hooks=")[2]
+        if hooks == b"pre":
             return FakePlan(("a",), ())
-        if kind == b"post":
+        if hooks == b"post":
             return FakePlan((), ("a",))
-        if kind == b"both":
+        if hooks == b"both":
             return FakePlan(("a",), ("b",))
         return None
 
@@ -149,13 +149,30 @@ class Recorder:
 # -- wire helpers -------------------------------------------------------------------------
 
 
+#: Each kind of request: its target, with ``{seq}`` for its sequence number.
+TARGETS = {
+    "plain": "/v1.41/plain/{seq}",
+    "pre": "/v1.41/x/{seq}?hooks=pre",
+    "post": "/v1.41/x/{seq}?hooks=post",
+    "both": "/v1.41/x/{seq}?hooks=both",
+    "bad": "/bad/{seq}",
+    # Streams: answered chunked, a piece at a time; post-hooks never hold them.
+    "stream": "/v1.41/containers/{seq}/logs?follow=1",
+    "poststream": "/v1.41/containers/{seq}/logs?follow=1&hooks=post",
+}
+STREAMS = ("stream", "poststream")
+#: No body, a small JSON body, and one over the hooks' limit (MAX_BODY).
+BODIES = st.sampled_from(["", '{"Image": "busybox"}', '{"a": "' + "x" * 700 + '"}'])
+
+
 def make_request(seq: int, kind: str, body: str, chunked: bool) -> bytes:
     """A request carrying its sequence number in ``X-Seq``."""
     if kind == "attach":
         return (f"POST /v1.41/containers/c/attach?stream=1 HTTP/1.1\r\nHost: x\r\nX-Seq: {seq}"
                 "\r\nConnection: Upgrade\r\nUpgrade: tcp\r\n\r\n").encode()
     method = "GET" if body == "" else "POST"
-    head = f"{method} /{kind}/{seq} HTTP/1.1\r\nHost: x\r\nX-Seq: {seq}\r\n"
+    target = TARGETS[kind].format(seq=seq)
+    head = f"{method} {target} HTTP/1.1\r\nHost: x\r\nX-Seq: {seq}\r\n"
     if body == "":
         return (head + "\r\n").encode()
     payload = body.encode()
@@ -169,8 +186,14 @@ def make_request(seq: int, kind: str, body: str, chunked: bool) -> bytes:
             ).encode() + payload
 
 
-def daemon_answer(seq: int) -> bytes:
+def daemon_answer(seq: int, stream: bool = False) -> bytes:
+    """The daemon's answer to request ``seq``: by length, or chunked as streams are."""
     body = json.dumps({"seq": seq}).encode()
+    if stream:
+        half = len(body) // 2
+        return (b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
+                b"Transfer-Encoding: chunked\r\n\r\n%x\r\n%s\r\n%x\r\n%s\r\n0\r\n\r\n"
+                % (half, body[:half], len(body) - half, body[half:]))
     return (b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n"
             % len(body)) + body
 
@@ -246,8 +269,10 @@ def responses_in(stream: bytes) -> list[tuple[int, object]]:
 class ExchangeMachine(RuleBasedStateMachine):
     """Random event sequences against one client connection."""
 
-    @initialize()
-    def start(self) -> None:
+    @initialize(first=st.lists(st.tuples(st.sampled_from([*TARGETS, "attach"]), BODIES,
+                                         st.booleans()), min_size=1, max_size=3))
+    def start(self, first: list[tuple[str, str, bool]]) -> None:
+        """A connection whose client has sent its first requests (pipelined when several)."""
         self.fx = Recorder()
         self.machine = Machine(self.fx, FakeHooks(), "unix:///daemon.sock")
         self.sent: list[tuple[int, str]] = []  # (seq, kind) of every request sent whole
@@ -261,11 +286,14 @@ class ExchangeMachine(RuleBasedStateMachine):
         self.refused: set[int] = set()
         self.upgrade_queued = False
         self.stopping = False
+        for kind, body, chunked in first:
+            if not self.upgrade_queued:
+                self.client_queues_request(kind, body, chunked, 10_000)
 
     # Client rules
 
-    @rule(kind=st.sampled_from(["plain", "pre", "post", "both", "bad", "attach"]),
-          body=st.sampled_from(["", '{"Image": "busybox"}', '{"a": "' + "x" * 700 + '"}']),
+    @rule(kind=st.sampled_from([*TARGETS, "attach"]),
+          body=BODIES,
           chunked=st.booleans(), cut=st.sampled_from([10_000, 0, 7, 60]))
     @precondition(lambda self: not self.client_eof and not self.upgrade_queued)
     def client_queues_request(self, kind: str, body: str, chunked: bool, cut: int) -> None:
@@ -320,6 +348,7 @@ class ExchangeMachine(RuleBasedStateMachine):
         calls = self.fx.pre_calls or self.fx.post_calls
         exchange = calls.pop(0)[0]
         self.refused.add(int(exchange.head.header(b"x-seq")))
+        event("a hook failed")
         self.machine.hooks_failed(exchange, status, f"refused by adapter (status {status})")
 
     @rule()
@@ -346,8 +375,10 @@ class ExchangeMachine(RuleBasedStateMachine):
         if kind == "attach":
             answer = b"HTTP/1.1 101 UPGRADED\r\nConnection: Upgrade\r\nUpgrade: tcp\r\n\r\n"
             self.hijacked_at = seq
+            event("hijacked")
         else:
-            answer = daemon_answer(seq)
+            answer = daemon_answer(seq, stream=kind in STREAMS)
+            event(f"daemon answered {kind}")
         step = max(1, len(answer) // pieces)
         for start in range(0, len(answer), step):
             self.machine.daemon_data(answer[start:start + step])
@@ -460,6 +491,7 @@ class ExchangeMachine(RuleBasedStateMachine):
 
     def teardown(self) -> None:
         """Settle: every hook and the daemon answer; then nothing may be open and silent."""
+        event(f"requests sent: {min(len(self.sent), 5)}{'+' if len(self.sent) > 5 else ''}")
         for _ in range(200):
             if self._ended() or self.hijacked_at is not None:
                 break
