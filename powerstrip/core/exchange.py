@@ -14,9 +14,11 @@ body may still be read while post-hooks hold its response. An exchange ends when
 ``DONE``; the connection then reads its next request. A hijack (101, or a legacy raw stream)
 takes both sides to ``HIJACKED``; any close takes both to ``CLOSED``.
 
-Every event is dispatched through a table keyed by the state of the side it concerns
-(``REQUEST_TABLE``, ``RESPONSE_TABLE``); each table names a handler for every state, so no
-combination is left without a defined next step. A handler either moves the exchange on or
+Every event is dispatched through a table keyed by the state of the side it concerns:
+``REQUEST_TABLE`` for the client's events and the proxy's own (shutdown, its deadline, a daemon
+that cannot be reached), ``RESPONSE_TABLE`` for the daemon's; a hook failure goes to the side
+that waits for the hooks. Each table names a handler for every state, so no combination is left
+without a defined next step. A handler either moves the exchange on or
 answers with a Docker-style error and closes: nothing leaves a connection open and silent.
 """
 
@@ -278,12 +280,8 @@ class Machine:
 
     def hooks_failed(self, exchange: Exchange, status: int, message: str) -> None:
         """A hook of ``exchange`` refused it, or could not be called."""
-        if exchange is not self.exchange:
-            return  # a late answer: its exchange already ended
-        if self.request_state is RequestState.PRE_HOOKS:
-            self._pre_hooks_failed(status, message)
-        else:
-            RESPONSE_TABLE["hooks_failed"][self.response_state](self, status, message)
+        if exchange is self.exchange:  # else a late answer: its exchange already ended
+            REQUEST_TABLE["hooks_failed"][self.request_state](self, status, message)
 
     # -- events: the daemon side ----------------------------------------------------------
 
@@ -303,14 +301,11 @@ class Machine:
 
     def client_gone(self) -> None:
         """The client connection is gone: nothing more is sent or read."""
-        self._set_closed()
+        REQUEST_TABLE["client_gone"][self.request_state](self)
 
     def daemon_unreachable(self, reason: str) -> None:
         """A connection to the daemon could not be made."""
-        if self.closed:
-            return
-        log.warning("cannot reach the Docker daemon at %s: %s", self.upstream, reason)
-        self._refuse(502, f"cannot reach the Docker daemon at {self.upstream}: {reason}")
+        REQUEST_TABLE["daemon_unreachable"][self.request_state](self, reason)
 
     def post_hooks_done(self, exchange: Exchange, changed: ServerResponse) -> None:
         """The post-hooks answered ``exchange``'s response with ``changed``."""
@@ -321,30 +316,11 @@ class Machine:
 
     def shutdown(self) -> None:
         """The proxy is stopping: close once the current exchange is over."""
-        self.draining = True
-        if self.request_state is RequestState.IDLE and not self.reader.buffered:
-            self._close()
+        REQUEST_TABLE["shutdown"][self.request_state](self)
 
     def deadline(self, grace: float) -> None:
-        """The shutdown grace ran out with this connection still busy.
-
-        A request still waiting for its answer is told so with a Docker-style error, so that
-        its client knows it may not have taken effect rather than seeing a bare disconnect;
-        anything else (a response half sent, a hijacked stream) can only be cut.
-        """
-        if self.closed:
-            return
-        exchange = self.exchange
-        if (self.request_state is not RequestState.HIJACKED and exchange is not None
-                and not exchange.forwarded):
-            self._refuse(
-                503,
-                f"Powerstrip is stopping: the Docker daemon at {self.upstream} had not "
-                f"answered {exchange.describe()} within the {grace:g} s shutdown grace",
-            )
-        else:
-            self._set_closed()
-            self.effects.abort()
+        """The shutdown grace (the machine's one timeout) ran out with this connection busy."""
+        REQUEST_TABLE["deadline"][self.request_state](self, grace)
 
     @property
     def closed(self) -> bool:
@@ -607,6 +583,9 @@ class Machine:
     def _client_eof_idle(self) -> None:
         self._forward_eof()
 
+    def _client_gone(self, *args: object) -> None:
+        self._set_closed()
+
     def _client_eof_unsent(self) -> None:
         """HOLDING or PRE_HOOKS: the client stopped sending before its request was passed on."""
         exchange = self.exchange
@@ -618,6 +597,45 @@ class Machine:
 
     def _client_eof_sent(self) -> None:
         self._forward_eof()
+
+    def _hooks_failed_after_sending(self, status: int, message: str) -> None:
+        """SENDING or DONE, hooks_failed: the post-hooks' failure; the response side says."""
+        RESPONSE_TABLE["hooks_failed"][self.response_state](self, status, message)
+
+    def _daemon_unreachable(self, reason: str) -> None:
+        log.warning("cannot reach the Docker daemon at %s: %s", self.upstream, reason)
+        self._refuse(502, f"cannot reach the Docker daemon at {self.upstream}: {reason}")
+
+    def _shutdown_idle(self) -> None:
+        """IDLE, shutdown: at most part of a head is held, which nobody is owed: close."""
+        self.draining = True
+        self._close()
+
+    def _shutdown_busy(self) -> None:
+        """Busy or hijacked, shutdown: close when the exchange is over (a hijacked stream
+        runs until it ends or the deadline)."""
+        self.draining = True
+
+    def _deadline_busy(self, grace: float) -> None:
+        """HOLDING, PRE_HOOKS, SENDING or DONE, deadline.
+
+        A request still waiting for its answer is told so with a Docker-style error, so that
+        its client knows it may not have taken effect rather than seeing a bare disconnect;
+        a response half sent can only be cut.
+        """
+        exchange = self.exchange
+        if exchange.forwarded:
+            self._abort()
+            return
+        self._refuse(
+            503,
+            f"Powerstrip is stopping: the Docker daemon at {self.upstream} had not "
+            f"answered {exchange.describe()} within the {grace:g} s shutdown grace",
+        )
+
+    def _deadline_cut(self, grace: float) -> None:
+        """IDLE or HIJACKED, deadline: nothing to answer; a stream can only be cut."""
+        self._abort()
 
     # -- response side --------------------------------------------------------------------
 
@@ -638,8 +656,7 @@ class Machine:
             response.feed(data)
         except FramingError as exc:
             if exchange.forwarded:
-                self._set_closed()
-                self.effects.abort()
+                self._abort()
             else:
                 self._refuse(exc.status, str(exc))
             return
@@ -828,6 +845,10 @@ class Machine:
         self._set_closed()
         self.effects.close()
 
+    def _abort(self) -> None:
+        self._set_closed()
+        self.effects.abort()
+
     def _set_closed(self) -> None:
         self.request_state = RequestState.CLOSED
         self.response_state = ResponseState.CLOSED
@@ -838,7 +859,8 @@ RS = RequestState
 PS = ResponseState
 M = Machine
 
-#: For each client-side event, the handler in each request state.
+#: For each client-side event (and those of the proxy itself), the handler in each request
+#: state.
 REQUEST_TABLE: dict[str, dict[RequestState, Callable]] = {
     "client_data": {
         RS.IDLE: M._read, RS.HOLDING: M._read, RS.PRE_HOOKS: M._read, RS.SENDING: M._read,
@@ -852,6 +874,32 @@ REQUEST_TABLE: dict[str, dict[RequestState, Callable]] = {
     "pre_hooks_done": {
         RS.IDLE: M._ignore, RS.HOLDING: M._ignore, RS.PRE_HOOKS: M._approved,
         RS.SENDING: M._ignore, RS.DONE: M._ignore, RS.HIJACKED: M._ignore,
+        RS.CLOSED: M._ignore,
+    },
+    "hooks_failed": {
+        RS.IDLE: M._ignore, RS.HOLDING: M._ignore, RS.PRE_HOOKS: M._pre_hooks_failed,
+        RS.SENDING: M._hooks_failed_after_sending, RS.DONE: M._hooks_failed_after_sending,
+        RS.HIJACKED: M._ignore, RS.CLOSED: M._ignore,
+    },
+    "client_gone": {
+        RS.IDLE: M._client_gone, RS.HOLDING: M._client_gone, RS.PRE_HOOKS: M._client_gone,
+        RS.SENDING: M._client_gone, RS.DONE: M._client_gone, RS.HIJACKED: M._client_gone,
+        RS.CLOSED: M._ignore,
+    },
+    "daemon_unreachable": {
+        RS.IDLE: M._daemon_unreachable, RS.HOLDING: M._daemon_unreachable,
+        RS.PRE_HOOKS: M._daemon_unreachable, RS.SENDING: M._daemon_unreachable,
+        RS.DONE: M._daemon_unreachable, RS.HIJACKED: M._daemon_unreachable,
+        RS.CLOSED: M._ignore,
+    },
+    "shutdown": {
+        RS.IDLE: M._shutdown_idle, RS.HOLDING: M._shutdown_busy, RS.PRE_HOOKS: M._shutdown_busy,
+        RS.SENDING: M._shutdown_busy, RS.DONE: M._shutdown_busy, RS.HIJACKED: M._shutdown_busy,
+        RS.CLOSED: M._ignore,
+    },
+    "deadline": {
+        RS.IDLE: M._deadline_cut, RS.HOLDING: M._deadline_busy, RS.PRE_HOOKS: M._deadline_busy,
+        RS.SENDING: M._deadline_busy, RS.DONE: M._deadline_busy, RS.HIJACKED: M._deadline_cut,
         RS.CLOSED: M._ignore,
     },
 }

@@ -1,7 +1,7 @@
 """Calling adapters: hook chains over pooled keep-alive HTTP, with timeouts and clear failures.
 
 This is the Twisted side of hooks. What to call is decided from the configuration and the
-matcher (pure code); the wire format is ``powerstrip.wire``. Every way an adapter call can end
+matcher (pure code); the wire format is ``powerstrip.hooks.wire``. Every way an adapter call can end
 maps to one outcome: an answer, a refusal (the adapter's own non-2xx status), or a failure
 (502 unreachable or bad answer, 504 timeout) whose message names the adapter, the request, the
 endpoint and the cause.

@@ -264,7 +264,7 @@ class ProxyFactory(Factory):
         self.upstream_endpoint = clientFromString(reactor, client_description(upstream))
         self.connections: set[ClientConnection] = set()
         #: Tells the reactor an answer is due soon, so that it busy-polls for it (see
-        #: powerstrip.reactor); with a reactor that cannot, connections do not keep track.
+        #: powerstrip.proxy.reactor); with a reactor that cannot, connections do not keep track.
         self.expect_soon: Callable[[], None] = getattr(reactor, "expect_soon", _nothing)
         self.busy_poll: float = getattr(reactor, "busy_poll", 0.0)
 
@@ -299,10 +299,6 @@ class ProxyFactory(Factory):
 
         check()
         return done
-
-
-def _nothing() -> None:
-    pass
 
 
 def _nothing() -> None:
