@@ -34,7 +34,7 @@ from urllib.parse import parse_qs
 
 from powerstrip.adapter import Adapter, Refuse, Request
 from powerstrip.core.paths import clean_path
-from powerstrip.kit import yamlfile
+from powerstrip.hooks import yamlfile
 from powerstrip.kit.gojson import (
     ANY,
     BOOL,

@@ -44,9 +44,8 @@ from powerstrip.core.framing import (
     build_response,
     decode_chunked,
 )
-from powerstrip.core.media import is_json, is_text
-from powerstrip.core.paths import SpellingError, canonical_path
-from powerstrip.hooks.plans import hidden_from_hooks, is_stream
+from powerstrip.core.media import hidden_from_hooks, is_json, is_text
+from powerstrip.core.paths import SpellingError, canonical_path, is_stream
 from powerstrip.hooks.wire import ClientRequest, ServerResponse
 
 log = logging.getLogger(__name__)

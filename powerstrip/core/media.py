@@ -57,3 +57,28 @@ def is_text(content_type: bytes | str | None) -> bool:
     """Whether post-hooks can be shown a body of this type: JSON or text."""
     media = media_type(content_type)
     return media is not None and (media.startswith(b"text/") or _names_json(media))
+
+
+#: The methods whose form-encoded bodies Go's ``ParseForm`` reads as parameters.
+_FORM_METHODS = frozenset((b"POST", b"PUT", b"PATCH"))
+
+
+def hidden_from_hooks(
+    method: bytes, headers: list[tuple[bytes, bytes]], has_body: bool
+) -> str | None:
+    """Why a request must not reach pre-hooks, or None: what the daemon would read from it and
+    adapters could not see.
+
+    - A second Content-Type: the daemon reads the first, a naive reader the last, so a body
+      could be shown to adapters as one thing and read by the daemon as another.
+    - A form-encoded body (POST, PUT, PATCH): Go's ``ParseForm`` reads its values as parameters
+      over the query string's (a tag's repo, a build's networkmode), while adapters see no body.
+    """
+    content_types = [value for name, value in headers if name.lower() == b"content-type"]
+    if len(content_types) > 1:
+        return "more than one Content-Type header"
+    if (has_body and method in _FORM_METHODS and content_types
+            and media_type(content_types[0]) == b"application/x-www-form-urlencoded"):
+        return ("a form-encoded body (application/x-www-form-urlencoded); send parameters in "
+                "the query")
+    return None

@@ -22,7 +22,8 @@ gorilla/mux) routes a request target like this; ``canonical_path`` models each s
 
 It knows nothing of endpoints or hooks: the framing (``core.framing``) reads an escaped attach
 with it, the endpoint matcher (``hooks.matching``) matches globs against its answer, and
-adapters clean bind sources with ``clean_path``.
+adapters clean bind sources with ``clean_path``. ``is_stream`` says which routed paths answer
+with a stream (post-hooks never hold those back).
 """
 
 from __future__ import annotations
@@ -184,3 +185,51 @@ def split_version(path: str) -> tuple[str | None, str]:
     if version is None:
         return None, path
     return version[1], path[version.end():]
+
+
+#: Responses that stream (or hijack the connection): post-hooks never hold them back, so they
+#: are not called for them. Matched on the routed path without its API version.
+_STREAMS = re.compile(
+    r"^/(?:"
+    r"events"
+    r"|containers/[^/]+/(?:logs|attach(?:/ws)?|wait|export|archive)"
+    r"|exec/[^/]+/start"
+    r"|images/(?:create|load|get|[^/]+(?:/[^/]+)*/(?:push|get))"
+    r"|build|session|grpc"
+    r"|plugins/(?:pull|[^/]+(?:/[^/]+)*/(?:upgrade|push))"
+    r")$"
+)
+_STATS = re.compile(r"^/containers/[^/]+/stats$")
+_VERSION = re.compile(r"^/v[0-9.]+(?=/)")
+
+#: Sample paths of every streaming endpoint, to warn at load time about post-hooks on them.
+STREAM_SAMPLES = (
+    ("GET", "/v1.41/events"),
+    ("GET", "/v1.41/containers/c/logs"),
+    ("GET", "/v1.41/containers/c/stats"),
+    ("POST", "/v1.41/containers/c/attach"),
+    ("POST", "/v1.41/containers/c/wait"),
+    ("GET", "/v1.41/containers/c/export"),
+    ("GET", "/v1.41/containers/c/archive"),
+    ("POST", "/v1.41/exec/e/start"),
+    ("POST", "/v1.41/images/create"),
+    ("POST", "/v1.41/images/i/push"),
+    ("POST", "/v1.41/images/load"),
+    ("GET", "/v1.41/images/get"),
+    ("POST", "/v1.41/build"),
+    ("POST", "/session"),
+)
+
+
+def is_stream(path: str, query: str = "") -> bool:
+    """Whether the response to ``path`` (routed, may carry its version) streams.
+
+    Stats stream unless asked for one sample (``stream=0``/``false``).
+    """
+    path = _VERSION.sub("", path, count=1)
+    if _STREAMS.match(path):
+        return True
+    if _STATS.match(path):
+        params = dict(p.partition("=")[::2] for p in query.split("&") if p)
+        return params.get("stream", "1").lower() not in ("0", "false")
+    return False

@@ -32,7 +32,7 @@ from urllib.parse import unquote, urlsplit
 from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 
 from powerstrip.hooks.matching import parse_endpoint_key
-from powerstrip.kit.yamlfile import Document, YamlError, describe, is_null, is_str
+from powerstrip.hooks.yamlfile import Document, YamlError, describe, is_null, is_str
 
 DEFAULT_TIMEOUT = 10.0
 DEFAULT_MAX_BODY = 4 * 1024 * 1024

@@ -13,10 +13,11 @@ from pathlib import Path
 
 from twisted.internet.task import LoopingCall
 
+from powerstrip.core.paths import STREAM_SAMPLES
 from powerstrip.hooks.client import AdapterClient
 from powerstrip.hooks.config import EMPTY, Config, ConfigError, load_config
 from powerstrip.hooks.matching import Matcher
-from powerstrip.hooks.plans import STREAM_SAMPLES, Plan, make_plan
+from powerstrip.hooks.plans import Plan, make_plan
 
 log = logging.getLogger(__name__)
 

@@ -13,9 +13,10 @@ from powerstrip.core.framing import (
     decode_chunked,
     parse_request_head,
 )
-from powerstrip.core.media import is_json, is_text, media_type
+from powerstrip.core.media import hidden_from_hooks, is_json, is_text, media_type
+from powerstrip.core.paths import is_stream
 from powerstrip.hooks.config import parse_config
-from powerstrip.hooks.plans import hidden_from_hooks, is_stream, make_plan
+from powerstrip.hooks.plans import make_plan
 
 
 @pytest.mark.parametrize(

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from powerstrip.kit.yamlfile import LinedDict, YamlError, load
+from powerstrip.hooks.yamlfile import LinedDict, YamlError, load
 
 
 def test_mappings_know_the_line_of_each_key() -> None:
