@@ -116,6 +116,41 @@ def test_the_runtime_package_does_not_import_the_development_package() -> None:
     assert not reaching, "\n".join(sorted(reaching))
 
 
+#: What each layer of the runtime package may import of Powerstrip besides itself: the
+#: protocol core only the hook calls' records (pure, importing nothing); the hook engine the
+#: core; the Twisted proxy the core and the hook engine; the author's kit those and the
+#: address parser its Engine API client shares with the proxy.
+LAYERS = {
+    "powerstrip.core": ("powerstrip.hooks.wire",),
+    "powerstrip.hooks": ("powerstrip.core",),
+    "powerstrip.proxy": ("powerstrip.core", "powerstrip.hooks"),
+    "powerstrip.kit": ("powerstrip.core", "powerstrip.hooks", "powerstrip.proxy.addresses",
+                       "powerstrip_dev", "powerstrip.kit"),
+}
+
+
+def layer_of(name: str) -> str | None:
+    return next((layer for layer in LAYERS if name == layer or name.startswith(layer + ".")),
+                None)
+
+
+def test_each_layer_imports_only_the_layers_beneath_it() -> None:
+    wrong = set()
+    for name, targets in graph().items():
+        layer = layer_of(name)
+        if layer is None:
+            continue
+        allowed = (layer, *LAYERS[layer])
+        wrong |= {f"{name} imports {target}" for target in targets
+                  if not any(target == a or target.startswith(a + ".") for a in allowed)
+                  and target not in ("powerstrip",)}
+    assert not wrong, "\n".join(sorted(wrong))
+
+
+def test_the_wire_records_the_core_uses_import_nothing_of_powerstrip() -> None:
+    assert not graph()["powerstrip.hooks.wire"]
+
+
 def test_the_example_adapters_import_nothing_of_the_development_package() -> None:
     reaching = {
         f"{name} imports {target}"
