@@ -385,10 +385,9 @@ class Machine:
                 self._refuse(400, f"refused {self.exchange.describe()}: {exc}")
                 return False
         exchange = self.exchange = Exchange(head, plan, self.framing)
-        self.response_state = (ResponseState.COLLECTING if exchange.collect
-                               else ResponseState.WAITING)
         if plan is None or not plan.pre:
             self.request_state = RequestState.SENDING
+            self._await_answer()
             self._to_daemon(head.raw)
             if self.client_eof:
                 self._forward_eof()
@@ -489,11 +488,18 @@ class Machine:
                 out = [build_request_head(method, target, head.headers, None), *held]
         self.request_state = (RequestState.DONE if exchange.read_whole
                               else RequestState.SENDING)
+        self._await_answer()
         for data in out:
             self._to_daemon(data)
         self.effects.resume("hooks")
         if self.client_eof:
             self._forward_eof()
+
+    def _await_answer(self) -> None:
+        """The request goes to the daemon now: from here its bytes are the answer to it. (While
+        pre-hooks hold a request, the response side stays IDLE: the daemon owes nothing.)"""
+        self.response_state = (ResponseState.COLLECTING if self.exchange.collect
+                               else ResponseState.WAITING)
 
     def _pre_hooks_failed(self, status: int, message: str) -> None:
         exchange = self.exchange
@@ -773,22 +779,21 @@ class Machine:
 
     def _daemon_gone_idle(self) -> None:
         """IDLE or DONE, daemon_gone: between requests (after ``Connection: close``, or idle)
-        the client sees its connection end, exactly as it would direct. With a request still
-        held for pre-hooks, nothing of it reached the daemon: it is answered as one the daemon
-        could not take."""
-        if self.exchange is not None and not self.exchange.forwarded:
-            self._refuse(502, f"the Docker daemon at {self.upstream} closed the connection "
-                              "without answering")
-        else:
-            self._close()
+        the client sees its connection end, exactly as it would direct. A request held for
+        pre-hooks owes the daemon nothing yet: once approved it goes on a new connection."""
+        state = self.request_state
+        if state is RequestState.HOLDING or state is RequestState.PRE_HOOKS:
+            return
+        self._close()
 
     def _daemon_gone_waiting(self) -> None:
         """WAITING or STREAMING, daemon_gone."""
         exchange = self.exchange
         response = exchange.response
-        if not exchange.forwarded or (response.head is None and response is not self.framing):
-            # Nothing, or only an interim 100 Continue, reached the client (the connection's
-            # shared reader, used for bodiless requests, never sees a head).
+        if not exchange.forwarded or (response is not self.framing and not response.in_message):
+            # Nothing, or only whole interim answers (100 Continue), reached the client: a
+            # Docker-style error can still follow them. (The connection's shared reader, used
+            # for bodiless requests, which get no interim answers, does not follow messages.)
             self._refuse(502, f"the Docker daemon at {self.upstream} closed the connection "
                               "without answering")
         else:

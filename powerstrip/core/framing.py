@@ -464,9 +464,10 @@ class ResponseHead:
 class _FramingOnly(_Callbacks):
     """httptools callback target that ignores headers, for responses nobody inspects."""
 
-    __slots__ = ("on_headers_complete", "on_message_complete")
+    __slots__ = ("on_message_begin", "on_headers_complete", "on_message_complete")
 
     def __init__(self, reader: ResponseReader) -> None:
+        self.on_message_begin = reader.on_message_begin
         self.on_headers_complete = reader.on_headers_complete
         self.on_message_complete = reader.on_message_complete
 
@@ -512,8 +513,14 @@ class ResponseReader(_Callbacks):
         self.complete = False
         self.upgraded = False
         self._final = False
+        #: Part of a message (interim or final) has been read and not its end. (Not followed by
+        #: the reader one connection's plain responses share.)
+        self.in_message = False
 
     # httptools callbacks
+
+    def on_message_begin(self) -> None:
+        self.in_message = True
 
     def on_header(self, name: bytes, value: bytes) -> None:
         self._headers.append((name, value))
@@ -530,6 +537,7 @@ class ResponseReader(_Callbacks):
             self.complete = True
 
     def on_message_complete(self) -> None:
+        self.in_message = False
         if self._final:
             self.complete = True
 
