@@ -183,6 +183,16 @@ def parse_request_head(raw: bytes) -> RequestHead:
     return head
 
 
+def has_bare_lf(buffer: bytes | bytearray, start: int = 0) -> bool:
+    """Whether a LF not preceded by CR is in ``buffer`` at or after ``start``."""
+    newline = buffer.find(b"\n", start)
+    while newline >= 0:
+        if newline == 0 or buffer[newline - 1] != 13:
+            return True
+        newline = buffer.find(b"\n", newline + 1)
+    return False
+
+
 def find_head_end(buffer: bytes | bytearray, start: int = 0) -> int:
     """Return the offset just past the CRLF CRLF that ends a head, or -1 if it is not there yet."""
     end = buffer.find(b"\r\n\r\n", start)
@@ -310,6 +320,8 @@ class RequestReader:
         self.waiting = False
         #: A parser and its callback target kept for ``whole_request``, one per connection.
         self._quick: tuple[httptools.HttpRequestParser, _Validator] | None = None
+        #: Where the search for a bare LF in an unfinished head goes on.
+        self._lf_from = 0
 
     @property
     def buffered(self) -> int:
@@ -417,11 +429,21 @@ class RequestReader:
             # Clients may send stray CRLFs between requests (RFC 9112 2.2).
             while buffer[:2] == b"\r\n":
                 del buffer[:2]
+                self._lf_from = 0
             end = find_head_end(buffer)
             if end < 0:
+                # A head whose lines end in a bare LF never shows the CRLF CRLF that ends a
+                # head: refused now rather than waited on. (Only the bytes not yet looked at
+                # are scanned, so a head sent a byte at a time costs no more than one sent
+                # whole.)
+                if has_bare_lf(buffer, self._lf_from):
+                    raise FramingError("malformed HTTP request: a line of the head ends in a "
+                                       "bare LF; HTTP/1.1 lines end in CRLF")
+                self._lf_from = len(buffer)
                 if len(buffer) > self._max_head:
                     raise FramingError("request head too large", 431)
                 break
+            self._lf_from = 0
             head = parse_request_head(bytes(buffer[:end]))
             del buffer[:end]
             self._begin(head, events)

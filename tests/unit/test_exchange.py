@@ -892,3 +892,11 @@ def test_the_daemon_going_away_unanswered_is_a_502():
     machine.daemon_gone()
     status, message = responses_in(fx.client)[0]
     assert status == 502 and "unix:///daemon.sock" in message and fx.closed
+
+
+def test_a_request_whose_lines_end_in_a_bare_lf_is_refused_and_closed():
+    machine, fx = _machine()
+    machine.client_data(b"GET /v1.41/_ping HTTP/1.1\nHost: x\n\n")
+    (status, message), = responses_in(fx.client)
+    assert status == 400 and "bare LF" in message
+    assert fx.closed and not fx.daemon

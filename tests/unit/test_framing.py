@@ -395,3 +395,24 @@ def test_a_framing_only_reader_notes_the_final_status():
     assert reader.head is None and not reader.complete
     reader.feed(b"HTTP/1.1 201 Created\r\nContent-Length: 0\r\n\r\n")
     assert reader.head.status == 201 and reader.head.headers == [] and reader.complete
+
+
+@pytest.mark.parametrize("raw", [
+    b"GET /v1.41/_ping HTTP/1.1\nHost: x\n\n",
+    b"GET /v1.41/_ping HTTP/1.1\r\nHost: x\n\n",
+    b"GET /v1.41/_ping HTTP/1.1\r\nHost: x\n",
+    b"GET /v1.41/_ping HTTP/1.1\n",
+])
+def test_a_head_with_a_bare_lf_is_refused_not_waited_on(raw):
+    """dockerd answers such a request; a proxy that waits for a CRLF CRLF never would."""
+    with pytest.raises(FramingError) as refused:
+        RequestReader().feed(raw)
+    assert refused.value.status == 400 and "bare LF" in str(refused.value)
+
+
+def test_a_head_sent_a_byte_at_a_time_is_not_taken_for_a_bare_lf():
+    reader = RequestReader()
+    events = []
+    for byte in b"GET /v1.41/_ping HTTP/1.1\r\nHost: x\r\n\r\n":
+        events += reader.feed(bytes([byte]))
+    assert [type(e).__name__ for e in events] == ["Head", "End"]
