@@ -521,8 +521,12 @@ class Machine:
         self._answer_error(status, message)
 
     def _answer_error(self, status: int, message: str) -> None:
-        """Answer the current request with an error and go on to the next one."""
+        """Answer the current request with an error and go on to the next one (or close, as
+        the daemon would, when the client asked for that)."""
         exchange = self.exchange
+        if not exchange.head.keep_alive:
+            self._refuse(status, message)
+            return
         exchange.forwarded = True
         exchange.response_raw = []
         self.response_state = ResponseState.DONE

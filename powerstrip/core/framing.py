@@ -79,6 +79,17 @@ class RequestHead:
         return last_header(self.headers, name)
 
     @property
+    def keep_alive(self) -> bool:
+        """Whether the client keeps the connection after this request's answer: not after
+        ``Connection: close``, nor after an HTTP/1.0 request without ``keep-alive``."""
+        tokens = {token.strip().lower() for name, value in self.headers
+                  if name.lower() == b"connection" for token in value.split(b",")}
+        if b"close" in tokens:
+            return False
+        version = self.raw[:self.raw.find(b"\r\n")].rpartition(b" ")[2]
+        return version != b"HTTP/1.0" or b"keep-alive" in tokens
+
+    @property
     def path(self) -> bytes:
         """The request target without its query string."""
         return self.target.split(b"?", 1)[0]

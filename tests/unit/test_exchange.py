@@ -900,3 +900,26 @@ def test_a_request_whose_lines_end_in_a_bare_lf_is_refused_and_closed():
     (status, message), = responses_in(fx.client)
     assert status == 400 and "bare LF" in message
     assert fx.closed and not fx.daemon
+
+
+@pytest.mark.parametrize("head", [
+    b"GET /v1.41/x/0?hooks=pre HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+    b"GET /v1.41/x/0?hooks=pre HTTP/1.1\r\nHost: x\r\nConnection: Keep-Alive, Close\r\n\r\n",
+    b"GET /v1.41/x/0?hooks=pre HTTP/1.0\r\nHost: x\r\n\r\n",
+])
+def test_a_refusal_honours_a_client_that_asked_to_close(head):
+    """A client that reads to EOF, as HTTP lets it, must see the end after the answer."""
+    machine, fx = _machine()
+    machine.client_data(head)
+    exchange, _ = fx.pre_calls.pop()
+    machine.hooks_failed(exchange, 403, "refused by adapter a")
+    assert responses_in(fx.client) == [(403, "refused by adapter a")]
+    assert b"\r\nConnection: close\r\n" in fx.client and fx.closed
+
+
+def test_a_refusal_keeps_an_http10_keep_alive_connection():
+    machine, fx = _machine()
+    machine.client_data(b"GET /v1.41/x/0?hooks=pre HTTP/1.0\r\nConnection: keep-alive\r\n\r\n")
+    exchange, _ = fx.pre_calls.pop()
+    machine.hooks_failed(exchange, 403, "refused by adapter a")
+    assert responses_in(fx.client) == [(403, "refused by adapter a")] and not fx.closed
