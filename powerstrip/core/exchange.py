@@ -365,6 +365,8 @@ class Machine:
                 state = self.request_state
                 if state is RequestState.SENDING:
                     self._to_daemon(event.data)
+                    if self.exchange.buffer_json:
+                        self._hold(event.data)  # a copy for the post-hooks
                 elif state is RequestState.HOLDING or state is RequestState.PRE_HOOKS:
                     self._hold(event.data)
                 else:
@@ -392,6 +394,14 @@ class Machine:
                 return False
         exchange = self.exchange = Exchange(head, plan, self.framing)
         if plan is None or not plan.pre:
+            if (plan is not None and head.body_kind is not BodyKind.NONE
+                    and is_json(head.header(b"content-type"))):
+                # Post-hooks are shown the request's JSON body too: it is copied on its way.
+                if head.body_kind is BodyKind.LENGTH and head.content_length > plan.config.max_body:
+                    self._too_large(head.content_length)
+                    return False
+                exchange.buffer_json = True
+                exchange.held = []
             self.request_state = RequestState.SENDING
             self._await_answer()
             self._to_daemon(head.raw)
@@ -421,10 +431,13 @@ class Machine:
         exchange = self.exchange
         exchange.held.append(data)
         exchange.held_size += len(data)
-        if exchange.buffer_json and exchange.held_size > exchange.plan.config.max_body + 1024:
+        if exchange.buffer_json:
+            # A JSON body is read whole, up to the limit (max_body): the hooks need all of it.
             # Chunked framing adds a few bytes; the payload is checked exactly when it is whole.
-            self._too_large(exchange.held_size)
+            if exchange.held_size > exchange.plan.config.max_body + 1024:
+                self._too_large(exchange.held_size)
         elif exchange.held_size > PIPELINE_HIGH_WATER:
+            # Any other body waits for the hooks' answer: the client stops once this much came.
             self.effects.pause("hooks")
 
     def _too_large(self, size: int) -> None:
@@ -446,9 +459,21 @@ class Machine:
         if state is RequestState.HOLDING:
             self._run_pre_hooks()
         elif state is RequestState.SENDING:
+            collecting = self.response_state is ResponseState.COLLECTING
+            if exchange.buffer_json:
+                if collecting:  # the post-hooks are still to come: they see the body
+                    body_text = self._json_body()
+                    if body_text is None:
+                        return
+                    exchange.hooked_request = ClientRequest(
+                        exchange.head.method.decode("latin-1"),
+                        exchange.head.target.decode("latin-1"), body_text)
+                exchange.held = []
             self.request_state = RequestState.DONE
             if self.response_state is ResponseState.DONE:
                 self._finish_exchange()
+            elif collecting and exchange.response.complete:
+                self._collected()  # an answer that came early waited for this body
         # PRE_HOOKS: the hooks' answer goes on from here.
 
     def _run_pre_hooks(self) -> None:
@@ -456,19 +481,26 @@ class Machine:
         head = exchange.head
         body_text = None
         if exchange.buffer_json:
-            raw = b"".join(exchange.held)
-            payload = decode_chunked(raw) if head.body_kind is BodyKind.CHUNKED else raw
-            if len(payload) > exchange.plan.config.max_body:
-                self._too_large(len(payload))
+            body_text = self._json_body()
+            if body_text is None:
                 return
-            # The daemon's JSON decoder reads a byte that is not UTF-8 as U+FFFD, and so do the
-            # hooks; unless they change the body, the original bytes are what is forwarded.
-            body_text = payload.decode("utf-8", "replace")
         request = ClientRequest(head.method.decode("latin-1"), head.target.decode("latin-1"),
                                 body_text)
         exchange.hooked_request = request
         self.request_state = RequestState.PRE_HOOKS
         self.effects.call_pre_hooks(exchange, request)
+
+    def _json_body(self) -> str | None:
+        """The held JSON body as hooks are shown it; None if it is over the limit (refused)."""
+        exchange = self.exchange
+        raw = b"".join(exchange.held)
+        payload = decode_chunked(raw) if exchange.head.body_kind is BodyKind.CHUNKED else raw
+        if len(payload) > exchange.plan.config.max_body:
+            self._too_large(len(payload))
+            return None
+        # The daemon's JSON decoder reads a byte that is not UTF-8 as U+FFFD, and so do the
+        # hooks; unless they change the body, the original bytes are what is forwarded.
+        return payload.decode("utf-8", "replace")
 
     def _approved(self, changed: ClientRequest) -> None:
         """PRE_HOOKS, pre_hooks_done: send the request as the hooks left it."""
@@ -550,6 +582,10 @@ class Machine:
             return
         if events:
             self._handle(events)
+            if self.client_eof:
+                # The client ended its input before this pipelined request began: what that
+                # means for it (sent on, or never to be whole) is decided now.
+                REQUEST_TABLE["client_eof"][self.request_state](self)
             return
         if self.pipeline_paused:
             self.pipeline_paused = False
@@ -698,6 +734,9 @@ class Machine:
         turns out to be one they cannot see (a hijack, a body that is neither JSON nor text)."""
         exchange = self.exchange
         response = exchange.response
+        if response.complete:
+            self._unasked(data)  # after a whole answer that waits for its request's body
+            return
         try:
             response.feed(data)
         except FramingError as exc:
@@ -733,6 +772,8 @@ class Machine:
             return
         if not response.complete:
             return
+        if exchange.buffer_json and self.request_state is RequestState.SENDING:
+            return  # post-hooks see the request's body: they wait until it is all read
         head_only = exchange.head.method == b"HEAD"
         content_type = head.header(b"content-type")
         sent = ServerResponse(

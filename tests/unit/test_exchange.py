@@ -923,3 +923,58 @@ def test_a_refusal_keeps_an_http10_keep_alive_connection():
     exchange, _ = fx.pre_calls.pop()
     machine.hooks_failed(exchange, 403, "refused by adapter a")
     assert responses_in(fx.client) == [(403, "refused by adapter a")] and not fx.closed
+
+
+@pytest.mark.parametrize("hooks", ["pre", "post"])
+def test_a_json_body_larger_than_the_pipeline_mark_is_read_whole_for_hooks(hooks):
+    """The client is not paused half-way through a body the hooks must see whole: that would
+    wait for ever for its end."""
+    class LargerLimit(FakeHooks):
+        def plan(self, method: bytes, target: bytes) -> FakePlan | None:
+            plan = super().plan(method, target)
+            if plan is not None:
+                plan.config = FakeConfig(max_body=1 << 20)
+            return plan
+
+    fx = Recorder()
+    machine = Machine(fx, LargerLimit(), "unix:///daemon.sock")
+    body = '{"Labels": {"a": "' + "x" * (PIPELINE_HIGH_WATER + 1000) + '"}}'
+    request = make_request(0, hooks, body, False)
+    for start in range(0, len(request), 65536):
+        assert not fx.paused, "paused with the body unfinished"
+        machine.client_data(request[start:start + 65536])
+    if hooks == "pre":
+        (_, sent), = fx.pre_calls
+        assert sent.body == body
+    else:
+        assert machine.request_state is RequestState.DONE
+        assert machine.exchange.hooked_request.body == body
+
+
+def test_post_hooks_see_the_json_body_of_a_request_without_pre_hooks():
+    machine, fx = _machine()
+    request = make_request(0, "post", '{"Image": "busybox"}', True)
+    machine.client_data(request)
+    assert fx.daemon == request, "the request passes as it came"
+    machine.daemon_data(daemon_answer(0))
+    (_, sent_request, _), = fx.post_calls
+    assert sent_request.body == '{"Image": "busybox"}'
+
+
+def test_a_post_hooked_body_over_the_limit_is_refused_before_anything_is_sent():
+    machine, fx = _machine()
+    machine.client_data(make_request(0, "post", '{"a": "' + "x" * 700 + '"}', False))
+    (status, message), = responses_in(fx.client)
+    assert status == 413 and "max_body" in message and not fx.daemon and fx.closed
+
+
+def test_a_pipelined_request_cut_short_by_the_end_of_input_is_closed_when_its_turn_comes():
+    machine, fx = _machine()
+    first = make_request(0, "plain", "", False)
+    second = make_request(1, "pre", '{"Image": "busybox"}', False)
+    machine.client_data(first + second[:-5])
+    machine.client_ended()
+    assert not fx.closed, "the first request is owed its answer"
+    machine.daemon_data(daemon_answer(0))
+    assert responses_in(fx.client) == [(200, 0)]
+    assert fx.closed and not fx.pre_calls, "the second can never be whole"
