@@ -754,3 +754,39 @@ def test_a_daemon_that_stops_reading_holds_the_client_back(proxy_factory, tmp_pa
     assert received[0] == wire_body
     peak = rss_peak_mib(proxy.proc.pid)
     assert peak < 100, f"the proxy's peak RSS was {peak:.1f} MiB"
+
+
+def _listen_backlog(port: int) -> int:
+    """The backlog of the TCP socket listening on ``port``, as the kernel reports it (the
+    Send-Q column of a listening socket)."""
+    out = subprocess.run(["ss", "-ltnH", f"sport = :{port}"], capture_output=True, text=True,
+                         timeout=10, check=True).stdout
+    return int(out.split()[2])
+
+
+def test_a_burst_of_connections_waits_in_the_listen_queue_not_for_syn_retries(
+        proxy_factory, tmp_path):
+    """300 clients at once (CI systems open dozens) are all answered; the listen queue holds
+    them while the proxy accepts, where Twisted's default of 50 sent the rest into SYN
+    retransmits, seconds later."""
+    daemon = FakeDaemon(tmp_path / "d.sock", answer_pings)
+    daemon.sock.listen(512)
+    proxy = proxy_factory(daemon.host)
+    somaxconn = int(Path("/proc/sys/net/core/somaxconn").read_text())
+    assert _listen_backlog(proxy.port) == min(4096, somaxconn)
+    clients = []
+    try:
+        for _ in range(300):
+            sock = socket.socket()
+            sock.setblocking(False)
+            sock.connect_ex(("127.0.0.1", proxy.port))
+            clients.append(sock)
+        for sock in clients:
+            sock.setblocking(True)
+            sock.settimeout(20)
+            sock.sendall(b"GET /_ping HTTP/1.1\r\nHost: x\r\n\r\n")
+        heads = [read_response(sock)[0].split(b"\r\n", 1)[0] for sock in clients]
+    finally:
+        for sock in clients:
+            sock.close()
+    assert heads == [b"HTTP/1.1 200 OK"] * 300

@@ -20,10 +20,12 @@ from powerstrip.proxy.addresses import (
 @pytest.mark.parametrize(
     ("text", "docker_host", "server"),
     [
-        ("tcp://127.0.0.1:2375", "tcp://127.0.0.1:2375", "tcp:port=2375:interface=127.0.0.1"),
-        ("0.0.0.0:2375", "tcp://0.0.0.0:2375", "tcp:port=2375:interface=0.0.0.0"),
-        ("[::1]:2375", "tcp://[::1]:2375", "tcp:port=2375:interface=\\:\\:1"),
-        ("unix:///run/p.sock", "unix:///run/p.sock", "unix:address=/run/p.sock:mode=660"),
+        ("tcp://127.0.0.1:2375", "tcp://127.0.0.1:2375",
+         "tcp:port=2375:interface=127.0.0.1:backlog=4096"),
+        ("0.0.0.0:2375", "tcp://0.0.0.0:2375", "tcp:port=2375:interface=0.0.0.0:backlog=4096"),
+        ("[::1]:2375", "tcp://[::1]:2375", "tcp:port=2375:interface=\\:\\:1:backlog=4096"),
+        ("unix:///run/p.sock", "unix:///run/p.sock",
+         "unix:address=/run/p.sock:mode=660:backlog=4096"),
         ("systemd:domain=UNIX:index=0", "systemd:domain=UNIX:index=0",
          "systemd:domain=UNIX:index=0"),
     ],
