@@ -7,6 +7,7 @@ import errno
 import grp
 import logging
 import os
+import resource
 import signal
 import socket
 import stat
@@ -18,6 +19,7 @@ from pathlib import Path
 from twisted.internet.address import IPv4Address, IPv6Address, UNIXAddress
 
 from powerstrip.proxy.addresses import Address, AddressError, parse_address, server_description
+from powerstrip.proxy.limits import Limits
 
 log = logging.getLogger("powerstrip")
 
@@ -118,8 +120,49 @@ def busy_poll_seconds(value: str) -> float:
     return micros / 1e6
 
 
+def _setting(value: str | None, env: str, default: str, flag: str, *, whole: bool) -> float:
+    """A non-negative number from the flag, else the environment, else the default."""
+    text = value if value is not None else os.environ.get(env) or default
+    try:
+        number = int(text) if whole else float(text)
+    except ValueError:
+        number = -1
+    if not 0 <= number < float("inf"):
+        kind = "whole number" if whole else "number of seconds"
+        raise UsageError(f"{flag}: {text!r} is not a {kind} of 0 or more")
+    return number
+
+
+def limits_from(args: argparse.Namespace) -> Limits:
+    """The ``--head-timeout``, ``--idle-timeout`` and ``--max-connections`` settings."""
+    return Limits(
+        head_timeout=_setting(args.head_timeout, "POWERSTRIP_HEAD_TIMEOUT",
+                              str(Limits.head_timeout), "--head-timeout", whole=False),
+        idle_timeout=_setting(args.idle_timeout, "POWERSTRIP_IDLE_TIMEOUT",
+                              str(Limits.idle_timeout), "--idle-timeout", whole=False),
+        max_connections=int(_setting(args.max_connections, "POWERSTRIP_MAX_CONNECTIONS",
+                                     str(Limits.max_connections), "--max-connections",
+                                     whole=True)),
+    )
+
+
+def _enough_descriptors(limits: Limits) -> None:
+    """Each client connection takes two descriptors (its own and the daemon's): raise the soft
+    limit towards the hard one so that ``--max-connections`` can be reached."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    wanted = 2 * limits.max_connections + 256 if limits.max_connections else hard
+    if hard != resource.RLIM_INFINITY:
+        wanted = min(wanted, hard)
+    if soft != resource.RLIM_INFINITY and soft < wanted:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (wanted, hard))
+    if limits.max_connections and wanted < 2 * limits.max_connections + 64:
+        log.warning("only %d file descriptors: fewer than --max-connections %d needs",
+                    wanted, limits.max_connections)
+
+
 def serve(args: argparse.Namespace) -> int:
     """Run the proxy until SIGTERM or SIGINT."""
+    limits = limits_from(args)
     busy_poll = busy_poll_seconds(
         args.busy_poll if args.busy_poll is not None
         else os.environ.get("POWERSTRIP_BUSY_POLL") or DEFAULT_BUSY_POLL
@@ -161,7 +204,8 @@ def serve(args: argparse.Namespace) -> int:
         if address.kind == "unix":
             prepare_unix_socket(address.path)
 
-    factory = ProxyFactory(reactor, upstream, hooks)
+    _enough_descriptors(limits)
+    factory = ProxyFactory(reactor, upstream, hooks, limits)
     ports: list = []
     exit_code = [0]
 
@@ -246,6 +290,21 @@ def build_parser() -> argparse.ArgumentParser:
         help="for a client that sends requests back to back, poll this long before sleeping "
         "after its request or answer: lower latency for some CPU; 0 turns it off "
         f"(default {DEFAULT_BUSY_POLL}; env POWERSTRIP_BUSY_POLL)",
+    )
+    serve_parser.add_argument(
+        "--head-timeout", metavar="SECONDS",
+        help="refuse (408) a request head not whole this long after it began; 0: wait for ever "
+        "(default 30; env POWERSTRIP_HEAD_TIMEOUT)",
+    )
+    serve_parser.add_argument(
+        "--idle-timeout", metavar="SECONDS",
+        help="close a connection left this long between requests (never a stream or a "
+        "hijacked one); 0: keep it (default 300; env POWERSTRIP_IDLE_TIMEOUT)",
+    )
+    serve_parser.add_argument(
+        "--max-connections", metavar="N",
+        help="client connections open at once; past it a client gets a 503; 0: no limit "
+        "(default 1024; env POWERSTRIP_MAX_CONNECTIONS)",
     )
     serve_parser.set_defaults(func=serve)
 

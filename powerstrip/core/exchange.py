@@ -263,6 +263,11 @@ class Machine:
         #: Close once the current exchange is over (the proxy is stopping).
         self.draining = False
         self.pipeline_paused = False
+        #: The current request's body was cut short (``_cut_short``): close after its answer.
+        self.request_cut = False
+        #: Requests begun on this connection: the driver's timers tell a quiet connection from
+        #: a busy one by it.
+        self.started = 0
         # Hot-path effects, bound once.
         self._to_daemon = effects.to_daemon
         self._to_client = effects.to_client
@@ -302,6 +307,8 @@ class Machine:
     def daemon_gone(self) -> None:
         """The daemon connection is gone (closed, reset, or never made)."""
         self.eof_forwarded = False  # a new connection has not heard it
+        if self.request_state is RequestState.SENDING:
+            self._cut_short()
         RESPONSE_TABLE["daemon_gone"][self.response_state](self)
 
     def client_gone(self) -> None:
@@ -324,8 +331,17 @@ class Machine:
         REQUEST_TABLE["shutdown"][self.request_state](self)
 
     def deadline(self, grace: float) -> None:
-        """The shutdown grace (the machine's one timeout) ran out with this connection busy."""
+        """The shutdown grace ran out with this connection busy."""
         REQUEST_TABLE["deadline"][self.request_state](self, grace)
+
+    def head_timeout(self, seconds: float) -> None:
+        """Part of a request head has waited ``seconds`` for the rest (a slow or stuck
+        client)."""
+        REQUEST_TABLE["head_timeout"][self.request_state](self, seconds)
+
+    def idle_timeout(self, seconds: float) -> None:
+        """The connection has been between requests, with nothing sent, for ``seconds``."""
+        REQUEST_TABLE["idle_timeout"][self.request_state](self, seconds)
 
     @property
     def closed(self) -> bool:
@@ -381,6 +397,7 @@ class Machine:
 
     def _start(self, head: RequestHead) -> bool:
         """Begin an exchange; False if the request was refused and the connection is ending."""
+        self.started += 1
         if self.pace is not None:
             self.pace.request(self.clock())
         hooks = self.hooks
@@ -569,6 +586,9 @@ class Machine:
 
     def _finish_exchange(self) -> None:
         """Both sides are DONE: go on to the next request."""
+        if self.request_cut:
+            self._close()
+            return
         self.exchange = None
         self.request_state = RequestState.IDLE
         self.response_state = ResponseState.IDLE
@@ -647,7 +667,26 @@ class Machine:
         self._close()
 
     def _client_eof_sent(self) -> None:
-        self._forward_eof()
+        """SENDING, DONE or HIJACKED, client_eof: the daemon hears it as it would direct."""
+        if self.request_state is RequestState.SENDING:
+            self._cut_short()
+            self._forward_eof()
+            if (self.response_state is ResponseState.COLLECTING
+                    and self.exchange.response.complete):
+                self._collected()  # an early answer that waited for the body: it goes on
+        else:
+            self._forward_eof()
+
+    def _cut_short(self) -> None:
+        """The request's body will never be whole: the client ended its input, or the daemon
+        connection it was going to is gone (on a new one the rest would be read as a new
+        request, one no hook saw). Nothing more of it is read or sent, post-hooks see no body,
+        and the connection ends after the answer."""
+        exchange = self.exchange
+        exchange.buffer_json = False
+        exchange.held = []
+        self.request_state = RequestState.DONE
+        self.request_cut = True
 
     def _hooks_failed_after_sending(self, status: int, message: str) -> None:
         """SENDING or DONE, hooks_failed: the post-hooks' failure; the response side says."""
@@ -683,6 +722,19 @@ class Machine:
             f"Powerstrip is stopping: the Docker daemon at {self.upstream} had not "
             f"answered {exchange.describe()} within the {grace:g} s shutdown grace",
         )
+
+    def _head_timeout(self, seconds: float) -> None:
+        """IDLE, head_timeout: a head begun and not finished in time is refused; a connection
+        with nothing of a head is only idle (the driver tells them apart)."""
+        if self.reader.buffered:
+            self._refuse(408, f"the request head did not arrive whole within {seconds:g} s "
+                              "(--head-timeout)")
+
+    def _idle_timeout(self, seconds: float) -> None:
+        """IDLE, idle_timeout: a keep-alive connection unused for so long is closed, as HTTP
+        servers close theirs; a client opens another when it needs one."""
+        if not self.reader.buffered:
+            self._close()
 
     def _deadline_cut(self, grace: float) -> None:
         """IDLE or HIJACKED, deadline: nothing to answer; a stream can only be cut."""
@@ -951,6 +1003,16 @@ REQUEST_TABLE: dict[str, dict[RequestState, Callable]] = {
         RS.IDLE: M._shutdown_idle, RS.HOLDING: M._shutdown_busy, RS.PRE_HOOKS: M._shutdown_busy,
         RS.SENDING: M._shutdown_busy, RS.DONE: M._shutdown_busy, RS.HIJACKED: M._shutdown_busy,
         RS.CLOSED: M._ignore,
+    },
+    # Streams and hijacked connections may be quiet for hours: timers only end a connection
+    # between requests.
+    "head_timeout": {
+        RS.IDLE: M._head_timeout, RS.HOLDING: M._ignore, RS.PRE_HOOKS: M._ignore,
+        RS.SENDING: M._ignore, RS.DONE: M._ignore, RS.HIJACKED: M._ignore, RS.CLOSED: M._ignore,
+    },
+    "idle_timeout": {
+        RS.IDLE: M._idle_timeout, RS.HOLDING: M._ignore, RS.PRE_HOOKS: M._ignore,
+        RS.SENDING: M._ignore, RS.DONE: M._ignore, RS.HIJACKED: M._ignore, RS.CLOSED: M._ignore,
     },
     "deadline": {
         RS.IDLE: M._deadline_cut, RS.HOLDING: M._deadline_busy, RS.PRE_HOOKS: M._deadline_busy,

@@ -21,12 +21,14 @@ from twisted.internet.protocol import Factory, Protocol
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from powerstrip.core.exchange import Exchange, Machine
+from powerstrip.core.errors import error_response
+from powerstrip.core.exchange import Exchange, Machine, RequestState
 from powerstrip.hooks.client import HookError
 from powerstrip.hooks.live import LiveConfig
 from powerstrip.hooks.wire import ClientRequest, ServerResponse
 from powerstrip.proxy.addresses import Address, client_description
 from powerstrip.proxy.flow import Pauser, direct_reads, no_delay, send
+from powerstrip.proxy.limits import Limits
 from powerstrip.proxy.reactor import BackToBack
 
 log = logging.getLogger(__name__)
@@ -81,6 +83,9 @@ class ClientConnection(Protocol):
         self.machine: Machine | None = None
         #: Whether the client sends requests back to back; None when nothing busy-polls.
         self.pace: BackToBack | None = None
+        #: Since when the timers have seen the connection quiet, and in what (``check_timers``).
+        self.quiet_since: float | None = None
+        self.quiet_mark: tuple[int, bool] = (0, False)
 
     # Transport callbacks, as the machine's events
 
@@ -133,6 +138,28 @@ class ClientConnection(Protocol):
     def shutdown(self) -> None:
         """Close once idle; called when the proxy stops."""
         self.machine.shutdown()
+
+    def check_timers(self, now: float, head_timeout: float, idle_timeout: float) -> None:
+        """Fire the head or idle timeout once the connection has been quiet that long.
+
+        Quiet means between requests, with the same requests begun and the same (empty or
+        not) partial head since ``quiet_since``: looked at once a second, so the hot path
+        keeps no clock of its own.
+        """
+        machine = self.machine
+        if machine.request_state is not RequestState.IDLE:
+            self.quiet_since = None
+            return
+        mark = (machine.started, machine.reader.buffered > 0)
+        if self.quiet_since is None or mark != self.quiet_mark:
+            self.quiet_since, self.quiet_mark = now, mark
+            return
+        waited = now - self.quiet_since
+        if mark[1]:
+            if head_timeout and waited >= head_timeout:
+                machine.head_timeout(head_timeout)
+        elif idle_timeout and waited >= idle_timeout:
+            machine.idle_timeout(idle_timeout)
 
     def cut_short(self, grace: float) -> None:
         """The shutdown grace has run out while this connection was still busy."""
@@ -251,31 +278,86 @@ class ClientConnection(Protocol):
         self.machine.daemon_unreachable(failure.getErrorMessage())
 
 
+#: How often the timers look at the connections: timeouts end within this much of their time.
+TIMER_INTERVAL = 1.0
+
+
+@implementer(interfaces.IHalfCloseableProtocol)
+class TooManyConnections(Protocol):
+    """A client past ``--max-connections``: told so with a Docker-style 503, then let go."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+
+    def connectionMade(self) -> None:  # noqa: N802
+        self.transport.write(error_response(
+            503, f"Powerstrip has {self.limit} client connections open, its limit "
+                 "(--max-connections): try again later"))
+        # Its request is read and dropped until it ends: closing with unread bytes would reset
+        # the connection, and the client might lose the answer.
+        self.transport.loseWriteConnection()
+        self.timer = self.factory.reactor.callLater(2.0, self.transport.abortConnection)
+
+    def dataReceived(self, data: bytes) -> None:  # noqa: N802
+        pass
+
+    def readConnectionLost(self) -> None:  # noqa: N802
+        self.transport.loseConnection()
+
+    def writeConnectionLost(self) -> None:  # noqa: N802
+        pass
+
+    def connectionLost(self, reason: Failure = None) -> None:  # noqa: N802
+        if self.timer.active():
+            self.timer.cancel()
+
+
 class ProxyFactory(Factory):
     """Builds a ClientConnection per accepted client; all of them share one upstream."""
 
     protocol = ClientConnection
     noisy = False
 
-    def __init__(self, reactor: object, upstream: Address, hooks: LiveConfig | None = None) -> None:
+    def __init__(self, reactor: object, upstream: Address, hooks: LiveConfig | None = None,
+                 limits: Limits | None = None) -> None:
         self.reactor = reactor
         self.upstream = upstream
         self.hooks = hooks
+        self.limits = limits = limits or Limits()
         self.upstream_endpoint = clientFromString(reactor, client_description(upstream))
         self.connections: set[ClientConnection] = set()
+        self._timers = None
+        if limits.head_timeout or limits.idle_timeout:
+            self._timers = reactor.callLater(TIMER_INTERVAL, self._check_timers)
         #: Tells the reactor an answer is due soon, so that it busy-polls for it (see
         #: powerstrip.proxy.reactor); with a reactor that cannot, connections do not keep track.
         self.expect_soon: Callable[[], None] = getattr(reactor, "expect_soon", _nothing)
         self.busy_poll: float = getattr(reactor, "busy_poll", 0.0)
 
-    def buildProtocol(self, addr: object) -> ClientConnection:  # noqa: N802
+    def buildProtocol(self, addr: object) -> Protocol:  # noqa: N802
+        limit = self.limits.max_connections
+        if limit and len(self.connections) >= limit:
+            log.warning("refusing a client: %d connections open (--max-connections)", limit)
+            refusal = TooManyConnections(limit)
+            refusal.factory = self
+            return refusal
         protocol = ClientConnection()
         protocol.factory = self
         return protocol
 
+    def _check_timers(self) -> None:
+        """Once a second: end heads begun too long ago, and connections idle too long."""
+        now = self.reactor.seconds()
+        limits = self.limits
+        for connection in list(self.connections):
+            connection.check_timers(now, limits.head_timeout, limits.idle_timeout)
+        self._timers = self.reactor.callLater(TIMER_INTERVAL, self._check_timers)
+
     def shutdown(self, grace: float) -> defer.Deferred:
         """Let open requests finish for up to ``grace`` seconds, then end what is left: a
         request still waiting for its answer gets a 503, anything else is cut."""
+        if self._timers is not None and self._timers.active():
+            self._timers.cancel()
         for connection in list(self.connections):
             connection.shutdown()
         done: defer.Deferred = defer.Deferred()

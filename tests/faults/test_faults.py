@@ -790,3 +790,46 @@ def test_a_burst_of_connections_waits_in_the_listen_queue_not_for_syn_retries(
         for sock in clients:
             sock.close()
     assert heads == [b"HTTP/1.1 200 OK"] * 300
+
+
+def test_slow_heads_idle_connections_and_too_many_clients_are_let_go(proxy_factory, tmp_path):
+    """A client sending a head byte by byte, one opening a connection and sending nothing, and
+    one past the connection limit: none holds the proxy's resources for ever."""
+    daemon = FakeDaemon(tmp_path / "d.sock", answer_pings)
+    proxy = proxy_factory(daemon.host, "--head-timeout", "1", "--idle-timeout", "2",
+                          "--max-connections", "2")
+    slow, idle = proxy.connect(), proxy.connect()
+    try:
+        slow.sendall(b"GET /_ping HTTP/1.1\r\nHo")
+        head, body = read_response(slow)
+        assert head.startswith(b"HTTP/1.1 408 ") and b"--head-timeout" in body
+        assert slow.recv(1) == b"", "closed after the 408"
+        idle.sendall(b"GET /_ping HTTP/1.1\r\nHost: x\r\n\r\n")
+        assert read_response(idle)[0].startswith(b"HTTP/1.1 200 ")
+        started = time.monotonic()
+        assert idle.recv(1) == b"", "an idle keep-alive connection is closed"
+        assert time.monotonic() - started >= 1.5, "not before its idle timeout"
+        kept = [proxy.connect(), proxy.connect()]
+        for sock in kept:
+            sock.sendall(b"GET /_ping HTTP/1.1\r\nHost: x\r\n\r\n")
+            assert read_response(sock)[0].startswith(b"HTTP/1.1 200 ")
+        third = proxy.connect()
+        third.sendall(b"GET /_ping HTTP/1.1\r\nHost: x\r\n\r\n")
+        head, body = read_response(third)
+        assert head.startswith(b"HTTP/1.1 503 ") and b"--max-connections" in body
+        third.close()
+        for sock in kept:
+            sock.close()
+    finally:
+        slow.close()
+        idle.close()
+
+
+@pytest.mark.parametrize(("flag", "value"), [("--head-timeout", "-1"), ("--idle-timeout", "x"),
+                                             ("--max-connections", "1.5")])
+def test_a_bad_limit_is_refused_at_start(tmp_path, flag, value):
+    result = subprocess.run(
+        [sys.executable, "-m", "powerstrip", "serve", "--listen", "tcp://127.0.0.1:0",
+         "--upstream", f"unix://{tmp_path}/d.sock", flag, value],
+        capture_output=True, text=True, timeout=20, cwd=tmp_path)
+    assert result.returncode != 0 and flag in result.stderr

@@ -19,6 +19,7 @@ from powerstrip.hooks.client import HookError
 from powerstrip.hooks.wire import ClientRequest
 from powerstrip.proxy.addresses import parse_address
 from powerstrip.proxy.connection import ClientConnection, ProxyFactory
+from powerstrip.proxy.limits import Limits
 
 PING = b"GET /v1.41/_ping HTTP/1.1\r\nHost: x\r\n\r\n"
 PONG = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nOK"
@@ -219,3 +220,65 @@ def test_an_unreachable_daemon_is_a_502_naming_it():
     status, message = error_of(rig.answers())
     assert status == 502 and "unix:///nowhere/docker.sock" in message
     assert rig.client_transport.disconnecting
+
+
+def limited_rig(**limits: float) -> Rig:
+    rig = Rig.__new__(Rig)
+    rig.reactor = MemoryReactorClock()
+    rig.factory = ProxyFactory(rig.reactor, parse_address("unix:///nowhere/docker.sock"), None,
+                               Limits(**limits))
+    rig.client = rig.factory.buildProtocol(None)
+    rig.client_transport = Transport()
+    rig.client.makeConnection(rig.client_transport)
+    rig.daemon_transport = None
+    return rig
+
+
+def test_a_head_still_unfinished_after_the_head_timeout_gets_408():
+    rig = limited_rig(head_timeout=3, idle_timeout=0)
+    rig.send(b"GET /v1.41/_ping HTTP/1.1\r\n")
+    rig.reactor.pump([1.0] * 3)
+    rig.send(b"Host: x\r\n")  # a byte now and then does not reset the clock
+    assert not rig.client_transport.disconnecting
+    rig.reactor.pump([1.0] * 2)
+    status, message = error_of(rig.answers())
+    assert status == 408 and "3 s" in message and rig.client_transport.disconnecting
+
+
+def test_an_idle_connection_is_closed_after_the_idle_timeout_but_not_before():
+    rig = limited_rig(head_timeout=0, idle_timeout=5)
+    rig.send(PING)
+    rig.connect_daemon()
+    rig.answer(PONG)
+    for _ in range(4):  # requests now and then keep it open
+        rig.reactor.pump([1.0] * 3)
+        rig.send(PING)
+        rig.answer(PONG)
+    assert not rig.client_transport.disconnecting
+    rig.reactor.pump([1.0] * 7)
+    assert rig.client_transport.disconnecting and rig.answers() == PONG * 5
+
+
+def test_a_quiet_stream_outlives_every_timeout():
+    rig = limited_rig(head_timeout=1, idle_timeout=1)
+    rig.send(b"GET /v1.41/events HTTP/1.1\r\nHost: x\r\n\r\n")
+    rig.connect_daemon()
+    rig.answer(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
+               b"Transfer-Encoding: chunked\r\n\r\n")
+    rig.reactor.pump([1.0] * 30)
+    assert not rig.client_transport.disconnecting
+
+
+def test_past_max_connections_a_client_gets_503_and_is_let_go():
+    rig = limited_rig(max_connections=1)
+    refused = rig.factory.buildProtocol(None)
+    transport = Transport()
+    refused.makeConnection(transport)
+    status, message = error_of(transport.value())
+    assert status == 503 and "--max-connections" in message and "1 client" in message
+    assert transport.write_closed
+    refused.dataReceived(b"GET /_ping HTTP/1.1\r\n\r\n")  # read and dropped
+    refused.readConnectionLost()
+    assert transport.disconnecting
+    rig.client.connectionLost(Failure(ConnectionResetError()))
+    assert isinstance(rig.factory.buildProtocol(None), ClientConnection), "room again"

@@ -477,6 +477,17 @@ class ExchangeMachine(RuleBasedStateMachine):
         self.machine.daemon_unreachable("connection refused")
         self.fx.daemon = bytearray()
 
+    @rule(chance=ENDINGS, which=st.sampled_from(["head", "idle"]))
+    def a_timer_fires(self, chance: bool, which: str) -> None:
+        """The driver's head or idle timer, in whatever state (it fires only between
+        requests; the machine must hold to that too)."""
+        if not chance:
+            return
+        if which == "head":
+            self.machine.head_timeout(30.0)
+        else:
+            self.machine.idle_timeout(300.0)
+
     @rule(chance=ENDINGS)
     def client_goes(self, chance: bool) -> None:
         """The client's connection is lost: nothing may be sent or called after it."""
@@ -696,6 +707,10 @@ def _fire(machine: Machine, fx: Recorder, event: str) -> None:
         machine.shutdown()
     elif event == "deadline":
         machine.deadline(5.0)
+    elif event == "head_timeout":
+        machine.head_timeout(30.0)
+    elif event == "idle_timeout":
+        machine.idle_timeout(300.0)
     elif event == "daemon_data":
         machine.daemon_data(daemon_answer(0)[-3:] if machine.response_state in (
             ResponseState.STREAMING, ResponseState.COLLECTING) else b"HTTP/1.1 204 No\r\n\r\n")
@@ -978,3 +993,61 @@ def test_a_pipelined_request_cut_short_by_the_end_of_input_is_closed_when_its_tu
     machine.daemon_data(daemon_answer(0))
     assert responses_in(fx.client) == [(200, 0)]
     assert fx.closed and not fx.pre_calls, "the second can never be whole"
+
+
+def test_a_head_begun_and_not_finished_in_time_gets_408_and_the_connection_closes():
+    machine, fx = _machine()
+    machine.client_data(b"GET /v1.41/_ping HTTP/1.1\r\nHo")
+    machine.idle_timeout(300.0)
+    assert not fx.closed, "a head has begun: not merely idle"
+    machine.head_timeout(30.0)
+    (status, message), = responses_in(fx.client)
+    assert status == 408 and "30 s" in message and "--head-timeout" in message and fx.closed
+
+
+def test_an_idle_connection_is_closed_without_an_answer_but_a_busy_one_is_not():
+    machine, fx = _machine()
+    machine.head_timeout(30.0)
+    assert not fx.closed, "nothing of a head: not a slow head"
+    machine.idle_timeout(300.0)
+    assert fx.closed and not fx.client
+    machine, fx = _machine()
+    machine.client_data(make_request(0, "stream", "", False))
+    machine.daemon_data(daemon_answer(0, stream=True)[:-8])
+    machine.idle_timeout(300.0)
+    machine.head_timeout(30.0)
+    assert not fx.closed, "a stream may be quiet for hours"
+
+
+def test_the_rest_of_a_body_never_reaches_a_new_daemon_connection():
+    """Were it sent on after the daemon hung up mid-body, a new connection would read it as a
+    request of its own, one no hook saw."""
+    machine, fx = _machine()
+    smuggled = b'GET /v1.41/x/9?hooks=pre HTTP/1.1\r\nHost: x\r\n\r\n'
+    head = (b"POST /v1.41/x/0?hooks=post HTTP/1.1\r\nHost: x\r\nContent-Type: application/json"
+            b"\r\nContent-Length: %d\r\n\r\n" % (len(smuggled) + 2))
+    machine.client_data(head + b"{}")
+    machine.daemon_data(b"HTTP/1.1 400 Bad Request\r\nContent-Type: application/json\r\n"
+                        b"Content-Length: 2\r\nConnection: close\r\n\r\n{}")
+    machine.daemon_gone()
+    fx.daemon = bytearray()  # a new connection, were one made
+    machine.client_data(smuggled)
+    assert not fx.daemon, "nothing of the rest went to the daemon"
+    if fx.post_calls:
+        exchange, _, response = fx.post_calls.pop()
+        machine.post_hooks_done(exchange, response)
+    assert responses_in(fx.client)[0][0] == 400 and fx.closed
+
+
+def test_an_early_answer_held_for_post_hooks_goes_on_when_the_client_ends_mid_body():
+    machine, fx = _machine()
+    request = make_request(0, "post", '{"Image": "busybox"}', False)
+    machine.client_data(request[:-3])
+    machine.daemon_data(daemon_answer(0))
+    assert not fx.post_calls, "the post-hooks wait for the body"
+    machine.client_ended()
+    (exchange, sent_request, response), = fx.post_calls
+    assert sent_request.body is None, "never whole: not shown"
+    assert fx.daemon_half_closed
+    machine.post_hooks_done(exchange, response)
+    assert responses_in(fx.client) == [(200, 0)] and fx.closed
