@@ -12,8 +12,9 @@ test:
 demo:
 	scripts/bootstrap && .venv/bin/python -m powerstrip demo
 
+# HAProxy is measured in the same run as the yardstick a proxy is judged against.
 bench:
-	scripts/bootstrap && .venv/bin/python bench/bench.py
+	scripts/bootstrap && scripts/bootstrap-bench && .venv/bin/python bench/bench.py
 
 lint:
 	scripts/bootstrap && .venv/bin/ruff check .
