@@ -23,7 +23,12 @@ cheapest forwarder Python can be (``py-copy``: an epoll loop copying bytes) and 
 running every byte through llhttp (``py-llhttp``), each on TCP and on unix. They show how much
 of a ratio is the kernel's and the language's, and how much is Powerstrip's own.
 
+With ``--compare REV`` a second Powerstrip, built from git revision REV (``base``, ``base-unix``,
+``base N hooks``), takes turns with the others in every workload, and a summary puts both trees'
+ratios to direct side by side (``bench/compare.py``).
+
 Usage: python bench/bench.py [--docker-host unix:///path] [--rounds N] [--size-mib 256]
+       [--compare REV]
 """
 
 from __future__ import annotations
@@ -41,6 +46,8 @@ import time
 import uuid
 from collections.abc import Callable
 from pathlib import Path
+
+from compare import Baseline  # bench/compare.py, beside this script
 
 from powerstrip_dev import engine as engine_mod
 from powerstrip_dev.processes import ServiceError, start_proxy
@@ -317,7 +324,8 @@ def free_port() -> int:
         return probe.getsockname()[1]
 
 
-def hook_cost(host: str, workdir: Path, rounds: int, processes: list) -> dict[str, dict]:
+def hook_cost(host: str, workdir: Path, rounds: int, processes: list,
+              baseline: Baseline | None = None) -> dict[str, dict]:
     """Median time of POST /containers/create with 0, 1 and 3 null pre-hooks (a real adapter
     process on loopback), for a real create (each container removed directly afterwards) and
     for a create the daemon refuses at once (no such image), where the daemon's own time does
@@ -347,6 +355,11 @@ def hook_cost(host: str, workdir: Path, rounds: int, processes: list) -> dict[st
         proc, proxy_host = start_powerstrip(host, workdir, f"powerstrip-{count}-hooks", config)
         processes.append(proc)
         targets.append(Target(f"{count} hooks", proxy_host))
+        if baseline is not None:
+            proc, proxy_host = baseline.start_powerstrip(host, workdir, f"base-{count}-hooks",
+                                                         config)
+            processes.append(proc)
+            targets.append(Target(f"base {count} hooks", proxy_host))
     socks = {t.name: t.connect() for t in targets}
     cleanup = targets[0].connect()
     results = {}
@@ -409,6 +422,8 @@ def main() -> int:
                         help="latency: leave out the Powerstrip started with --busy-poll 0 "
                              "and the HAProxy with busy-polling")
     parser.add_argument("--hook-rounds", type=at_least_one, default=40)
+    parser.add_argument("--compare", metavar="REV",
+                        help="also measure a Powerstrip built from git revision REV (base)")
     parser.add_argument("--only", nargs="+", choices=["latency", "transfers", "hooks"],
                         default=["latency", "transfers", "hooks"], help="workloads to run")
     args = parser.parse_args()
@@ -431,6 +446,13 @@ def main() -> int:
         # The same proxies on a unix listener, the direct socket's own transport: their
         # latency against direct is the proxy's cost alone, without TCP loopback's.
         unix_targets = [Target("ps-unix", f"unix://{workdir / 'powerstrip.sock'}")]
+        baseline = Baseline(args.compare, workdir) if args.compare else None
+        if baseline is not None:
+            base, base_host = baseline.start_powerstrip(
+                host, workdir, "base", unix_socket=workdir / "base.sock")
+            processes.append(base)
+            targets.append(Target("base", base_host))
+            unix_targets.append(Target("base-unix", f"unix://{workdir / 'base.sock'}"))
         sleeper_targets: list[Target] = []
         if "latency" in args.only and not args.no_sleeper:
             sleeper, sleeper_host = start_powerstrip(
@@ -498,15 +520,20 @@ def main() -> int:
         if rss is not None:
             print(f"powerstrip peak RSS (VmHWM)\n  {'powerstrip':14}{rss:>10.1f} MiB")
         if "hooks" in args.only:
-            for image, creates in hook_cost(host, workdir, args.hook_rounds, processes).items():
+            for image, creates in hook_cost(host, workdir, args.hook_rounds, processes,
+                                            baseline).items():
+                results.append((f"POST /containers/create ({image})", creates, "s"))
                 print(f"\n{'POST /containers/create (' + image + ')':40}{'median':>12}"
                       f"{'/direct':>10}{'added per hook':>17}")
                 for name, value in creates.items():
-                    count = int(name.split()[0]) if name != "direct" else 0
-                    added = (f"{(value - creates['0 hooks']) / count * 1000:>14.2f} ms"
+                    count = int(name.split()[-2]) if name != "direct" else 0
+                    zero = creates[name.replace(f"{count} hooks", "0 hooks")]
+                    added = (f"{(value - zero) / count * 1000:>14.2f} ms"
                              if count else "")
                     print(f"{'  ' + name:40}{value * 1000:>9.2f} ms"
                           f"{value / creates['direct']:>9.2f}x{added:>17}")
+        if baseline is not None:
+            baseline.summary(results, rss)
         return 0
     finally:
         for proc in processes:
