@@ -25,10 +25,12 @@ answers with a Docker-style error and closes: nothing leaves a connection open a
 from __future__ import annotations
 
 import enum
+import functools
 import logging
 from collections.abc import Callable
 from typing import Protocol
 
+from powerstrip.core.canonical import AmbiguousBody, body_shape, canonical_body, respell
 from powerstrip.core.errors import error_response
 from powerstrip.core.framing import (
     END,
@@ -195,6 +197,9 @@ class Exchange:
     buffer_json = False
     #: The request as the last pre-hook left it, for post-hooks.
     hooked_request: ClientRequest | None = None
+    #: The hooks were shown the body in the daemon's spelling, not the client's
+    #: (``core.canonical``): that spelling is what the daemon gets.
+    respelled = False
     #: Raw response bytes held for post-hooks.
     response_raw: list[bytes] = []  # likewise
     #: Sent with every hook call for this request (``Powerstrip-Call``); the driver sets it.
@@ -482,9 +487,13 @@ class Machine:
                     body_text = self._json_body()
                     if body_text is None:
                         return
-                    exchange.hooked_request = ClientRequest(
-                        exchange.head.method.decode("latin-1"),
-                        exchange.head.target.decode("latin-1"), body_text)
+                    method = exchange.head.method.decode("latin-1")
+                    target = exchange.head.target.decode("latin-1")
+                    try:
+                        body_text = canonical_body(body_shape(method, target), body_text).text
+                    except AmbiguousBody:
+                        pass  # already forwarded as sent: the daemon's own reading decided
+                    exchange.hooked_request = ClientRequest(method, target, body_text)
                 exchange.held = []
             self.request_state = RequestState.DONE
             if self.response_state is ResponseState.DONE:
@@ -496,13 +505,26 @@ class Machine:
     def _run_pre_hooks(self) -> None:
         exchange = self.exchange
         head = exchange.head
-        body_text = None
+        method, target = head.method.decode("latin-1"), head.target.decode("latin-1")
+        body_text = shape = None
         if exchange.buffer_json:
             body_text = self._json_body()
             if body_text is None:
                 return
-        request = ClientRequest(head.method.decode("latin-1"), head.target.decode("latin-1"),
-                                body_text)
+            # Hooks see the body as the daemon will decode it, and the daemon gets what they saw.
+            shape = body_shape(method, target)
+            try:
+                shown = canonical_body(shape, body_text)
+            except AmbiguousBody as exc:
+                self.request_state = RequestState.PRE_HOOKS
+                self._pre_hooks_failed(400, (
+                    f"refused {exchange.describe()}: its JSON body cannot be shown to the hooks "
+                    f"of endpoint {exchange.plan.endpoints} as the daemon would read it: {exc}"))
+                return
+            body_text = shown.text
+            exchange.respelled = shown.changed
+        request = ClientRequest(method, target, body_text,
+                                None if shape is None else functools.partial(respell, shape))
         exchange.hooked_request = request
         self.request_state = RequestState.PRE_HOOKS
         self.effects.call_pre_hooks(exchange, request)
@@ -526,7 +548,7 @@ class Machine:
         sent = exchange.hooked_request
         exchange.hooked_request = changed
         held, exchange.held = exchange.held, []
-        if changed == sent:
+        if changed == sent and not exchange.respelled:
             out = [head.raw, *held]
         else:
             method, target = changed.method.encode("latin-1"), changed.request.encode("latin-1")

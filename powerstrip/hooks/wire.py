@@ -10,7 +10,8 @@ Content-Type is null.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import Any
 
 PROTOCOL_VERSION = 1
@@ -24,11 +25,17 @@ class AnswerError(ValueError):
 
 @dataclass(frozen=True, slots=True)
 class ClientRequest:
-    """The request as hooks see it: ``body`` is text, or None when there is none to show."""
+    """The request as hooks see it: ``body`` is text, or None when there is none to show.
+
+    ``respell`` (proxy side, never on the wire) puts a JSON body a pre-hook answers with in the
+    spelling the daemon decodes (``core.canonical``) before the next hook, or the daemon, sees
+    it; it raises ValueError for a body that has no such spelling.
+    """
 
     method: str
     request: str
     body: str | None
+    respell: Callable[[str], str] | None = field(default=None, compare=False, repr=False)
 
     def to_wire(self) -> dict[str, Any]:
         """The ``ClientRequest`` object of a hook call."""
@@ -119,7 +126,13 @@ def parse_pre_hook_answer(data: bytes, sent: ClientRequest) -> ClientRequest:
         raise AnswerError(f"{key}.Method is not an HTTP method: {method!r}")
     if not request.startswith("/") or any(c in request for c in " \r\n\t\x00"):
         raise AnswerError(f"{key}.Request is not a request path: {request[:80]!r}")
-    return ClientRequest(method, request, body)
+    if sent.respell is not None and body is not None and body != sent.body:
+        try:
+            body = sent.respell(body)
+        except ValueError as exc:
+            raise AnswerError(f"{key}.Body cannot be shown as the daemon would read it: "
+                              f"{exc}") from None
+    return ClientRequest(method, request, body, sent.respell)
 
 
 def parse_post_hook_answer(data: bytes, sent: ServerResponse) -> ServerResponse:

@@ -127,3 +127,24 @@ def test_bad_post_hook_answers_say_what_is_wrong(answer, complaint):
 )
 def test_refusal_message_takes_the_adapters_words(body, message):
     assert refusal_message(body) == message
+
+
+def test_a_pre_hooks_changed_body_is_respelled_before_anyone_sees_it() -> None:
+    """A pre-hook that writes a body in another spelling: the next hook, and the daemon, see it
+    as the daemon decodes it; a body with no such spelling is the adapter's bad answer."""
+    from powerstrip.core.canonical import body_shape, respell
+
+    shape = body_shape("POST", "/v1.41/containers/create")
+    sent = ClientRequest("POST", "/v1.41/containers/create", '{"Image":"busybox"}',
+                         lambda text: respell(shape, text))
+    answer = json.dumps({"ModifiedClientRequest": {
+        "Body": '{"Image":"busybox","hostconfig":{"privileged":true}}'}}).encode()
+    changed = parse_pre_hook_answer(answer, sent)
+    assert changed.body == '{"Image":"busybox","HostConfig":{"Privileged":true}}'
+    assert changed.respell is sent.respell
+    unchanged = parse_pre_hook_answer(json.dumps({"ModifiedClientRequest": {}}).encode(), sent)
+    assert unchanged.body == sent.body
+    bad = json.dumps({"ModifiedClientRequest": {
+        "Body": '{"HostConfig":{"Privileged":true,"Privileged":null}}'}}).encode()
+    with pytest.raises(AnswerError, match="cannot be shown as the daemon would read it"):
+        parse_pre_hook_answer(bad, sent)
