@@ -28,13 +28,15 @@ import re
 import sys
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
+from functools import lru_cache
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 from urllib.parse import parse_qs
 
 from powerstrip.adapter import Adapter, Refuse, Request
-from powerstrip.core.paths import clean_path
+from powerstrip.core.paths import SpellingError, canonical_path, clean_path
 from powerstrip.hooks import yamlfile
+from powerstrip.hooks.matching import Matcher, parse_endpoint_key
 from powerstrip.kit.gojson import (
     ANY,
     BOOL,
@@ -51,12 +53,15 @@ from powerstrip.kit.gojson import (
 )
 
 __all__ = [
-    "ANY", "BOOL", "CREATE_BODY", "EXEC_BODY", "HOST_CONFIG", "MOUNT", "STRING", "STRSLICE",
-    "VOLUME_BODY", "GoJSONError", "GoSlice", "ImageRef", "ImageRefError", "Map", "Ptr", "Rules",
-    "RulesError", "Slice", "Struct", "Violation", "allowed_path", "check_build", "check_create",
-    "check_exec", "check_image_naming", "check_start", "check_volume_create", "clean_path",
-    "go_decode", "go_fold_equal", "host_configs", "image_allowed", "load_rules", "main",
-    "make_adapter", "normalize_capability", "parse_image_reference", "parse_rules",
+    "ANY", "BOOL", "CREATE_BODY", "EXEC_BODY", "HOST_CONFIG", "MOUNT", "SERVICE_SPEC", "STRING",
+    "STRSLICE", "UPDATE_BODY", "VOLUME_BODY", "AllowedEndpoint", "GoJSONError", "GoSlice",
+    "ImageRef", "ImageRefError", "Map", "Ptr", "Rules", "RulesError", "Slice", "Struct",
+    "Violation", "allowed_path", "check_build", "check_container_update", "check_create",
+    "check_endpoint", "check_exec", "check_image_naming", "check_plugin", "check_service",
+    "check_start", "check_swarm", "check_volume_create", "clean_path", "go_decode",
+    "go_fold_equal", "host_configs", "host_network_violation", "image_allowed", "load_rules",
+    "main", "make_adapter", "normalize_capability", "parse_image_reference", "parse_rules",
+    "service_networks",
 ]
 
 # -- the request types dockerd 20.10 decodes ---------------------------------------------------
@@ -81,6 +86,26 @@ CREATE_BODY = Struct((("Image", STRING), ("HostConfig", Ptr(HOST_CONFIG)), *HOST
 EXEC_BODY = Struct((("Privileged", BOOL),))
 #: api/types/volume.VolumeCreateBody.
 VOLUME_BODY = Struct((("Driver", STRING), ("DriverOpts", Map(STRING)), ("Name", STRING)))
+#: container.UpdateConfig is Resources and RestartPolicy: dockerd ignores every HostConfig field
+#: the policy reads. They are read anyway, in both places a create carries them, so that a
+#: daemon which one day applies them finds them judged.
+UPDATE_BODY = CREATE_BODY
+#: api/types/swarm.NetworkAttachmentConfig: Target is a network's name, ID or ID prefix.
+_NETWORK_ATTACHMENT = Struct((("Target", STRING),))
+#: api/types/swarm.ContainerSpec, the fields the policy reads (API 1.41 added CapabilityAdd).
+_CONTAINER_SPEC = Struct((
+    ("Image", STRING), ("Mounts", Slice(MOUNT)), ("CapabilityAdd", Slice(STRING)),
+))
+#: api/types/swarm.TaskSpec: a task runs a container (ContainerSpec) or, with Runtime "plugin",
+#: installs a plugin (PluginSpec) on every node it is scheduled to.
+_TASK_SPEC = Struct((
+    ("PluginSpec", ANY), ("ContainerSpec", Ptr(_CONTAINER_SPEC)),
+    ("Networks", Slice(_NETWORK_ATTACHMENT)), ("Runtime", STRING),
+))
+#: api/types/swarm.ServiceSpec, the body of ``POST /services/create`` and
+#: ``POST /services/{id}/update``; its top-level Networks is the deprecated spelling of
+#: TaskTemplate.Networks, which the daemon still reads.
+SERVICE_SPEC = Struct((("TaskTemplate", _TASK_SPEC), ("Networks", Slice(_NETWORK_ATTACHMENT))))
 
 
 def host_configs(body: Mapping[str, Any]) -> list[tuple[str, dict[str, Any]]]:
@@ -233,16 +258,33 @@ class RulesError(ValueError):
 
 
 @dataclass(frozen=True)
+class AllowedEndpoint:
+    """An entry of the ``endpoints`` allowlist: an endpoint key as the adapters file writes one
+    (``METHOD PATH-GLOB``), matched by the proxy's own matcher."""
+
+    method: str
+    pattern: str
+
+    def __str__(self) -> str:
+        return f"{self.method} {self.pattern}"
+
+
+@dataclass(frozen=True)
 class Rules:
-    """What the policy forbids. A list rule left as None is not enforced."""
+    """What the policy forbids. A list rule left as None is not enforced; ``swarm`` and
+    ``plugins`` are forbidden unless allowed, since either hands the node to what no request
+    to this daemon shows."""
 
     privileged: bool = False  #: forbid privileged containers and exec sessions
-    host_network: bool = False  #: forbid NetworkMode host (containers, builds)
+    host_network: bool = False  #: forbid NetworkMode host (containers, builds, services)
     host_pid: bool = False  #: forbid PidMode host
     cap_add: frozenset[str] | None = None  #: capabilities that may be added (normalised)
     bind_mounts: tuple[str, ...] | None = None  #: host paths binds may use (cleaned)
     resolve_symlinks: bool = True  #: follow links in bind sources (the adapter shares the host)
     images: tuple[ImageRef, ...] | None = None  #: images containers may run
+    swarm: bool = True  #: forbid initialising or joining a swarm
+    plugins: bool = True  #: forbid installing, configuring and enabling managed plugins
+    endpoints: tuple[AllowedEndpoint, ...] | None = None  #: the only endpoints that may be used
     sources: dict[str, str] = field(default_factory=dict, compare=False)  #: rule -> "file:line"
 
 
@@ -258,16 +300,17 @@ class Violation:
         return f"refused by policy rule {self.rule}: {self.why}"
 
 
-_SWITCHES = ("privileged", "host_network", "host_pid")
-_RULE_NAMES = (*_SWITCHES, "cap_add", "bind_mounts", "images")
+_SWITCHES = ("privileged", "host_network", "host_pid", "swarm", "plugins")
+_RULE_NAMES = (*_SWITCHES, "cap_add", "bind_mounts", "images", "endpoints")
 
 
 def parse_rules(text: str, source: str = "<rules>") -> Rules:
     """Rules from the YAML ``text``; RulesError with ``source`` and the line for any fault.
 
     ``version: 1`` (optional) and ``rules:``, a mapping of rule names to settings: ``forbid`` or
-    ``allow`` for privileged, host_network and host_pid; ``forbid`` or ``{allow: [...]}`` for
-    cap_add; ``{allow: [...]}`` for bind_mounts (with ``resolve_symlinks``) and images.
+    ``allow`` for privileged, host_network, host_pid, swarm and plugins; ``forbid`` or
+    ``{allow: [...]}`` for cap_add; ``{allow: [...]}`` for bind_mounts (with
+    ``resolve_symlinks``), images and endpoints (endpoint keys, ``"GET /containers/json"``).
     """
     try:
         doc = yamlfile.load(text, source)
@@ -314,6 +357,14 @@ def parse_rules(text: str, source: str = "<rules>") -> Rules:
             raise fail(value, "allow", f"{name}.allow must be a list of strings")
         if name == "cap_add":
             settings[name] = frozenset(normalize_capability(c) for c in allow)
+        elif name == "endpoints":
+            keys = []
+            for key in allow:
+                try:
+                    keys.append(AllowedEndpoint(*parse_endpoint_key(key)))
+                except ValueError as exc:
+                    raise fail(value, "allow", f"endpoints.allow: {key!r}: {exc}") from None
+            settings[name] = tuple(keys)
         elif name == "bind_mounts":
             for path in allow:
                 if not path.startswith("/"):
@@ -576,18 +627,184 @@ def _naming_violation(rules: Rules, name: str, doing: str) -> Violation | None:
     return None
 
 
+@_guard
+def check_container_update(rules: Rules, body: str | None) -> Violation | None:
+    """The first rule ``POST /containers/{id}/update`` breaks. dockerd reads only resources and
+    the restart policy from it (``docker update``); privileges, namespaces, capabilities and
+    mounts in it are ignored, and refused all the same rather than trusted to stay ignored."""
+    return _host_config_violation(rules, _body(UPDATE_BODY, body, "updating a container"))
+
+
+@_guard
+def check_service(rules: Rules, body: str | None) -> Violation | None:
+    """The first rule ``POST /services/create`` or ``POST /services/{id}/update`` breaks.
+
+    A service's tasks are containers the daemon creates itself, with no request to any proxy,
+    so the spec is judged as a create would be: its image, its mounts, the capabilities it adds
+    and the networks it joins; a task that installs a plugin falls to the ``plugins`` rule.
+    """
+    spec = _body(SERVICE_SPEC, body, "creating or updating a service")
+    task = spec.get("TaskTemplate") or {}
+    runtime = task.get("Runtime") or ""
+    is_plugin = runtime.lower() == "plugin"
+    if rules.plugins and (is_plugin or task.get("PluginSpec") is not None):
+        return Violation("plugins", "a service whose tasks install a plugin on every node they "
+                                    "run on is not allowed (TaskTemplate.PluginSpec, Runtime)")
+    container = task.get("ContainerSpec") or {}
+    at = "TaskTemplate.ContainerSpec."
+    if not (is_plugin and not container):
+        found = _image_violation(rules, container.get("Image") or "")
+        if found:
+            return found
+    if rules.cap_add is not None:
+        for cap in container.get("CapabilityAdd") or []:
+            if normalize_capability(cap) not in rules.cap_add:
+                return Violation("cap_add",
+                                 f"adding capability {cap!r} is not allowed ({at}CapabilityAdd)")
+    if rules.bind_mounts is not None:
+        found = _first(_bind_violations(rules, {"Mounts": container.get("Mounts")}, at))
+        if found:
+            return found
+    if rules.host_network:
+        for where, networks in (("TaskTemplate.Networks", task.get("Networks")),
+                                ("Networks", spec.get("Networks"))):
+            for network in networks or []:
+                target = (network or {}).get("Target") or ""
+                # The "host" network by name, in any case: the manager looks names up in the
+                # swarm's networks and then the node's, and refusing "HOST" costs nothing.
+                if target.lower() == "host":
+                    return Violation("host_network", "the host's network namespace is not "
+                                                     f"allowed ({where} Target {target!r})")
+    return None
+
+
+def service_networks(body: str | None) -> list[tuple[str, str]]:
+    """The network Targets a service spec names, each with where it was, other than ``host``
+    itself (which ``check_service`` judges): the docker CLI resolves ``--network host`` to the
+    network's ID before it sends the spec, and the manager takes an ID or an ID prefix as well
+    as a name, so only the daemon can say which network each one is. Empty for a body
+    ``check_service`` refuses as unreadable."""
+    try:
+        spec = _body(SERVICE_SPEC, body, "a service")
+    except _Unreadable:
+        return []
+    task = spec.get("TaskTemplate") or {}
+    found = []
+    for where, networks in (("TaskTemplate.Networks", task.get("Networks")),
+                            ("Networks", spec.get("Networks"))):
+        for network in networks or []:
+            target = (network or {}).get("Target") or ""
+            if target.lower() != "host":
+                found.append((where, target))
+    return found
+
+
+class NetworkLookup(Protocol):
+    """What the policy asks of a Docker Engine: ``powerstrip.kit.engine_api.EngineClient``."""
+
+    def request(self, method: str, path: str) -> Any:
+        """A Deferred firing with the parsed answer, or failing with an EngineError."""
+        ...
+
+
+async def host_network_violation(
+    rules: Rules, engine: NetworkLookup | None, where: str, target: str
+) -> Violation | None:
+    """Whether the network ``target`` of a service spec is the host's, asked of ``engine``
+    (``GET /networks/{target}``, which resolves a name, an ID or an ID prefix as the manager
+    does). Without an engine, or without an answer, it is refused: the policy never guesses in
+    the request's favour."""
+    if not rules.host_network:
+        return None
+    if engine is None:
+        return Violation("host_network", f"cannot tell whether network {target!r} ({where}) is "
+                                         "the host's: start the policy with --docker ADDR to "
+                                         "let it look networks up")
+    from powerstrip.kit.engine_api import EngineError
+
+    try:
+        info = await engine.request("GET", f"/networks/{target}")
+    except EngineError as exc:
+        return Violation("host_network", f"cannot look network {target!r} ({where}) up: "
+                                         f"{exc.message}")
+    if not isinstance(info, dict) or info.get("Driver") == "host" or info.get("Name") == "host":
+        return Violation("host_network", "the host's network namespace is not allowed "
+                                         f"({where} Target {target!r} is the host network)")
+    return None
+
+
+def check_swarm(rules: Rules, kind: str) -> Violation | None:
+    """The first rule ``POST /swarm/init`` or ``POST /swarm/join`` breaks (``kind``: "init" or
+    "join"). Joining hands this node to a remote manager, which schedules containers here
+    without a request to this daemon; initialising lets other nodes join as managers with the
+    tokens ``GET /swarm`` shows, and do the same."""
+    if not rules.swarm:
+        return None
+    if kind == "join":
+        why = "joining a swarm hands this node to its managers, which start containers here " \
+              "that no request to this daemon shows"
+    else:
+        why = "initialising a swarm lets other nodes join as managers and start containers " \
+              "here that no request to this daemon shows"
+    return Violation("swarm", f"{why}; not allowed")
+
+
+def check_plugin(rules: Rules, kind: str) -> Violation | None:
+    """The first rule a request that installs, configures or enables a managed plugin breaks
+    (``kind``: "privileges", "pull", "create", "upgrade", "set" or "enable"). A plugin runs as
+    a container the daemon starts with the privileges the plugin's own config asks for (host
+    network, mounts of host paths, devices, capabilities), and ``set`` changes its mount
+    sources and devices: no container rule would see any of it."""
+    if not rules.plugins:
+        return None
+    return Violation("plugins", f"plugins run with host privileges the policy cannot judge; "
+                                f"plugin {kind} is not allowed")
+
+
+@lru_cache(maxsize=16)
+def _endpoint_matcher(allowed: tuple[AllowedEndpoint, ...]) -> Matcher[AllowedEndpoint]:
+    return Matcher(allowed)
+
+
+def check_endpoint(rules: Rules, method: str, target: str) -> Violation | None:
+    """Whether ``method target`` is refused by the ``endpoints`` allowlist: every endpoint not
+    on it is, matched on the path dockerd routes (any version, any percent-encoding) exactly
+    as the proxy matches its adapters file."""
+    if rules.endpoints is None:
+        return None
+    try:
+        if _endpoint_matcher(rules.endpoints).match(method, target):
+            return None
+        path = canonical_path(target)
+    except SpellingError as exc:
+        return Violation("endpoints", f"cannot read the request target {target!r}: {exc}")
+    if path is None:
+        # dockerd only redirects such a target (301) and does nothing else.
+        return None
+    return Violation("endpoints", f"{method} {path} is not on the allowlist of endpoints")
+
+
 # =================================================================================================
 # The adapter
 # =================================================================================================
 
 
-def make_adapter(rules: Rules, name: str = "policy") -> Adapter:
-    """An Adapter enforcing ``rules`` on the endpoints listed in docs/policy.md."""
+def make_adapter(
+    rules: Rules, name: str = "policy", engine: NetworkLookup | None = None
+) -> Adapter:
+    """An Adapter enforcing ``rules`` on the endpoints listed in docs/policy.md; ``engine`` is
+    the daemon, asked directly which network a service's network ID is."""
     app = Adapter(name)
 
     def enforce(found: Violation | None) -> None:
         if found is not None:
             raise Refuse(403, found.message())
+
+    # Registered first, so it runs first: the endpoints allowlist needs the adapter hooked on
+    # every request ("* *"), and whatever it refuses needs no other look.
+    @app.pre("* *")
+    def endpoint(req: Request) -> None:
+        enforce(check_endpoint(rules, req.method, req.target))
 
     @app.pre("POST /*/containers/create")
     def create(req: Request) -> None:
@@ -625,7 +842,43 @@ def make_adapter(rules: Rules, name: str = "policy") -> Adapter:
     def load(req: Request) -> None:
         enforce(check_image_naming(rules, "load", req.target))
 
+    @app.pre("POST /*/containers/*/update")
+    def container_update(req: Request) -> None:
+        enforce(check_container_update(rules, req.body))
+
+    async def service(req: Request) -> None:
+        enforce(check_service(rules, req.body))
+        for where, target in service_networks(req.body):
+            enforce(await host_network_violation(rules, engine, where, target))
+
+    app.pre("POST /*/services/create")(service)
+    app.pre("POST /*/services/*/update")(service)
+
+    for kind in ("init", "join"):
+        app.pre(f"POST /*/swarm/{kind}")(_refusing(enforce, check_swarm, rules, kind))
+    for key, kind in _PLUGIN_ENDPOINTS:
+        app.pre(key)(_refusing(enforce, check_plugin, rules, kind))
     return app
+
+
+#: The requests that install, configure or enable a managed plugin (``docker plugin install``
+#: asks for the privileges first), and what each is called in refusals.
+_PLUGIN_ENDPOINTS = (
+    ("GET /*/plugins/privileges", "privileges"), ("POST /*/plugins/pull", "pull"),
+    ("POST /*/plugins/create", "create"), ("POST /*/plugins/*/upgrade", "upgrade"),
+    ("POST /*/plugins/*/set", "set"), ("POST /*/plugins/*/enable", "enable"),
+)
+
+
+def _refusing(
+    enforce: Callable[[Violation | None], None],
+    check: Callable[[Rules, str], Violation | None], rules: Rules, kind: str,
+) -> Callable[[Request], None]:
+    def hook(req: Request) -> None:
+        enforce(check(rules, kind))
+
+    hook.__qualname__ = hook.__name__ = f"{check.__name__.removeprefix('check_')}_{kind}"
+    return hook
 
 
 #: The example rules, beside this file in a checkout and where installed (package data).
@@ -633,18 +886,34 @@ EXAMPLE_RULES = Path(__file__).with_name("policy.yml")
 
 
 def main(argv: list[str] | None = None) -> None:
-    """``policy.py --listen HOST:PORT|--unix PATH [--rules FILE]``: load the rules, then serve."""
+    """``policy.py --listen HOST:PORT|--unix PATH [--rules FILE] [--docker ADDR]``: load the
+    rules, then serve."""
     app = Adapter("policy")
     parser = app.argument_parser()
     parser.add_argument("--rules", default=str(EXAMPLE_RULES), metavar="FILE",
                         help="the YAML rules file (default: the example rules, %(default)s)")
+    parser.add_argument("--docker", metavar="ADDR", default=None,
+                        help="the Docker Engine, reached directly, not through Powerstrip, to "
+                             "look up the networks a service names (unix:///path, "
+                             "tcp://HOST:PORT); without it, a service naming a network by ID "
+                             "is refused while host_network is forbidden")
     args = parser.parse_args(argv)
     try:
         rules = load_rules(args.rules)
     except RulesError as exc:
         print(f"policy: {exc}", file=sys.stderr)
         raise SystemExit(2) from None
-    make_adapter(rules).serve(args)
+    engine = None
+    if args.docker:
+        from powerstrip.kit.engine_api import EngineClient
+        from powerstrip.proxy.addresses import AddressError, parse_address
+
+        try:
+            parse_address(args.docker)
+        except AddressError as exc:
+            parser.error(str(exc))
+        engine = EngineClient(args.docker, timeout=10.0)
+    make_adapter(rules, engine=engine).serve(args)
 
 
 if __name__ == "__main__":

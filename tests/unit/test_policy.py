@@ -8,10 +8,12 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
+from twisted.internet import defer
 
 from adapters.policy import (
     CREATE_BODY,
@@ -24,23 +26,32 @@ from adapters.policy import (
     RulesError,
     allowed_path,
     check_build,
+    check_container_update,
     check_create,
+    check_endpoint,
     check_exec,
     check_image_naming,
+    check_plugin,
+    check_service,
     check_start,
+    check_swarm,
     check_volume_create,
     clean_path,
     go_decode,
     go_fold_equal,
     host_configs,
+    host_network_violation,
     image_allowed,
     load_rules,
     make_adapter,
     normalize_capability,
     parse_image_reference,
     parse_rules,
+    service_networks,
 )
 from powerstrip.adapter import Request
+from powerstrip.kit.engine_api import EngineError
+from powerstrip.testing import call_pre
 
 REPO = Path(__file__).resolve().parents[2]
 RULES = Rules(
@@ -479,3 +490,231 @@ def test_hooks(method: str, target: str, body: str | None, refused: str | None) 
         assert status == 403
         assert json.loads(answer)["message"].startswith(f"refused by policy rule {refused}: ")
     assert app.matching("pre-hook", Request(method, target, body)) or refused is None
+
+
+# -- Swarm, plugins, docker update and the endpoints allowlist ------------------------------------
+
+
+def service(**task: object) -> str:
+    """A service spec whose TaskTemplate holds ``task`` over a busybox ContainerSpec."""
+    template: dict[str, object] = {"ContainerSpec": {"Image": "busybox"}}
+    template.update(task)
+    return json.dumps({"Name": "s", "TaskTemplate": template})
+
+
+def container_spec(**spec: object) -> str:
+    return service(ContainerSpec={"Image": "busybox", **spec})
+
+
+@pytest.mark.parametrize(("body", "refused"), [
+    (service(), None),
+    (container_spec(Mounts=[{"Type": "bind", "Source": "/", "Target": "/host"}]), "bind_mounts"),
+    (container_spec(Mounts=[{"Type": "bind", "Source": "/flocker/../etc", "Target": "/h"}]),
+     "bind_mounts"),
+    (container_spec(Mounts=[{"Type": "bind", "Source": "/flocker/db", "Target": "/h"}]), None),
+    (container_spec(Mounts=[{"Type": "volume", "Source": "v", "Target": "/v", "VolumeOptions": {
+        "DriverConfig": {"Options": {"type": "none", "o": "bind", "device": "/etc"}}}}]),
+     "bind_mounts"),
+    (container_spec(CapabilityAdd=["CAP_SYS_ADMIN"]), "cap_add"),
+    (container_spec(capabilityadd=["ſys_admin"]), "cap_add"),
+    (container_spec(CapabilityAdd=["NET_BIND_SERVICE"]), None),
+    (container_spec(Image="alpine"), "images"),
+    (container_spec(Image="busybox:latest@sha256:" + "a" * 64), None),
+    (json.dumps({"TaskTemplate": {}}), "images"),
+    (service(Networks=[{"Target": "host"}]), "host_network"),
+    (service(Networks=[{"Target": "HOST"}]), "host_network"),
+    (json.dumps({"TaskTemplate": {"ContainerSpec": {"Image": "busybox"}},
+                 "Networks": [{"Target": "host"}]}), "host_network"),
+    (service(Networks=[{"Target": "backend"}]), None),
+    (service(Runtime="plugin", PluginSpec={"Name": "p", "Remote": "vieux/sshfs"}), "plugins"),
+    (service(PluginSpec={}), "plugins"),
+    (service(PluginSpec=None), None),
+    (members('"TaskTemplate":{"ContainerSpec":{"Image":"busybox"}}',
+             '"tasktemplate":{"containerspec":{"mounts":[{"source":"/etc","target":"/h"}]}}'),
+     "bind_mounts"),
+    (None, "body"),
+    ('{"TaskTemplate":{"ContainerSpec":{"CapabilityAdd":"SYS_ADMIN"}}}', "body"),
+])
+def test_services_are_judged_as_their_containers_would_be(
+    body: str | None, refused: str | None
+) -> None:
+    assert rule(check_service(RULES, body)) == refused
+
+
+def test_services_with_nothing_forbidden_pass() -> None:
+    body = container_spec(Image="anything", CapabilityAdd=["ALL"], Mounts=[
+        {"Type": "bind", "Source": "/", "Target": "/host"}])
+    assert check_service(Rules(plugins=False), body) is None
+    assert check_service(Rules(), service(Runtime="plugin", PluginSpec={})) is not None
+    assert check_service(Rules(plugins=False), service(Runtime="plugin", ContainerSpec=None,
+                                                       PluginSpec={})) is None
+
+
+def test_service_networks_other_than_host_need_a_look_up() -> None:
+    body = json.dumps({"TaskTemplate": {"Networks": [{"Target": "host"}, {"Target": "abc123"}]},
+                       "Networks": [{"Target": "front"}, None]})
+    assert service_networks(body) == [("TaskTemplate.Networks", "abc123"), ("Networks", "front"),
+                                      ("Networks", "")]
+    assert service_networks(None) == []
+
+
+class FakeEngine:
+    """Answers ``GET /networks/{target}`` from a table; anything else is a 404."""
+
+    def __init__(self, networks: dict[str, dict[str, str]]) -> None:
+        self.networks = networks
+        self.asked: list[str] = []
+
+    def request(self, method: str, path: str) -> defer.Deferred[Any]:
+        self.asked.append(f"{method} {path}")
+        target = path.removeprefix("/networks/")
+        if target in self.networks:
+            return defer.succeed(self.networks[target])
+        return defer.fail(EngineError(404, f"network {target} not found"))
+
+
+def run_now(coroutine: Any) -> Any:
+    results: list[Any] = []
+    defer.ensureDeferred(coroutine).addBoth(results.append)
+    return results[0]
+
+
+def test_a_network_id_is_looked_up() -> None:
+    engine = FakeEngine({"9f3c": {"Name": "host", "Driver": "host"},
+                         "ab12": {"Name": "backend", "Driver": "overlay"}})
+    found = run_now(host_network_violation(RULES, engine, "TaskTemplate.Networks", "9f3c"))
+    assert rule(found) == "host_network"
+    assert run_now(host_network_violation(RULES, engine, "Networks", "ab12")) is None
+    assert rule(run_now(host_network_violation(RULES, engine, "Networks", "gone"))) == (
+        "host_network")
+    assert engine.asked == ["GET /networks/9f3c", "GET /networks/ab12", "GET /networks/gone"]
+    assert run_now(host_network_violation(Rules(), engine, "Networks", "9f3c")) is None
+    # Without an engine to ask, an ID cannot be judged: refused.
+    assert "--docker" in run_now(host_network_violation(RULES, None, "Networks", "ab12")).why
+
+
+def test_service_hooks_look_networks_up() -> None:
+    engine = FakeEngine({"9f3c": {"Name": "host", "Driver": "host"},
+                         "ab12": {"Name": "backend", "Driver": "overlay"}})
+    app = make_adapter(RULES, engine=engine)
+    refused = call_pre(app, "POST", "/v1.41/services/create",
+                       service(Networks=[{"Target": "ab12"}, {"Target": "9f3c"}]))
+    assert refused.status == 403 and "rule host_network" in refused.message
+    passed = call_pre(app, "POST", "/v1.41/services/x/update?version=3",
+                      service(Networks=[{"Target": "ab12"}]))
+    assert passed.status == 200
+
+
+def test_swarm_and_plugins_are_forbidden_unless_allowed() -> None:
+    assert Rules().swarm and Rules().plugins
+    assert rule(check_swarm(Rules(), "init")) == "swarm"
+    assert rule(check_swarm(Rules(), "join")) == "swarm"
+    assert rule(check_plugin(Rules(), "pull")) == "plugins"
+    allowed = parse_rules("rules: {swarm: allow, plugins: allow}")
+    assert check_swarm(allowed, "join") is None and check_plugin(allowed, "enable") is None
+    forbidden = parse_rules("rules: {swarm: forbid, plugins: forbid}")
+    assert forbidden.swarm and forbidden.plugins
+
+
+@pytest.mark.parametrize(("body", "refused"), [
+    ('{"Memory":67108864,"RestartPolicy":{"Name":"always"}}', None),
+    ('{"Privileged":true}', "privileged"),
+    ('{"HostConfig":{"CapAdd":["SYS_ADMIN"]}}', "cap_add"),
+    ('{"Binds":["/:/host"]}', "bind_mounts"),
+    (None, "body"),
+])
+def test_container_update(body: str | None, refused: str | None) -> None:
+    assert rule(check_container_update(RULES, body)) == refused
+
+
+ENDPOINT_RULES = parse_rules(
+    'rules: {endpoints: {allow: ["GET /containers/json", "POST /containers/*/start", '
+    '"HEAD /_ping", "POST /*/images/create"]}}')
+
+
+@pytest.mark.parametrize(("method", "target", "refused"), [
+    ("GET", "/v1.41/containers/json?all=1", None),
+    ("GET", "/containers/json", None),
+    ("GET", "/v01.41.0%2F%63ontainers/json", None),
+    ("POST", "/v1.41/containers/abc/start", None),
+    ("HEAD", "/_ping", None),
+    ("HEAD", "/v1.41/_ping", None),
+    ("POST", "/images/create?fromImage=busybox", None),
+    ("GET", "/_ping", "endpoints"),
+    ("POST", "/v1.41/containers/create", "endpoints"),
+    ("POST", "/v1.41/swarm/init", "endpoints"),
+    ("POST", "/v1.41%2Fswarm%2Finit", "endpoints"),
+    ("get", "/v1.41/containers/json", "endpoints"),
+    ("GET", "/v1.41//containers/json", None),  # dockerd only redirects it
+    ("GET", "/v1.41/containers/%zz", "endpoints"),
+])
+def test_the_endpoints_allowlist(method: str, target: str, refused: str | None) -> None:
+    assert rule(check_endpoint(ENDPOINT_RULES, method, target)) == refused
+    assert check_endpoint(Rules(), method, target) is None
+
+
+@pytest.mark.parametrize(("text", "message"), [
+    ('rules: {endpoints: {allow: ["get /x"]}}', "methods are written in capitals"),
+    ('rules: {endpoints: {allow: ["GET x"]}}', "must start with '/'"),
+    ('rules: {endpoints: {allow: "GET /x"}}', "endpoints.allow must be a list"),
+    ("rules: {swarm: yes}", "rule swarm is 'forbid' or 'allow'"),
+])
+def test_endpoint_rule_errors(text: str, message: str) -> None:
+    with pytest.raises(RulesError, match="policy.yml") as caught:
+        parse_rules(text, "policy.yml")
+    assert message in str(caught.value)
+
+
+SHIPPED = load_rules(REPO / "adapters" / "policy.yml")
+
+
+@pytest.mark.parametrize(("method", "target"), [
+    ("HEAD", "/_ping"), ("GET", "/v1.41/version"), ("POST", "/v1.41/containers/create?name=x"),
+    ("POST", "/v1.41/containers/x/attach?stream=1&stdout=1"), ("POST", "/v1.41/containers/x/wait"),
+    ("DELETE", "/v1.41/containers/x?v=1"), ("PUT", "/v1.41/containers/x/archive?path=/"),
+    ("POST", "/v1.41/exec/e/start"), ("POST", "/v1.41/build?t=x"), ("POST", "/session"),
+    ("GET", "/v1.41/images/get?names=busybox"), ("POST", "/v1.41/networks/n/connect"),
+    ("GET", "/v1.41/volumes/v"), ("GET", "/v1.41/plugins"),
+])
+def test_the_shipped_allowlist_lets_the_cli_work(method: str, target: str) -> None:
+    assert check_endpoint(SHIPPED, method, target) is None
+
+
+@pytest.mark.parametrize(("method", "target"), [
+    ("POST", "/v1.41/swarm/init"), ("POST", "/v1.41/swarm/join"), ("GET", "/v1.41/swarm"),
+    ("POST", "/v1.41/services/create"), ("POST", "/v1.41/services/s/update"),
+    ("GET", "/v1.41/secrets"), ("POST", "/v1.41/configs/create"), ("POST", "/v1.41/nodes/n/update"),
+    ("POST", "/v1.41/plugins/pull"), ("POST", "/v1.41/plugins/p/enable"),
+    ("GET", "/v1.41/plugins/privileges"), ("PUT", "/v1.42/volumes/v"),
+    ("GET", "/v1.41/containers/x/checkpoints"),
+])
+def test_the_shipped_allowlist_leaves_out_swarm_and_plugins(method: str, target: str) -> None:
+    assert rule(check_endpoint(SHIPPED, method, target)) == "endpoints"
+
+
+@pytest.mark.parametrize(("method", "target", "refused"), [
+    ("POST", "/v1.41/swarm/init", "swarm"),
+    ("POST", "/swarm/join", "swarm"),
+    ("GET", "/v1.41/plugins/privileges?remote=x", "plugins"),
+    ("POST", "/v1.41/plugins/pull?remote=x", "plugins"),
+    ("POST", "/v1.41/plugins/create?name=x", "plugins"),
+    ("POST", "/v1.41/plugins/vieux/sshfs:latest/enable", "plugins"),
+    ("POST", "/v1.41/plugins/p/set", "plugins"),
+    ("POST", "/v1.41/plugins/p/upgrade?remote=x", "plugins"),
+    ("POST", "/v1.41/plugins/p/disable", None),
+    ("POST", "/v1.41/swarm/leave", None),
+])
+def test_swarm_and_plugin_hooks(method: str, target: str, refused: str | None) -> None:
+    result = call_pre(make_adapter(RULES), method, target, None)
+    if refused is None:
+        assert result.status == 200
+    else:
+        assert result.status == 403
+        assert result.message.startswith(f"refused by policy rule {refused}: ")
+
+
+def test_the_endpoints_rule_runs_first_on_every_request() -> None:
+    rules = Rules(endpoints=ENDPOINT_RULES.endpoints)
+    result = call_pre(make_adapter(rules), "POST", "/v1.41/swarm/init", "{}")
+    assert result.status == 403 and "rule endpoints" in result.message
+    assert call_pre(make_adapter(rules), "HEAD", "/_ping", None).status == 200
