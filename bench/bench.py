@@ -16,7 +16,15 @@ alternately direct and through each proxy, printing ratios to direct:
   must not make slower;
 - wall time of ``docker run --rm busybox true``;
 - throughput of a 256 MiB response (container logs) and a 256 MiB request body (images/load);
-- the proxy's peak RSS (VmHWM) after those transfers.
+- the proxy's peak RSS (VmHWM) after those transfers;
+- a burst: 300 ``GET /events`` connections opened at once, and the time until every response
+  head arrived (``bench/burst.py``), through every proxy and through Powerstrips that call an
+  adapter for every request (``ps+hook``: the plain adapter; ``ps+sdk-hook``: one written with
+  the SDK, ``bench/sdk_null.py``); then 100 keep-alive clients at once sending hooked requests,
+  and how many connections the proxy opened to the adapter for them;
+- the cost of a hook: container creates through 0, 1 and 3 null pre-hooks of the plain adapter
+  (``bench/plain_adapter.py``, asyncio, none of Powerstrip's code), beside the same call posted
+  straight to that adapter; Powerstrip's share of a hook is what it adds beyond that.
 
 Beside the proxies, the latency workloads measure two yardsticks from ``bench/floor.py``: the
 cheapest forwarder Python can be (``py-copy``: an epoll loop copying bytes) and the same loop
@@ -28,7 +36,7 @@ With ``--compare REV`` a second Powerstrip, built from git revision REV (``base`
 ratios to direct side by side (``bench/compare.py``).
 
 Usage: python bench/bench.py [--docker-host unix:///path] [--rounds N] [--size-mib 256]
-       [--compare REV]
+       [--compare REV] [--only latency transfers burst hooks]
 """
 
 from __future__ import annotations
@@ -47,12 +55,15 @@ import uuid
 from collections.abc import Callable
 from pathlib import Path
 
+from burst import burst, concurrent_requests  # bench/burst.py, beside this script
 from compare import Baseline  # bench/compare.py, beside this script
 
+from powerstrip.hooks.wire import ClientRequest, pre_hook_call
 from powerstrip_dev import engine as engine_mod
-from powerstrip_dev.processes import ServiceError, start_proxy
+from powerstrip_dev.processes import ServiceError, start_proxy, start_service
 
 DOCKER = shutil.which("docker") or "/usr/local/bin/docker"
+BENCH = Path(__file__).resolve().parent
 
 
 class Target:
@@ -324,30 +335,103 @@ def free_port() -> int:
         return probe.getsockname()[1]
 
 
+def start_adapter(script: str, workdir: Path, name: str, processes: list) -> str:
+    """Start ``bench/SCRIPT`` as an adapter on a free loopback port; return its URL."""
+    service = start_service(name, [sys.executable, str(BENCH / script), "--listen",
+                                   "127.0.0.1:0"], workdir)
+    processes.append(service.proc)
+    return service.url
+
+
+def post_raw(url: str, path: str, body: bytes) -> bytes:
+    """POST ``body`` to ``url``'s ``path`` on a fresh connection; the response's body."""
+    host, port = url[len("http://"):].rstrip("/").rsplit(":", 1)
+    with socket.create_connection((host, int(port))) as sock:
+        sock.sendall(f"POST {path} HTTP/1.1\r\nHost: x\r\nContent-Length: {len(body)}\r\n"
+                     "Connection: close\r\n\r\n".encode() + body)
+        answer = read_all_bytes(sock)
+    return answer.split(b"\r\n\r\n", 1)[1]
+
+
+def read_all_bytes(sock: socket.socket) -> bytes:
+    chunks = []
+    while chunk := sock.recv(65536):
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def adapter_stats(url: str) -> dict:
+    """The plain adapter's account of its own time and connections since the last call; it
+    starts afresh."""
+    import json
+
+    return json.loads(post_raw(url, "/stats", b""))
+
+
+def hooked_proxy(host: str, workdir: Path, name: str, url: str, processes: list,
+                 endpoint: str = "* *") -> Target:
+    """A Powerstrip whose only configuration is a pre-hook on ``endpoint`` (every request, by
+    default) calling the adapter at ``url``."""
+    config = workdir / f"{name}.yml"
+    config.write_text(f'endpoints:\n  "{endpoint}":\n    pre: [a]\nadapters:\n  a: {url}\n')
+    proc, proxy_host = start_powerstrip(host, workdir, name, config)
+    processes.append(proc)
+    return Target(name, proxy_host)
+
+
+def burst_workloads(host: str, workdir: Path, targets: list[Target], connections: int,
+                    rounds: int, processes: list) -> list[tuple[str, dict, str]]:
+    """``connections`` concurrent ``GET /events`` (time until every response head arrived)
+    through every target and through Powerstrips that call an adapter for every request (the
+    plain one, ``ps+hook``, and one written with the SDK, ``ps+sdk-hook``); then 100 keep-alive
+    clients at once sending hooked ``GET /_ping`` requests back to back, and how many
+    connections the proxy opened to the adapter for them."""
+    plain = start_adapter("plain_adapter.py", workdir, "plain-adapter", processes)
+    sdk = start_adapter("sdk_null.py", workdir, "sdk-adapter", processes)
+    hooked = hooked_proxy(host, workdir, "ps+hook", plain, processes)
+    with_sdk = hooked_proxy(host, workdir, "ps+sdk-hook", sdk, processes)
+    results = []
+    adapter_stats(plain)
+    timings = burst(targets + [hooked, with_sdk], connections, rounds)
+    calls = adapter_stats(plain)
+    label = f"{connections} concurrent GET /events, until every response head"
+    results.append((label, {name: t["last"] for name, t in timings.items()}, "ms"))
+    results.append((label + ", worst of the rounds",
+                    {name: t["worst"] for name, t in timings.items()}, "ms"))
+    print(f"bench: the adapter answered {calls['calls']} calls of the bursts over "
+          f"{calls['connections']} connections", file=sys.stderr)
+    clients, each = 100, 50
+    ping = b"GET /_ping HTTP/1.1\r\nHost: x\r\n\r\n"
+    rates = {}
+    for target in (targets[0], hooked):
+        elapsed = concurrent_requests(target.docker_host, clients, each, ping)
+        rates[target.name] = clients * each / elapsed
+    opened = adapter_stats(plain)["connections"]
+    results.append((f"{clients} keep-alive clients, GET /_ping back to back (requests/s; "
+                    f"{opened} adapter connections opened for {clients * each} hooked)",
+                    rates, "/s"))
+    return results
+
+
 def hook_cost(host: str, workdir: Path, rounds: int, processes: list,
               baseline: Baseline | None = None) -> dict[str, dict]:
-    """Median time of POST /containers/create with 0, 1 and 3 null pre-hooks (a real adapter
-    process on loopback), for a real create (each container removed directly afterwards) and
-    for a create the daemon refuses at once (no such image), where the daemon's own time does
-    not drown the hooks' cost."""
-    port = free_port()
-    adapter = subprocess.Popen(
-        [sys.executable, str(Path(__file__).resolve().parent.parent / "adapters" /
-                             "null_adapter.py"), "--listen", f"127.0.0.1:{port}"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )
-    processes.append(adapter)
-    for _ in range(100):
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.1).close()
-            break
-        except OSError:
-            time.sleep(0.05)
+    """Median time of POST /containers/create with 0, 1 and 3 null pre-hooks, for a real create
+    (each container removed directly afterwards) and for a create the daemon refuses at once
+    (no such image), where the daemon's own time does not drown the hooks' cost.
+
+    The hooks call the plain adapter (``bench/plain_adapter.py``, asyncio, not Powerstrip's
+    code), which keeps account of its own time per call. Beside the proxies, the bench posts
+    the very call a hook makes (``adapter rtt``) straight to the adapter over a keep-alive
+    connection of its own, taking its turn with them: what a hook costs beyond that round trip
+    is Powerstrip's share. The adapter's own account of its time (``adapter own``, head read to
+    answer written) is returned under ``"adapter"``."""
+    url = start_adapter("plain_adapter.py", workdir, "plain-hook-adapter", processes)
+    adapter_host = "tcp://" + url[len("http://"):].rstrip("/")
     targets = [Target("direct", host)]
     for count in (0, 1, 3):
         config = workdir / f"hooks-{count}.yml"
         names = ", ".join(f"null{i}" for i in range(count))
-        adapters = "".join(f"  null{i}: http://127.0.0.1:{port}/\n" for i in range(count))
+        adapters = "".join(f"  null{i}: {url}\n" for i in range(count))
         config.write_text(
             f'endpoints:\n  "POST /*/containers/create":\n    pre: [{names}]\n'
             + (f"adapters:\n{adapters}" if adapters else "adapters: {}\n")
@@ -362,26 +446,38 @@ def hook_cost(host: str, workdir: Path, rounds: int, processes: list,
             targets.append(Target(f"base {count} hooks", proxy_host))
     socks = {t.name: t.connect() for t in targets}
     cleanup = targets[0].connect()
-    results = {}
+    results: dict[str, dict] = {}
     for image, count in (("busybox", rounds), ("no-such-image", rounds * 10)):
         body = b'{"Image": "%s", "Cmd": ["true"]}' % image.encode()
         request = (
             b"POST /v1.41/containers/create HTTP/1.1\r\nHost: x\r\nContent-Type: "
             b"application/json\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body)
         )
-        results[image] = _creates(targets, socks, cleanup, request, count)
+        # The call a hook makes for this request, as the proxy sends it.
+        call = pre_hook_call(ClientRequest("POST", "/v1.41/containers/create", body.decode()))
+        direct_call = (
+            b"POST / HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+            b"Powerstrip-Call: 0-0\r\nContent-Length: %d\r\n\r\n%s" % (len(call), call)
+        )
+        rtt = Target("adapter rtt", adapter_host)
+        socks[rtt.name] = rtt.connect()
+        requests = {t.name: request for t in targets}
+        requests[rtt.name] = direct_call
+        adapter_stats(url)
+        results[image] = _creates(targets + [rtt], socks, cleanup, requests, count)
+        results[image]["adapter own"] = adapter_stats(url)["median_us"] / 1e6
     return results
 
 
-def _creates(targets: list[Target], socks: dict, cleanup: socket.socket, request: bytes,
-             rounds: int) -> dict[str, float]:
+def _creates(targets: list[Target], socks: dict, cleanup: socket.socket,
+             requests: dict[str, bytes], rounds: int) -> dict[str, float]:
     samples: dict[str, list[float]] = {t.name: [] for t in targets}
     buffer = bytearray()
     for _ in range(rounds):
         for target in targets:
             sock = socks[target.name]
             started = time.perf_counter()
-            sock.sendall(request)
+            sock.sendall(requests[target.name])
             while b"\r\n\r\n" not in buffer:
                 buffer += sock.recv(65536)
             head_end = buffer.index(b"\r\n\r\n") + 4
@@ -424,8 +520,13 @@ def main() -> int:
     parser.add_argument("--hook-rounds", type=at_least_one, default=40)
     parser.add_argument("--compare", metavar="REV",
                         help="also measure a Powerstrip built from git revision REV (base)")
-    parser.add_argument("--only", nargs="+", choices=["latency", "transfers", "hooks"],
-                        default=["latency", "transfers", "hooks"], help="workloads to run")
+    parser.add_argument("--burst-connections", type=at_least_one, default=300,
+                        help="connections opened at once by the burst workload")
+    parser.add_argument("--burst-rounds", type=at_least_one, default=5)
+    parser.add_argument("--only", nargs="+",
+                        choices=["latency", "transfers", "burst", "hooks"],
+                        default=["latency", "transfers", "burst", "hooks"],
+                        help="workloads to run")
     args = parser.parse_args()
 
     workdir = Path(tempfile.mkdtemp(prefix="ps-bench-"))
@@ -510,9 +611,12 @@ def main() -> int:
                             load_throughput(targets, tarball, args.transfer_rounds), "MiB/s"))
             rss = peak_rss_mib(powerstrip.pid)
             docker(host, "rm", "-f", container)
+        if "burst" in args.only:
+            results += burst_workloads(host, workdir, targets + unix_targets,
+                                       args.burst_connections, args.burst_rounds, processes)
 
         for label, values, unit in results:
-            scale = 1e6 if unit == "us" else 1
+            scale = {"us": 1e6, "ms": 1e3}.get(unit, 1)
             print(f"{label}")
             for name, value in values.items():
                 print(f"  {name:14}{value * scale:>10.1f} {unit:6}"
@@ -522,16 +626,23 @@ def main() -> int:
         if "hooks" in args.only:
             for image, creates in hook_cost(host, workdir, args.hook_rounds, processes,
                                             baseline).items():
+                rtt, own = creates.pop("adapter rtt"), creates.pop("adapter own")
                 results.append((f"POST /containers/create ({image})", creates, "s"))
-                print(f"\n{'POST /containers/create (' + image + ')':40}{'median':>12}"
-                      f"{'/direct':>10}{'added per hook':>17}")
+                print(f"\n{'POST /containers/create (' + image + ')':34}{'median':>12}"
+                      f"{'/direct':>10}{'added per hook':>17}{'Powerstrip share':>19}")
                 for name, value in creates.items():
                     count = int(name.split()[-2]) if name != "direct" else 0
                     zero = creates[name.replace(f"{count} hooks", "0 hooks")]
-                    added = (f"{(value - zero) / count * 1000:>14.2f} ms"
-                             if count else "")
-                    print(f"{'  ' + name:40}{value * 1000:>9.2f} ms"
-                          f"{value / creates['direct']:>9.2f}x{added:>17}")
+                    added = share = ""
+                    if count:
+                        per_hook = (value - zero) / count
+                        added = f"{per_hook * 1000:>14.3f} ms"
+                        share = f"{(per_hook - rtt) * 1000:>16.3f} ms"
+                    print(f"{'  ' + name:34}{value * 1000:>9.3f} ms"
+                          f"{value / creates['direct']:>9.2f}x{added:>17}{share:>19}")
+                print(f"{'  adapter round trip, direct':34}{rtt * 1000:>9.3f} ms"
+                      f"{'(share = added per hook - this)':>46}")
+                print(f"{'  adapter own time, in-process':34}{own * 1000:>9.3f} ms")
         if baseline is not None:
             baseline.summary(results, rss)
         return 0

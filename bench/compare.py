@@ -97,7 +97,7 @@ class Baseline:
         print(f"{'':22}{'direct':>10}{'before':>10}{'after':>10}"
               f"{'before/d':>10}{'after/d':>9}{'after/bef':>10}")
         for label, values, unit in results:
-            scale = {"us": 1e6, "s": 1e3}.get(unit, 1)
+            scale = {"us": 1e6, "s": 1e3, "ms": 1e3}.get(unit, 1)
             shown = {"us": "us", "s": "ms"}.get(unit, unit)
             rows = [(current_name(name), value) for name, value in values.items()]
             rows = [(name, value) for name, value in rows if name in values]
