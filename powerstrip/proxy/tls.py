@@ -6,6 +6,16 @@ reading the container's output. Twisted's TLS layer takes a close_notify as the 
 connection, which would cut that output off. ``HalfCloseableTLS`` passes a close_notify on as
 ``readConnectionLost`` to a protocol that can take a half-close, and sends its own close_notify
 on ``loseWriteConnection``; the TCP connection ends when both sides have sent theirs.
+
+It also keeps a pause a pause. Twisted's TLS layer pauses the socket beneath it, but still hands
+the protocol every record of the read it is working through, and then the close_notify behind
+them: a client that pipes stdin sends the last of it and its close_notify together, so the end
+of input arrived while the proxy was holding the client back because the daemon's socket was
+full. Twisted's transport to the daemon then answers its drained buffer by resuming the client
+rather than by the half-close asked for meanwhile, and the daemon never heard stdin end (the
+hang of ``seq 100000 | docker run -i ... wc -l`` on a busy machine). ``HalfCloseableTLS``
+delivers nothing while paused, as a paused socket does: what is left of a read waits, decrypted
+on demand, until ``resumeProducing``.
 """
 
 from __future__ import annotations
@@ -25,12 +35,50 @@ class HalfCloseableTLS(TLSMemoryBIOProtocol):
 
     _read_closed = False
     _write_closed = False
+    #: The protocol asked for no more data (``pauseProducing``) and has not asked again.
+    _paused = False
+    #: ``_flushReceiveBIO`` is handing records over: a resume from inside the protocol's
+    #: ``dataReceived`` lets that loop go on rather than starting another within it.
+    _delivering = False
+    #: The connection is gone: what was read is handed on whatever the protocol asks.
+    _gone = False
+
+    def pauseProducing(self) -> None:  # noqa: N802 - Twisted's name
+        """Stop reading the socket, and stop handing on what was already read."""
+        self._paused = True
+        self.transport.pauseProducing()
+
+    def resumeProducing(self) -> None:  # noqa: N802 - Twisted's name
+        """Hand on what was left of the last read (data, then a close_notify), then read on."""
+        self._paused = False
+        if self._lostTLSConnection:
+            return
+        if self._handshakeDone and not self._delivering:
+            self._flushReceiveBIO()
+        if not self._paused:
+            self.transport.resumeProducing()
+
+    def connectionLost(self, reason: Failure = None) -> None:  # noqa: N802 - Twisted's name
+        # The connection is gone: whatever was read is handed on, paused or not, as Twisted's
+        # TLS layer does before it reports the loss.
+        self._gone = True
+        super().connectionLost(reason)
 
     def _flushReceiveBIO(self) -> None:  # noqa: N802 - Twisted's name
-        if self._read_closed:
+        if self._read_closed or self._delivering:
             self._flushSendBIO()
             return
-        while not self._lostTLSConnection:
+        self._delivering = True
+        try:
+            self._deliver()
+        finally:
+            self._delivering = False
+        self._flushSendBIO()
+
+    def _deliver(self) -> None:
+        """Hand the protocol the records read so far, one ``recv`` at a time, until none is
+        whole, the protocol pauses, or the peer's close_notify ends the reading."""
+        while not self._lostTLSConnection and (self._gone or not self._paused):
             try:
                 data = self._tlsConnection.recv(_READ_SIZE)
             except WantReadError:
@@ -52,7 +100,6 @@ class HalfCloseableTLS(TLSMemoryBIOProtocol):
             else:
                 if not self._aborted:
                     ProtocolWrapper.dataReceived(self, data)
-        self._flushSendBIO()
 
     def loseWriteConnection(self) -> None:  # noqa: N802 - Twisted's name
         """Send close_notify once what was written has gone; keep reading the peer's data."""
