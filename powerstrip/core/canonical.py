@@ -66,6 +66,8 @@ _DECODER = json.JSONDecoder(object_pairs_hook=_Pairs, parse_constant=_no_constan
                             parse_float=_Number, parse_int=_Number)
 _SURROGATE = re.compile("[\ud800-\udfff]")
 _GO_SPACE = " \t\r\n"
+#: A surrogate can only reach a decoded string through an escape (the text is valid UTF-8).
+_ESCAPED_SURROGATE = re.compile(r"\\u[dD][89a-fA-F]")
 
 
 def _fold(key: str) -> str:
@@ -78,73 +80,135 @@ _FOLD = {ord(c): ord(c.lower()) for c in "ABCDEFGHIJKLMNOPQRSTUVWXYZ"}
 _FOLD.update({0x212A: ord("k"), 0x017F: ord("s")})
 
 
+class _Struct:
+    """A Go struct: its fields by name, and by folded name for keys spelled otherwise."""
+
+    __slots__ = ("fields", "folded")
+
+    def __init__(self) -> None:
+        self.fields: dict[str, Any] = {}
+        self.folded: dict[str, str] = {}
+
+
+class _Map:
+    """A Go map: keys are data, matched exactly."""
+
+    __slots__ = ("element",)
+
+    def __init__(self, element: Any) -> None:
+        self.element = element
+
+
+class _Array:
+    """A Go slice."""
+
+    __slots__ = ("element",)
+
+    def __init__(self, element: Any) -> None:
+        self.element = element
+
+
+def _compile(shape: Any, named: dict[str, Any]) -> Any:
+    """A shape of ``api_bodies`` as nodes, each named definition built once (some are
+    recursive), so that walking a body looks nothing up by name."""
+    if isinstance(shape, str):
+        return shape
+    if "r" in shape:
+        name = shape["r"]
+        if name not in named:
+            definition = api_bodies.DEFINITIONS[name]
+            if isinstance(definition, dict) and "s" in definition:
+                node = named[name] = _Struct()
+                _fill(node, definition["s"], named)
+            else:
+                named[name] = _compile(definition, named)
+        return named[name]
+    if "s" in shape:
+        node = _Struct()
+        _fill(node, shape["s"], named)
+        return node
+    if "m" in shape:
+        return _Map(_compile(shape["m"], named))
+    return _Array(_compile(shape["a"], named))
+
+
+def _fill(node: _Struct, fields: dict[str, Any], named: dict[str, Any]) -> None:
+    for name, shape in fields.items():
+        node.fields[name] = _compile(shape, named)
+        node.folded.setdefault(_fold(name), name)
+
+
 class _Walk:
     """One body's walk; ``changed`` records whether the canonical spelling differs."""
 
-    def __init__(self) -> None:
+    def __init__(self, surrogates: bool) -> None:
         self.changed = False
-
-    def resolve(self, shape: Any) -> Any:
-        while isinstance(shape, dict) and "r" in shape:
-            shape = api_bodies.DEFINITIONS[shape["r"]]
-        return shape
+        #: The text escapes a surrogate somewhere: strings must be looked at one by one.
+        self.surrogates = surrogates
 
     def value(self, shape: Any, value: Any, where: str) -> Any:
-        shape = self.resolve(shape)
-        if isinstance(value, str) and not isinstance(value, _Number):
-            return self.string(value)
         if isinstance(value, _Pairs):
-            if isinstance(shape, dict) and "s" in shape:
-                return self.struct(shape["s"], value, where)
-            if isinstance(shape, dict) and "m" in shape:
-                return self.mapping(shape["m"], value, where)
+            if isinstance(shape, _Struct):
+                return self.struct(shape, value, where)
+            if isinstance(shape, _Map):
+                return self.mapping(shape.element, value, where)
             return self.open_object(value, where)
         if isinstance(value, list):
-            element = shape["a"] if isinstance(shape, dict) and "a" in shape else ANY
+            element = shape.element if isinstance(shape, _Array) else ANY
             return [self.value(element, item, f"{where}[{i}]") for i, item in enumerate(value)]
+        if type(value) is str:
+            if shape is STRSLICE:
+                self.changed = True  # StrSlice.UnmarshalJSON: one string is a list of it
+                return [self.string(value)]
+            return self.string(value) if self.surrogates else value
         return value
 
     def string(self, value: str) -> str:
-        if _SURROGATE.search(value):
+        if self.surrogates and _SURROGATE.search(value):
             self.changed = True  # Go reads a lone surrogate escape as U+FFFD
             return _SURROGATE.sub("\ufffd", value)
         return value
 
-    def key(self, key: str) -> str:
-        return self.string(key)
-
-    def struct(self, fields: dict[str, Any], pairs: _Pairs, where: str) -> dict[str, Any]:
-        folded: dict[str, str] = {}
-        for name in fields:
-            folded.setdefault(_fold(name), name)
+    def struct(self, node: _Struct, pairs: _Pairs, where: str) -> dict[str, Any]:
+        fields = node.fields
         out: dict[str, Any] = {}
-        unknown: dict[str, str] = {}
-        for raw_key, item in pairs:
-            key = self.key(raw_key)
-            name = key if key in fields else folded.get(_fold(key))
-            if name is None:
-                # Not a field the reference knows: kept as spelled. Two such keys the daemon
-                # might read as one field cannot both be shown as it reads them.
-                other = unknown.setdefault(_fold(key), key)
-                if other != key or key in out:
-                    raise AmbiguousBody(f"{where} has the keys {other!r} and {key!r}, which "
-                                        f"the daemon may read as one field")
-                out[key] = self.value(ANY, item, f"{where}.{key}")
-                continue
-            if name != key:
+        unknown: dict[str, str] | None = None
+        for key, item in pairs:
+            if self.surrogates:
+                key = self.string(key)
+            if key in fields:
+                name = key
+            else:
+                name = node.folded.get(_fold(key))
+                if name is None:
+                    # Not a field the reference knows: kept as spelled. Two such keys the
+                    # daemon might read as one field cannot both be shown as it reads them.
+                    if unknown is None:
+                        unknown = {}
+                    other = unknown.setdefault(_fold(key), key)
+                    if other != key or key in out:
+                        raise AmbiguousBody(f"{where} has the keys {other!r} and {key!r}, "
+                                            f"which the daemon may read as one field")
+                    out[key] = self.value(ANY, item, f"{where}.{key}")
+                    continue
                 self.changed = True
-            value = self.value(fields[name], item, f"{where}.{name}")
+            shape = fields[name]
+            value = (self.value(shape, item, f"{where}.{name}")
+                     if isinstance(item, list) or (type(item) is str and (
+                         shape is STRSLICE or self.surrogates))
+                     else item)
             if name in out:
                 self.changed = True
-                out[name] = self.merge(fields[name], out[name], value, f"{where}.{name}")
+                out[name] = self.merge(shape, out[name], value, f"{where}.{name}")
             else:
                 out[name] = value
         return out
 
     def mapping(self, element: Any, pairs: _Pairs, where: str) -> dict[str, Any]:
         out: dict[str, Any] = {}
-        for raw_key, item in pairs:
-            key = self.key(raw_key)
+        for key, item in pairs:
+            if self.surrogates:
+                key = self.string(key)
             if key in out:
                 # Go decodes each map element afresh and stores it: the later one replaces.
                 self.changed = True
@@ -157,8 +221,9 @@ class _Walk:
         both readings agree can be shown."""
         out: dict[str, Any] = {}
         seen: dict[str, str] = {}
-        for raw_key, item in pairs:
-            key = self.key(raw_key)
+        for key, item in pairs:
+            if self.surrogates:
+                key = self.string(key)
             other = seen.setdefault(_fold(key), key)
             if other != key or key in out:
                 raise AmbiguousBody(f"{where} has the keys {other!r} and {key!r}, which the "
@@ -168,40 +233,35 @@ class _Walk:
 
     def merge(self, shape: Any, old: Any, new: Any, where: str) -> Any:
         """The value Go leaves when ``new`` is decoded into ``old`` (a repeated key)."""
-        shape = self.resolve(shape)
         if old is None:
             return new
         if new is None:
             raise AmbiguousBody(f"{where} is given a value and then null, which the daemon "
                                 f"reads differently for different fields")
-        if isinstance(shape, dict) and "s" in shape and isinstance(old, dict) \
-                and isinstance(new, dict):
-            out = dict(old)
-            for name, value in new.items():
-                fields = shape["s"]
-                out[name] = (self.merge(fields.get(name, ANY), out[name], value,
-                                        f"{where}.{name}") if name in out else value)
-            return out
-        if isinstance(shape, dict) and "m" in shape and isinstance(old, dict) \
-                and isinstance(new, dict):
-            return {**old, **new}
-        if isinstance(shape, dict) and "a" in shape and isinstance(old, list) \
-                and isinstance(new, list):
-            element = self.resolve(shape["a"])
-            if element == SCALAR or not old:
+        if isinstance(old, dict) and isinstance(new, dict):
+            if isinstance(shape, _Struct):
+                out = dict(old)
+                for name, value in new.items():
+                    out[name] = (self.merge(shape.fields.get(name, ANY), out[name], value,
+                                            f"{where}.{name}") if name in out else value)
+                return out
+            if isinstance(shape, _Map):
+                return {**old, **new}
+        if isinstance(old, list) and isinstance(new, list):
+            if shape is STRSLICE or not old or (
+                    isinstance(shape, _Array) and shape.element is SCALAR):
                 return new
-            raise AmbiguousBody(f"{where} is given twice as an array of objects, which the "
-                                f"daemon merges element by element")
-        if shape in (SCALAR, STRSLICE) and not isinstance(old, (dict, list)) \
+            if isinstance(shape, _Array):
+                raise AmbiguousBody(f"{where} is given twice as an array of objects, which the "
+                                    f"daemon merges element by element")
+        if shape is SCALAR and not isinstance(old, (dict, list)) \
                 and not isinstance(new, (dict, list)):
-            return new
-        if shape == STRSLICE and isinstance(new, list):
             return new
         raise AmbiguousBody(f"{where} is given twice, and the daemon's reading of the second "
                             f"depends on its Go types")
 
     def top(self, shape: Any, value: Any) -> Any:
-        value = self.strslices(shape, self.value(shape, value, "body"))
+        value = self.value(shape, value, "body")
         if shape is _CREATE and isinstance(value, dict):
             value = self.legacy_host_config(value)
         return value
@@ -232,21 +292,6 @@ class _Walk:
         out["HostConfig"] = inner
         return out
 
-    def strslices(self, shape: Any, value: Any) -> Any:
-        """StrSlice fields given as one string, as the lists the daemon makes of them."""
-        shape = self.resolve(shape)
-        if shape == STRSLICE and isinstance(value, str):
-            self.changed = True
-            return [value]
-        if isinstance(shape, dict) and isinstance(value, dict):
-            if "s" in shape:
-                return {k: self.strslices(shape["s"].get(k, ANY), v) for k, v in value.items()}
-            if "m" in shape:
-                return {k: self.strslices(shape["m"], v) for k, v in value.items()}
-        if isinstance(shape, dict) and "a" in shape and isinstance(value, list):
-            return [self.strslices(shape["a"], v) for v in value]
-        return value
-
 
 def _zero(value: Any) -> bool:
     """Whether a scalar is Go's zero value (what a missing field decodes to)."""
@@ -260,8 +305,22 @@ def _zero(value: Any) -> bool:
     return False
 
 
-_CREATE = next(shape for method, path, shape in api_bodies.BODIES
-               if (method, path) == ("POST", "/containers/create"))
+def _template(path: str) -> re.Pattern[str]:
+    # Plugin and image names hold slashes (``vieux/sshfs:latest``): dockerd routes them as ``.+``.
+    parts = re.split(r"(\{[^}]+\})", path)
+    pattern = "".join(
+        (".+" if part == "{name}" and path.startswith("/plugins/") else "[^/]+")
+        if part.startswith("{") else re.escape(part)
+        for part in parts
+    )
+    return re.compile(pattern)
+
+
+_NAMED: dict[str, Any] = {}
+_ROUTES = [(method, _template(path), _compile(shape, _NAMED))
+           for method, path, shape in api_bodies.BODIES]
+_CREATE = next(shape for (method, _, shape), (_, path, _) in zip(
+    _ROUTES, api_bodies.BODIES, strict=True) if (method, path) == ("POST", "/containers/create"))
 #: The create body's top-level fields that belong to the embedded HostConfig.
 _PROMOTED = frozenset(api_bodies.DEFINITIONS["HostConfig"]["s"]) - frozenset(
     api_bodies.DEFINITIONS["ContainerConfig"]["s"]) - {"HostConfig", "NetworkingConfig"}
@@ -290,7 +349,7 @@ def canonical_body(shape: Any, text: str) -> Canonical:
         value, end = _DECODER.raw_decode(text, start)
     except json.JSONDecodeError as exc:
         raise AmbiguousBody(f"the body is not JSON the daemon can read ({exc})") from None
-    walk = _Walk()
+    walk = _Walk(_ESCAPED_SURROGATE.search(text) is not None)
     canonical = walk.top(shape, value)
     if text[end:].strip(_GO_SPACE):
         walk.changed = True  # the daemon reads the first value and ignores the rest
@@ -302,20 +361,6 @@ def canonical_body(shape: Any, text: str) -> Canonical:
 def respell(shape: Any, text: str) -> str:
     """``canonical_body``'s text alone: how a body a hook wrote is passed on."""
     return canonical_body(shape, text).text
-
-
-def _template(path: str) -> re.Pattern[str]:
-    # Plugin and image names hold slashes (``vieux/sshfs:latest``): dockerd routes them as ``.+``.
-    parts = re.split(r"(\{[^}]+\})", path)
-    pattern = "".join(
-        (".+" if part == "{name}" and path.startswith("/plugins/") else "[^/]+")
-        if part.startswith("{") else re.escape(part)
-        for part in parts
-    )
-    return re.compile(pattern)
-
-
-_ROUTES = [(method, _template(path), shape) for method, path, shape in api_bodies.BODIES]
 
 
 def body_shape(method: str, target: str) -> Any:
