@@ -614,7 +614,11 @@ def test_failing_adapter_gives_status_naming_adapter_within_timeout(
     assert answer.status == status, answer
     message = answer.message()
     assert adapter_name in message and re.search(cause, message), message
-    assert elapsed <= timeout + 1, f"answered after {elapsed:.2f} s: {message}"
+    # The answer comes from the proxy's timeout, not the adapter's: the slow adapter would answer
+    # only after 6 s. The bound leaves room for the daemon's own create (before a post-hook),
+    # which takes over a second on a loaded machine.
+    bound = 5 if name == "slow" else timeout + 3
+    assert elapsed < bound, f"answered after {elapsed:.2f} s: {message}"
     if kind == "pre":
         assert not exists(engine, container)
 
