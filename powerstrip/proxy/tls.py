@@ -46,7 +46,8 @@ class HalfCloseableTLS(TLSMemoryBIOProtocol):
     def pauseProducing(self) -> None:  # noqa: N802 - Twisted's name
         """Stop reading the socket, and stop handing on what was already read."""
         self._paused = True
-        self.transport.pauseProducing()
+        if not self.disconnecting:  # a closing connection reads on for the peer's ending
+            self.transport.pauseProducing()
 
     def resumeProducing(self) -> None:  # noqa: N802 - Twisted's name
         """Hand on what was left of the last read (data, then a close_notify), then read on."""
@@ -78,7 +79,8 @@ class HalfCloseableTLS(TLSMemoryBIOProtocol):
     def _deliver(self) -> None:
         """Hand the protocol the records read so far, one ``recv`` at a time, until none is
         whole, the protocol pauses, or the peer's close_notify ends the reading."""
-        while not self._lostTLSConnection and (self._gone or not self._paused):
+        while not self._lostTLSConnection and (
+                self._gone or not self._paused or self.disconnecting):
             try:
                 data = self._tlsConnection.recv(_READ_SIZE)
             except WantReadError:
@@ -98,8 +100,23 @@ class HalfCloseableTLS(TLSMemoryBIOProtocol):
             except Error:
                 self._tlsShutdownFinished(Failure())
             else:
-                if not self._aborted:
+                if not self._aborted and (self._gone or not self._paused):
                     ProtocolWrapper.dataReceived(self, data)
+                # else closing while paused: dropped, as the socket beneath would drop it
+
+    def loseConnection(self) -> None:  # noqa: N802 - Twisted's name
+        """Send close_notify once what was written has gone, and end the connection when the
+        peer's comes (or the TCP connection ends).
+
+        That end must be read for even if the protocol paused: the proxy pauses a client it
+        refuses, and its connection stayed open, unread, until the proxy stopped.
+        """
+        super().loseConnection()
+        if self.disconnecting and not (self._lostTLSConnection or self._aborted):
+            if self._handshakeDone and not self._delivering:
+                self._flushReceiveBIO()
+            if not self._lostTLSConnection:
+                self.transport.resumeProducing()
 
     def loseWriteConnection(self) -> None:  # noqa: N802 - Twisted's name
         """Send close_notify once what was written has gone; keep reading the peer's data."""

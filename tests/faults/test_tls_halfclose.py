@@ -1,9 +1,12 @@
-"""A TLS client's end of input (its close_notify) on a hijacked stream, against a daemon that
-reads slowly: piped stdin over ``--listen ssl:...`` (``seq 100000 | docker run -i ... wc -l``).
+"""How connections through a TLS listener (``--listen ssl:...``) end.
 
-The close_notify often arrives in the same read as the last of the stdin, while the proxy is
-holding the client back because the daemon's socket is full. It must still reach the daemon as
-the end of stdin once the daemon has read the rest, and the daemon's answer must come back.
+A TLS client's end of input (its close_notify) on a hijacked stream, against a daemon that reads
+slowly: piped stdin (``seq 100000 | docker run -i ... wc -l``). The close_notify often arrives in
+the same read as the last of the stdin, while the proxy is holding the client back because the
+daemon's socket is full. It must still reach the daemon as the end of stdin once the daemon has
+read the rest, and the daemon's answer must come back.
+
+And a client the proxy refuses: its connection must end when the client ends its side.
 """
 
 from __future__ import annotations
@@ -16,7 +19,12 @@ from pathlib import Path
 import pytest
 from OpenSSL import SSL
 
-from tests.faults.test_faults import FakeDaemon, proxy_factory  # noqa: F401 - a fixture
+from tests.faults.test_faults import (  # noqa: F401 - proxy_factory is a fixture
+    FakeDaemon,
+    _wait,
+    answer_pings,
+    proxy_factory,
+)
 from tests.tlscerts import make_certs, ssl_listen
 
 pytestmark = pytest.mark.timeout(120)
@@ -110,3 +118,29 @@ def test_piped_stdin_ends_with_close_notify_behind_a_slow_daemon(proxy_factory, 
             f"round {attempt}: hung; the daemon saw the end of stdin {len(eofs)} times for "
             f"{2 * (attempt + 1)} clients")
         assert results == [b"%d\n" % len(stdin)] * 2
+
+
+def test_a_refused_tls_client_is_let_go(proxy_factory, tmp_path):  # noqa: F811
+    """A malformed request over TLS gets its 400 and a close_notify; once the client answers
+    with its own and hangs up, the proxy's end of the connection closes too (it stayed open,
+    paused and unread, until the proxy stopped)."""
+    certs = make_certs(tmp_path)
+    daemon = FakeDaemon(tmp_path / "d.sock", answer_pings)
+    proxy = proxy_factory(daemon.host, listen=ssl_listen(certs))
+    port = int(proxy.host.split(" ", 1)[0].rsplit(":", 1)[1])
+    before = proxy.fd_count()
+    for _ in range(5):
+        conn = tls_client(port, certs)
+        conn.sendall(b"GET /_ping HTTP/1.1\r\nHost: x\r\nContent-Length: 1\r\n"
+                     b"Transfer-Encoding: chunked\r\n\r\n")
+        answer = b""
+        while True:
+            try:
+                answer += conn.recv(65536)
+            except SSL.ZeroReturnError:
+                break
+        assert answer.startswith(b"HTTP/1.1 400 "), answer
+        conn.shutdown()
+        conn.close()
+    assert _wait(lambda: proxy.fd_count() <= before, 10), (
+        f"{proxy.fd_count() - before} refused connections still open")

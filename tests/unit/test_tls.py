@@ -187,3 +187,33 @@ def test_a_connection_lost_while_paused_hands_on_what_was_read_first(pair):
     pair.server.connectionLost(None)
     assert pair.app.data == STDIN
     assert pair.app.events[-1] == "lost"
+
+
+def test_a_paused_connection_that_closes_still_reads_for_the_peers_ending(pair):
+    """The proxy pauses a client it refuses, then closes: ending TLS waits for the client's
+    close_notify, which must be read although the protocol paused (the connection stayed
+    open, unread, before). What the client sent meanwhile is dropped, as a socket would."""
+    pair.server.pauseProducing()
+    pair.server.write(b"refused")
+    pair.server.loseConnection()
+    assert pair.socket.producerState == "producing"
+    assert not pair.socket.disconnecting  # our close_notify is out; the client's is awaited
+    assert pair.to_client() == b"refused"
+    pair.client.sendall(b"more")
+    pair.client.shutdown()
+    pair.to_server(pair.from_client())
+    assert pair.socket.disconnecting
+    assert pair.app.events == []
+
+
+def test_a_close_notify_read_before_a_paused_close_is_found(pair):
+    """The client's close_notify came in the same read as data that made the proxy pause and
+    close: closing finds it without another read."""
+    def refuse() -> None:
+        pair.server.pauseProducing()
+        pair.server.loseConnection()
+
+    pair.app.on_data = refuse
+    pair.to_server(pair.pipe_stdin_and_close_notify())
+    assert pair.socket.disconnecting
+    assert pair.app.events == [STDIN[:len(pair.app.data)]]
