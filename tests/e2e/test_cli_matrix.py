@@ -4,6 +4,10 @@ Each scenario runs its command against ``targets["direct"]`` and then ``targets[
 compares. Outputs are compared after ``normalise`` only where the daemon itself would answer
 differently a moment later (IDs of objects created per run, "2 seconds ago", sizes); streams that
 are replayed from stored state (logs, archives) are compared byte for byte.
+
+With ``POWERSTRIP_E2E_HOOKED=1`` the proxy runs the policy adapter, with the ``endpoints`` rule of
+the shipped ``adapters/policy.yml`` alone, and then the null adapter as pre-hooks on every
+request: the allowlist shipped for the docker CLI must let every command here through.
 """
 
 from __future__ import annotations
@@ -12,32 +16,82 @@ import hashlib
 import io
 import json
 import os
+import shutil
+import sys
 import tarfile
+import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import TypeVar
 
 import pytest
 
+from powerstrip.hooks import yamlfile
+from powerstrip_dev.engine import Engine
 from tests.e2e.conftest import (
     DOCKER_CLI,
+    HOOKED,
     LEGACY_CLI,
     LineReader,
     PtyProcess,
     docker,
     docker_env,
     end,
+    launch_proxy,
     normalise,
     ok,
     popen_docker,
+    start_adapter,
+    start_null_adapter,
+    stop_proxy,
     wait_for,
 )
 
 T = TypeVar("T")
 
 pytestmark = pytest.mark.timeout(60)
+
+POLICY = Path(__file__).resolve().parents[2] / "adapters" / "policy.py"
+SHIPPED_RULES = POLICY.with_name("policy.yml")
+
+
+@pytest.fixture(scope="module")
+def targets(engine: Engine, targets: dict[str, str]) -> Iterator[dict[str, str]]:
+    """The session's targets; hooked, a proxy of this module's own whose every request passes
+    the shipped endpoints allowlist (the policy adapter) and then the null adapter."""
+    if not HOOKED:
+        yield targets
+        return
+    workdir = Path(tempfile.mkdtemp(prefix="ps-matrix-"))
+    doc = yamlfile.load(SHIPPED_RULES.read_text(), str(SHIPPED_RULES))
+    rules = workdir / "rules.yml"
+    # JSON is YAML: the allowlist alone, so that only the endpoints rule can refuse.
+    rules.write_text(json.dumps({"version": 1,
+                                 "rules": {"endpoints": doc["rules"]["endpoints"]}}))
+    policy = start_adapter([sys.executable, str(POLICY), "--listen", "127.0.0.1:0",
+                            "--rules", str(rules)], "policy-adapter")
+    null = start_null_adapter()
+    try:
+        config = workdir / "adapters.yml"
+        config.write_text('version: 1\nendpoints:\n  "* *":\n    pre: [policy, null_adapter]\n'
+                          f"    post: [null_adapter]\nadapters:\n  policy: {policy.url}\n"
+                          f"  null_adapter: {null.url}\n")
+        running = launch_proxy(engine.host, config)
+        try:
+            yield {"direct": engine.host, "proxy": running.host}
+        finally:
+            stop_proxy(running)
+    finally:
+        log = policy.log()
+        policy.stop()
+        null.stop()
+        shutil.rmtree(workdir, ignore_errors=True)
+        assert "Traceback" not in log, log
+        assert "pre-hook HEAD /_ping " in log, "the policy adapter saw no requests"
+        # Every refusal would have failed its scenario; this names the endpoint in one place.
+        assert " refused " not in log, [line for line in log.splitlines() if " refused " in line]
 
 
 def each(targets: dict[str, str], run: Callable[[str], T]) -> dict[str, T]:
