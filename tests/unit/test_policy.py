@@ -686,7 +686,7 @@ def test_the_shipped_allowlist_lets_the_cli_work(method: str, target: str) -> No
     ("GET", "/v1.41/secrets"), ("POST", "/v1.41/configs/create"), ("POST", "/v1.41/nodes/n/update"),
     ("POST", "/v1.41/plugins/pull"), ("POST", "/v1.41/plugins/p/enable"),
     ("GET", "/v1.41/plugins/privileges"), ("PUT", "/v1.42/volumes/v"),
-    ("GET", "/v1.41/containers/x/checkpoints"),
+    ("GET", "/v1.41/containers/x/checkpoints"), ("POST", "/grpc"),
 ])
 def test_the_shipped_allowlist_leaves_out_swarm_and_plugins(method: str, target: str) -> None:
     assert rule(check_endpoint(SHIPPED, method, target)) == "endpoints"
