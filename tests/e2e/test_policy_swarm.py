@@ -164,6 +164,30 @@ def test_swarm_init_and_join_are_refused(guarded: Guarded) -> None:
     assert swarm_state(guarded.engine) == "inactive"
 
 
+def test_the_shipped_rules_refuse_the_walk_around(engine: Engine, tmp_path: Path) -> None:
+    """``make run``'s policy: the shipped rules, the adapter on every request."""
+    adapter = start_adapter(
+        [sys.executable, str(POLICY), "--listen", "127.0.0.1:0", "--rules", str(SHIPPED_RULES),
+         "--docker", engine.host], "policy-adapter")
+    try:
+        config = tmp_path / "adapters.yml"
+        config.write_text('version: 1\nendpoints:\n  "* *": {pre: [policy]}\n'
+                          f"adapters:\n  policy: {adapter.url}\n")
+        proxy = launch_proxy(engine.host, config)
+        try:
+            refused(docker(proxy.host, "swarm", "init", "--advertise-addr", "127.0.0.1"),
+                    "endpoints")
+            name = unique("svc-root")
+            refused(docker(proxy.host, *CREATE, "--name", name, "--mount",
+                           "type=bind,src=/,dst=/host", "busybox", "sleep", "600"), "endpoints")
+            assert ok(docker(proxy.host, "run", "--rm", "busybox", "echo", "ok")) == b"ok\n"
+        finally:
+            stop_proxy(proxy)
+    finally:
+        adapter.stop()
+    assert swarm_state(engine) == "inactive"
+
+
 # -- plugins ---------------------------------------------------------------------------------------
 
 
