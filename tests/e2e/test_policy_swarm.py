@@ -273,6 +273,7 @@ def swarm(guarded: Guarded) -> Iterator[Engine]:
     """The shared engine as a one-node swarm, initialised directly (the policy refuses it), for
     this module's service tests; every service removed and the swarm left however they end."""
     engine = guarded.engine
+    had_gwbridge = docker(engine.host, "network", "inspect", "docker_gwbridge").returncode == 0
     try:
         ok(docker(engine.host, "swarm", "init", "--advertise-addr", "127.0.0.1", timeout=60))
         yield engine
@@ -285,7 +286,12 @@ def swarm(guarded: Guarded) -> Iterator[Engine]:
         # sees one.
         wait_for(lambda: not ok(docker(engine.host, "ps", "-aq", "--filter",
                                        "label=com.docker.swarm.service.id")).strip(), 30)
+        # Swarm mode made this bridge (and a subnet with it); the engine had none before.
+        if not had_gwbridge:
+            docker(engine.host, "network", "rm", "docker_gwbridge")
         assert swarm_state(engine) == "inactive"
+        assert had_gwbridge or docker(engine.host, "network", "inspect",
+                                      "docker_gwbridge").returncode != 0
 
 
 def service_containers(engine: Engine, service: str) -> list[dict[str, Any]]:
