@@ -360,8 +360,12 @@ def test_a_service_image_off_the_allowlist(guarded: Guarded, swarm: Engine,
 @pytest.mark.timeout(120)
 def test_service_update_is_judged(guarded: Guarded, swarm: Engine) -> None:
     host = guarded.host
-    name = unique("svc-update")
-    ok(docker(host, *CREATE, "--name", name, "busybox", "sleep", "600"))
+    name, network = unique("svc-update"), unique("overlay")
+    # A network of its own, which the CLI sends by ID (and every update sends again): the
+    # policy looks it up and lets it through.
+    ok(docker(host, "network", "create", "--driver", "overlay", network))
+    ok(docker(host, *CREATE, "--name", name, "--network", network, "--endpoint-mode", "dnsrr",
+              "busybox", "sleep", "600"))
     before = json.loads(ok(docker(swarm.host, "service", "inspect", name)))[0]
     update = ["service", "update", "--detach", "--no-resolve-image"]
     for flags, rule in [
@@ -378,6 +382,7 @@ def test_service_update_is_judged(guarded: Guarded, swarm: Engine) -> None:
     ok(docker(host, *update, "--env-add", "SEEN=1", "--cap-add", "NET_BIND_SERVICE", name))
     spec = json.loads(ok(docker(swarm.host, "service", "inspect", name)))[0]["Spec"]
     container = spec["TaskTemplate"]["ContainerSpec"]
+    assert len(spec["TaskTemplate"]["Networks"]) == 1
     assert container["Env"] == ["SEEN=1"]
     assert container["CapabilityAdd"] == ["CAP_NET_BIND_SERVICE"]
 
