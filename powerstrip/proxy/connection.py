@@ -30,6 +30,7 @@ from powerstrip.proxy.addresses import Address, client_description
 from powerstrip.proxy.flow import Pauser, direct_reads, no_delay, send
 from powerstrip.proxy.limits import Limits
 from powerstrip.proxy.reactor import BackToBack
+from powerstrip.proxy.tls import half_closeable_client
 
 log = logging.getLogger(__name__)
 
@@ -324,7 +325,9 @@ class ProxyFactory(Factory):
         self.upstream = upstream
         self.hooks = hooks
         self.limits = limits = limits or Limits()
-        self.upstream_endpoint = clientFromString(reactor, client_description(upstream))
+        # An ssl: daemon hears a client's half-close as TLS says it (close_notify).
+        self.upstream_endpoint = half_closeable_client(
+            clientFromString(reactor, client_description(upstream)))
         self.connections: set[ClientConnection] = set()
         self._timers = None
         if limits.head_timeout or limits.idle_timeout:

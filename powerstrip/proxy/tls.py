@@ -21,10 +21,18 @@ on demand, until ``resumeProducing``.
 from __future__ import annotations
 
 from OpenSSL.SSL import Error, WantReadError, ZeroReturnError
-from twisted.internet.interfaces import IHalfCloseableProtocol, IListeningPort
+from twisted.internet import defer
+from twisted.internet.endpoints import SSL4ClientEndpoint, TCP4ClientEndpoint
+from twisted.internet.interfaces import (
+    IHalfCloseableProtocol,
+    IListeningPort,
+    IProtocolFactory,
+    IStreamClientEndpoint,
+)
 from twisted.protocols.policies import ProtocolWrapper
 from twisted.protocols.tls import TLSMemoryBIOFactory, TLSMemoryBIOProtocol
 from twisted.python.failure import Failure
+from zope.interface import implementer
 
 #: What one ``recv`` from the TLS connection may return, as Twisted's own TLS layer reads.
 _READ_SIZE = 2**15
@@ -139,3 +147,37 @@ def allow_half_close(port: IListeningPort) -> None:
     factory = getattr(port, "factory", None)
     if isinstance(factory, TLSMemoryBIOFactory):
         factory.protocol = HalfCloseableTLS
+
+
+@implementer(IStreamClientEndpoint)
+class HalfCloseableTLSClient:
+    """An ``ssl:`` client endpoint whose connections are ``HalfCloseableTLS``.
+
+    Twisted's own sends no close_notify on ``loseWriteConnection``: it half-closes the TCP
+    connection beneath TLS, which a TLS daemon reads as the connection cut short, not as the
+    end of stdin; and it hands on a close_notify as the end of the whole connection.
+    """
+
+    def __init__(self, endpoint: SSL4ClientEndpoint) -> None:
+        # What the endpoint description was parsed into (Twisted keeps it private).
+        self._reactor = endpoint._reactor
+        self._host = endpoint._host
+        self._port = endpoint._port
+        self._creator = endpoint._sslContextFactory
+        self._timeout = endpoint._timeout
+        self._bind = endpoint._bindAddress
+
+    def connect(self, protocolFactory: IProtocolFactory) -> defer.Deferred:  # noqa: N802, N803
+        """Connect over TCP and start TLS; fires with the protocol ``protocolFactory`` built."""
+        factory = TLSMemoryBIOFactory(self._creator, True, protocolFactory)
+        factory.protocol = HalfCloseableTLS
+        tcp = TCP4ClientEndpoint(self._reactor, self._host, self._port, self._timeout,
+                                 self._bind)
+        return tcp.connect(factory).addCallback(lambda tls: tls.wrappedProtocol)
+
+
+def half_closeable_client(endpoint: IStreamClientEndpoint) -> IStreamClientEndpoint:
+    """``endpoint``, with connections that can be half-closed if it is an ``ssl:`` one."""
+    if isinstance(endpoint, SSL4ClientEndpoint):
+        return HalfCloseableTLSClient(endpoint)
+    return endpoint

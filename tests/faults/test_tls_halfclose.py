@@ -6,11 +6,14 @@ the same read as the last of the stdin, while the proxy is holding the client ba
 daemon's socket is full. It must still reach the daemon as the end of stdin once the daemon has
 read the rest, and the daemon's answer must come back.
 
-And a client the proxy refuses: its connection must end when the client ends its side.
+And a client the proxy refuses: its connection must end when the client ends its side. And TLS
+towards the daemon (an ``ssl:`` upstream): the client's half-close reaches the daemon as a
+close_notify, after which the daemon still answers.
 """
 
 from __future__ import annotations
 
+import shutil
 import socket
 import threading
 import time
@@ -144,3 +147,81 @@ def test_a_refused_tls_client_is_let_go(proxy_factory, tmp_path):  # noqa: F811
         conn.close()
     assert _wait(lambda: proxy.fd_count() <= before, 10), (
         f"{proxy.fd_count() - before} refused connections still open")
+
+
+class TLSDaemon:
+    """A TLS server on 127.0.0.1 whose every connection runs ``handler(conn)`` in a thread,
+    with the certificate ``make_certs`` wrote; what went wrong in a handler is in ``errors``."""
+
+    def __init__(self, certs: Path, handler: object) -> None:
+        self.context = SSL.Context(SSL.TLS_SERVER_METHOD)
+        self.context.use_certificate_file(str(certs / "server-cert.pem"))
+        self.context.use_privatekey_file(str(certs / "server-key.pem"))
+        self.handler = handler
+        self.errors: list[str] = []
+        self.sock = socket.create_server(("127.0.0.1", 0))
+        self.port = self.sock.getsockname()[1]
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def upstream(self, certs: Path) -> str:
+        """The ``--upstream`` that reaches this daemon, verifying its certificate."""
+        authorities = certs / "authorities"
+        authorities.mkdir(exist_ok=True)
+        shutil.copy(certs / "ca.pem", authorities / "ca.pem")
+        return (f"ssl:host=127.0.0.1:port={self.port}:caCertsDir={authorities}"
+                ":hostname=localhost")
+
+    def _accept(self) -> None:
+        while True:
+            raw, _ = self.sock.accept()
+            conn = SSL.Connection(self.context, raw)
+            conn.set_accept_state()
+            threading.Thread(target=self._run, args=(conn,), daemon=True).start()
+
+    def _run(self, conn: SSL.Connection) -> None:
+        try:
+            self.handler(conn)
+        except Exception as exc:  # whatever it is, the test reports it
+            self.errors.append(repr(exc))
+
+
+def test_an_ssl_upstream_hears_the_end_of_stdin_as_close_notify(proxy_factory,  # noqa: F811
+                                                                  tmp_path):
+    """The client half-closes a hijacked stream; a TLS daemon must get a close_notify (before,
+    the TCP connection beneath TLS was half-closed, which TLS reads as a connection cut
+    short), answer after it, and its own close_notify must reach the client as the end."""
+    certs = make_certs(tmp_path)
+    ends: list[str] = []
+
+    def wc(conn: SSL.Connection) -> None:
+        head = b""
+        while b"\r\n\r\n" not in head:
+            head += conn.recv(65536)
+        conn.sendall(UPGRADED)
+        got = len(head) - head.index(b"\r\n\r\n") - 4
+        try:
+            while True:
+                got += len(conn.recv(65536))
+        except SSL.ZeroReturnError:
+            ends.append("close_notify")
+        conn.sendall(b"%d\n" % got)
+        conn.shutdown()
+
+    daemon = TLSDaemon(certs, wc)
+    proxy = proxy_factory(daemon.upstream(certs))
+    stdin = b"".join(b"%d\n" % i for i in range(100_000))
+    for _ in range(3):
+        sock = proxy.connect()
+        sock.sendall(ATTACH)
+        received = b""
+        while b"\r\n\r\n" not in received:
+            received += sock.recv(65536)
+        assert received.startswith(b"HTTP/1.1 101 "), received
+        sock.sendall(stdin)
+        sock.shutdown(socket.SHUT_WR)
+        rest = received[received.index(b"\r\n\r\n") + 4:]
+        while chunk := sock.recv(65536):
+            rest += chunk
+        sock.close()
+        assert rest == b"%d\n" % len(stdin), daemon.errors
+    assert ends == ["close_notify"] * 3 and not daemon.errors

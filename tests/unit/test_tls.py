@@ -13,13 +13,14 @@ from pathlib import Path
 import pytest
 from OpenSSL import SSL
 from twisted.internet import interfaces
+from twisted.internet.endpoints import clientFromString
 from twisted.internet.protocol import Factory, Protocol
 from twisted.internet.ssl import PrivateCertificate
-from twisted.internet.testing import StringTransport
+from twisted.internet.testing import MemoryReactor, StringTransport
 from twisted.protocols.tls import TLSMemoryBIOFactory
 from zope.interface import implementer
 
-from powerstrip.proxy.tls import HalfCloseableTLS
+from powerstrip.proxy.tls import HalfCloseableTLS, HalfCloseableTLSClient, half_closeable_client
 from tests.tlscerts import make_certs
 
 pytestmark = pytest.mark.timeout(30)
@@ -217,3 +218,16 @@ def test_a_close_notify_read_before_a_paused_close_is_found(pair):
     pair.to_server(pair.pipe_stdin_and_close_notify())
     assert pair.socket.disconnecting
     assert pair.app.events == [STDIN[:len(pair.app.data)]]
+
+
+def test_only_ssl_upstreams_get_the_half_closeable_endpoint(tmp_path):
+    reactor = MemoryReactor()
+    plain = clientFromString(reactor, "tcp:host=127.0.0.1:port=2375")
+    assert half_closeable_client(plain) is plain
+    endpoint = half_closeable_client(clientFromString(reactor, "ssl:host=127.0.0.1:port=2376"))
+    assert isinstance(endpoint, HalfCloseableTLSClient)
+    endpoint.connect(Factory.forProtocol(Recorder))
+    (host, port, factory, _, _), = reactor.tcpClients
+    assert (host, port) == ("127.0.0.1", 2376)
+    # The TLS factory, under the wrapping the TCP endpoint adds (Twisted keeps it private).
+    assert factory._wrappedFactory.protocol is HalfCloseableTLS
