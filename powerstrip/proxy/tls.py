@@ -1,4 +1,6 @@
-"""TLS listeners whose connections can be half-closed, as the Docker API's hijacked streams need.
+"""TLS connections that can be half-closed, as the Docker API's hijacked streams need: those a
+TLS listener accepts (``allow_half_close``) and those to an ``ssl:`` upstream
+(``half_closeable_client``).
 
 A docker client ends the stdin of ``docker run``, ``attach`` or ``exec`` by closing its writing
 side; over TLS, Go's ``tls.Conn.CloseWrite`` does that with a close_notify alert and keeps
