@@ -7,10 +7,14 @@ Piped stdin over TLS once hung on a busy machine: the close_notify came in the s
 last of the stdin while the proxy held the client back, and never reached the daemon. It runs
 here many times, two at once, each with a bounded time, so that a hang fails instead of
 stalling the suite (tests/faults/test_tls_halfclose.py forces the same case on purpose).
+
+TLS towards the daemon (an ``ssl:`` upstream) is tried with a second proxy in front of the
+first one's TLS listener.
 """
 
 from __future__ import annotations
 
+import shutil
 import subprocess
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -84,3 +88,20 @@ def test_a_client_that_does_not_trust_the_certificate_is_refused(tls_proxy, tmp_
                     env_extra={"DOCKER_TLS_VERIFY": "1", "DOCKER_CERT_PATH": str(other)})
     assert result.returncode != 0
     assert b"certificate" in result.stderr, result.stderr
+
+
+def test_an_ssl_upstream_carries_piped_stdin_and_the_output_after_it(tls_proxy, scratch, tmp_path):
+    """A second proxy whose upstream is the first one's TLS listener (``ssl:``, verifying its
+    certificate): the end of stdin crosses that TLS hop as a close_notify, and wc's count
+    comes back across it."""
+    authorities = tmp_path / "authorities"
+    authorities.mkdir()
+    shutil.copy(f"{tls_proxy['DOCKER_CERT_PATH']}/ca.pem", authorities)
+    port = tls_proxy["DOCKER_HOST"].rsplit(":", 1)[1]
+    upstream = f"ssl:host=127.0.0.1:port={port}:caCertsDir={authorities}:hostname=localhost"
+    with serving(upstream) as (_, assignments):
+        host = assignments.split("=", 1)[1]
+        for _ in range(3):
+            assert ok(docker(host, "run", "--rm", "-i", "--name", scratch.name("ssl-up"),
+                             "busybox", "wc", "-l", input=LINES,
+                             timeout=PIPED_TIMEOUT)).strip() == b"100000"
