@@ -1,4 +1,4 @@
-"""How connections through a TLS listener (``--listen ssl:...``) end.
+"""How TLS connections through the proxy end, through a TLS listener or to an ``ssl:`` daemon.
 
 A TLS client's end of input (its close_notify) on a hijacked stream, against a daemon that reads
 slowly: piped stdin (``seq 100000 | docker run -i ... wc -l``). The close_notify often arrives in
