@@ -145,7 +145,10 @@ class _HeadCollector(_Callbacks):
         self.url += url
 
     def on_header(self, name: bytes, value: bytes) -> None:
-        self.headers.append((name, value))
+        # llhttp drops the whitespace before a field value but keeps what follows it, which
+        # is no part of the value either (RFC 9110 5.5): Go's dockerd reads "Host: docker \t"
+        # as "docker", and hooks must see what the daemon sees.
+        self.headers.append((name, value.rstrip(b" \t")))
 
     def on_headers_complete(self) -> None:
         self.done = True
@@ -556,7 +559,7 @@ class ResponseReader(_Callbacks):
         self.in_message = True
 
     def on_header(self, name: bytes, value: bytes) -> None:
-        self._headers.append((name, value))
+        self._headers.append((name, value.rstrip(b" \t")))  # as _HeadCollector.on_header
 
     def on_headers_complete(self) -> None:
         status = self._parser.get_status_code()
