@@ -60,6 +60,7 @@ from powerstrip.hooks.wire import (
     post_hook_answer,
     pre_hook_answer,
 )
+from powerstrip.proxy.addresses import LISTEN_BACKLOG
 
 __all__ = ["Adapter", "Refuse", "Request", "Response"]
 
@@ -411,7 +412,7 @@ class Adapter:
             # A socket file left by an earlier run would make the bind fail.
             if os.path.exists(args.unix):
                 os.unlink(args.unix)
-            description = f"unix:{quote(args.unix)}"
+            description = f"unix:{quote(args.unix)}:backlog={LISTEN_BACKLOG}"
         else:
             host, _, port = args.listen.rpartition(":")
             host = host.strip("[]") or "127.0.0.1"
@@ -419,7 +420,9 @@ class Adapter:
                 print(f"adapter {self.name}: --listen wants HOST:PORT, not {args.listen!r}",
                       file=sys.stderr)
                 raise SystemExit(2)
-            description = f"tcp:{port}:interface={quote(host)}"
+            # The proxy opens a connection per hook call in flight: a burst of hooked requests
+            # past Twisted's default backlog of 50 would wait for SYN retransmits, seconds.
+            description = f"tcp:{port}:interface={quote(host)}:backlog={LISTEN_BACKLOG}"
         site = server.Site(self.resource())
         site.noisy = False
         failed: list[str] = []
