@@ -62,10 +62,22 @@ class NullAdapter(BaseHTTPRequestHandler):
         return self.client_address[0] if self.client_address else "unix"
 
 
+#: The proxy opens a connection per hook call in flight; socketserver's default queue of 5 would
+#: leave a burst of them to SYN retransmits (the kernel caps this at net.core.somaxconn).
+QUEUE = 4096
+
+
+class TCPServer(ThreadingHTTPServer):
+    """ThreadingHTTPServer with a listen queue that holds a burst."""
+
+    request_queue_size = QUEUE
+
+
 class UnixHTTPServer(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
     """ThreadingHTTPServer's unix-socket counterpart."""
 
     daemon_threads = True
+    request_queue_size = QUEUE
 
 
 def main() -> int:
@@ -84,7 +96,7 @@ def main() -> int:
         url = f"unix://{args.unix}:/"
     else:
         host, _, port = args.listen.rpartition(":")
-        server = ThreadingHTTPServer((host or "127.0.0.1", int(port)), NullAdapter)
+        server = TCPServer((host or "127.0.0.1", int(port)), NullAdapter)
         url = f"http://{host or '127.0.0.1'}:{server.server_port}/"
     # SIGTERM ends it as Ctrl-C does: through the finally below, which removes the socket.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))

@@ -23,6 +23,17 @@ def listen_backlog(port: int) -> int:
     return int(out.split()[2])
 
 
+@pytest.mark.timeout(30)
+def test_the_standard_library_null_adapter_queues_a_burst_too() -> None:
+    adapter = start_adapter([sys.executable, str(NULL), "--listen", "127.0.0.1:0"], "null")
+    try:
+        port = int(adapter.url.rstrip("/").rsplit(":", 1)[1])
+        somaxconn = int(Path("/proc/sys/net/core/somaxconn").read_text())
+        assert listen_backlog(port) == min(LISTEN_BACKLOG, somaxconn)
+    finally:
+        stop_process(adapter.proc)
+
+
 @pytest.mark.timeout(60)
 def test_an_sdk_adapter_takes_a_burst_of_300_connections(tmp_path: Path) -> None:
     source = tmp_path / "quiet.py"
