@@ -20,8 +20,9 @@ alternately direct and through each proxy, printing ratios to direct:
 - a burst: 300 ``GET /events`` connections opened at once, and the time until every response
   head arrived (``bench/burst.py``), through every proxy and through Powerstrips that call an
   adapter for every request (``ps+hook``: the plain adapter; ``ps+sdk-hook``: one written with
-  the SDK, ``bench/sdk_null.py``); then 100 keep-alive clients at once sending hooked requests,
-  and how many connections the proxy opened to the adapter for them;
+  the SDK, ``bench/sdk_null.py``) and through the yardsticks of ``bench/floor.py``; then 100
+  keep-alive clients at once sending hooked requests, and how many connections the proxy opened
+  to the adapter for them;
 - the cost of a hook: container creates through 0, 1 and 3 null pre-hooks of the plain adapter
   (``bench/plain_adapter.py``, asyncio, none of Powerstrip's code), beside the same call posted
   straight to that adapter; Powerstrip's share of a hook is what it adds beyond that.
@@ -585,7 +586,7 @@ def main() -> int:
                     sleeper_targets[-1].freeze()
 
         floor_targets: list[Target] = []
-        if "latency" in args.only and not args.no_floor:
+        if ("latency" in args.only or "burst" in args.only) and not args.no_floor:
             floors, floor_targets = start_floors(host[len("unix://"):], workdir)
             processes += floors
 
@@ -612,8 +613,11 @@ def main() -> int:
             rss = peak_rss_mib(powerstrip.pid)
             docker(host, "rm", "-f", container)
         if "burst" in args.only:
-            results += burst_workloads(host, workdir, targets + unix_targets,
-                                       args.burst_connections, args.burst_rounds, processes)
+            # The yardsticks on TCP: the least a Python forwarder spends per connection.
+            results += burst_workloads(
+                host, workdir, targets + unix_targets + [
+                    t for t in floor_targets if t.docker_host.startswith("tcp://")],
+                args.burst_connections, args.burst_rounds, processes)
 
         for label, values, unit in results:
             scale = {"us": 1e6, "ms": 1e3}.get(unit, 1)

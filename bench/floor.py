@@ -45,7 +45,8 @@ def _listener(spec: tuple[str, str]) -> socket.socket:
             os.unlink(where)
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         sock.bind(where)
-    sock.listen(64)
+    # As deep as the proxy's own queue, so that a burst of connections measures the same thing.
+    sock.listen(4096)
     sock.setblocking(False)
     return sock
 
