@@ -188,7 +188,7 @@ class ClientConnection(Protocol):
         """End the daemon's input once what was sent has left."""
         self.daemon_half_closed = True
         if self.daemon is not None:
-            self.daemon.transport.loseWriteConnection()
+            self._end_daemon_input(self.daemon)
 
     def half_close_client(self) -> None:
         """End the client's input."""
@@ -270,8 +270,24 @@ class ClientConnection(Protocol):
         pending, self.pending = self.pending, []
         daemon.transport.writeSequence(pending)
         if self.daemon_half_closed:
-            daemon.transport.loseWriteConnection()
+            self._end_daemon_input(daemon)
         self.pauser.resume("connecting")
+
+    def _end_daemon_input(self, daemon: DaemonConnection) -> None:
+        """Half-close the daemon connection once what was written to it has left.
+
+        The client's input has ended, so it produces nothing more for the daemon and stops
+        being the producer of the daemon's transport first. Otherwise, with more than the
+        transport's high-water mark queued (a body held for pre-hooks and let go after the
+        client half-closed), the client is paused as that producer, and Twisted answers the
+        drained buffer by resuming it instead of by the half-close, and does not look again:
+        the daemon would never hear the end of input (of a hijacked stream's stdin, say).
+        """
+        transport = daemon.transport
+        transport.unregisterProducer()
+        # Nothing will resume the client for the daemon's buffer now; its other reasons stand.
+        self.pauser.resume("flow")
+        transport.loseWriteConnection()
 
     def _connect_failed(self, failure: Failure) -> None:
         self.connecting = None
