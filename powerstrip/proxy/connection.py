@@ -112,7 +112,7 @@ class ClientConnection(Protocol):
         self.machine.client_gone()
         self.factory.connections.discard(self)
         if self.daemon is not None:
-            self.daemon.transport.loseConnection()
+            self._drop_daemon(self.daemon)
         elif self.connecting is not None:
             self.connecting.cancel()
 
@@ -203,7 +203,7 @@ class ClientConnection(Protocol):
         """Close both connections once what was sent has left."""
         self.transport.loseConnection()
         if self.daemon is not None:
-            self.daemon.transport.loseConnection()
+            self._drop_daemon(self.daemon)
 
     def abort(self) -> None:
         """Reset both connections."""
@@ -288,6 +288,22 @@ class ClientConnection(Protocol):
         # Nothing will resume the client for the daemon's buffer now; its other reasons stand.
         self.pauser.resume("flow")
         transport.loseWriteConnection()
+
+    def _drop_daemon(self, daemon: DaemonConnection) -> None:
+        """Close the daemon connection once what was written to it has left, the client's
+        connection being closed or gone.
+
+        The client will not be read again, so it stops being the producer of the daemon's
+        transport first. Otherwise, with more than the transport's high-water mark queued (a
+        daemon slow to read a body or stdin), the client is paused as that producer, and
+        Twisted answers the drained buffer by resuming it instead of by the close, and does not
+        look again, not even for the daemon's own close: the connection and its descriptor
+        would stay for as long as the daemon keeps its end (an attach, a stream).
+        """
+        transport = daemon.transport
+        if not self.daemon_half_closed:  # else that already dropped the registration
+            transport.unregisterProducer()
+        transport.loseConnection()
 
     def _connect_failed(self, failure: Failure) -> None:
         self.connecting = None
