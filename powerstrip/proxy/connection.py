@@ -134,6 +134,7 @@ class ClientConnection(Protocol):
         if not self.transport.disconnected:
             self.transport.unregisterProducer()
         self.pauser.resume("flow")
+        self.pauser.resume("daemon closing")
         self.machine.daemon_gone()
 
     def shutdown(self) -> None:
@@ -195,9 +196,15 @@ class ClientConnection(Protocol):
         self.transport.loseWriteConnection()
 
     def close_daemon(self) -> None:
-        """Close the daemon connection."""
-        if self.daemon is not None:
-            self.daemon.transport.loseConnection()
+        """Close the daemon connection (the daemon ended its side)."""
+        daemon = self.daemon
+        if daemon is not None:
+            # The client stops being the transport's producer (see ``_drop_daemon``), so the
+            # daemon's buffer no longer holds it back: until the connection is gone, what the
+            # client sends waits unread rather than piling up behind the close. Once it is
+            # gone, the machine decides what becomes of it (a new connection, or nothing).
+            self.pauser.pause("daemon closing")
+            self._drop_daemon(daemon)
 
     def close(self) -> None:
         """Close both connections once what was sent has left."""
@@ -290,18 +297,19 @@ class ClientConnection(Protocol):
         transport.loseWriteConnection()
 
     def _drop_daemon(self, daemon: DaemonConnection) -> None:
-        """Close the daemon connection once what was written to it has left, the client's
-        connection being closed or gone.
+        """Close the daemon connection once what was written to it has left.
 
-        The client will not be read again, so it stops being the producer of the daemon's
-        transport first. Otherwise, with more than the transport's high-water mark queued (a
-        daemon slow to read a body or stdin), the client is paused as that producer, and
-        Twisted answers the drained buffer by resuming it instead of by the close, and does not
-        look again, not even for the daemon's own close: the connection and its descriptor
-        would stay for as long as the daemon keeps its end (an attach, a stream).
+        Nothing more the client sends is for this connection, so the client stops being the
+        producer of the daemon's transport first. Otherwise, with more than the transport's
+        high-water mark queued (a daemon slow to read a body or stdin), the client is paused
+        as that producer, and Twisted answers the drained buffer by resuming it instead of by
+        the close, and does not look again, not even for the daemon's own close: the
+        connection and its descriptor would stay for as long as the daemon keeps its end (an
+        attach, a stream, a lingering close that reads until the proxy closes).
         """
         transport = daemon.transport
-        if not self.daemon_half_closed:  # else that already dropped the registration
+        # A half-close or an earlier close already dropped the registration.
+        if not self.daemon_half_closed and not transport.disconnecting:
             transport.unregisterProducer()
         transport.loseConnection()
 

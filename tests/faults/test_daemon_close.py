@@ -6,7 +6,9 @@ the daemon, Twisted pauses the client. When that buffer drains, Twisted resumes 
 has stopped reading, so not even the daemon's own close is seen). A daemon that reads slowly
 and then waits (an attach whose container does not read its stdin, an answer given before the
 body was read) would keep its connection, and the proxy a descriptor, for ever once the client
-connection closed: by the client going away, or by the proxy (an idle timeout, a refusal).
+connection closed: by the client going away, or by the proxy (an idle timeout, a refusal). So
+would a daemon that ends its side and then reads until the proxy closes (a lingering close),
+and the client would wait for ever for the end of an answer delimited by it.
 
 The fake daemon here stops reading after the request head, answers, and, once told that the
 proxy has closed its side, reads what was queued for it and watches for the end of its
@@ -182,3 +184,59 @@ def test_an_idle_timeout_after_an_answer_given_before_its_body_was_read(
         assert sock.recv(1) == b"", "the idle connection was not closed"
     assert wait_for(lambda: proxy.fd_count() <= during - 1, 10), "the client was never let go"
     assert_the_daemon_connection_ended(proxy, watch, during - 2)
+
+
+def test_a_daemon_that_lingers_after_its_answer_ended_by_its_close(
+        proxy_factory, tmp_path, null_adapter):  # noqa: F811
+    """A 1 MiB JSON body let go by a pre-hook fills the daemon's queue; the daemon answers at
+    once with an answer that ends with its connection, ends its output, and then, as a
+    lingering close does (nginx's, say), reads what it is sent until the proxy closes. The
+    proxy closes once that has gone, and the client gets the whole answer and its end."""
+    watch = Watch()
+    answer = (b"HTTP/1.1 400 Bad Request\r\nContent-Type: application/json\r\n"
+              b"Connection: close\r\n\r\n{\"message\":\"no\"}")
+
+    def handle(conn: socket.socket) -> None:
+        with conn:
+            head = b""
+            while b"\r\n\r\n" not in head:
+                head += conn.recv(65536)
+            watch.read = len(head)
+            conn.sendall(answer)
+            conn.shutdown(socket.SHUT_WR)
+            watch.look.wait(END_WAIT)
+            conn.settimeout(END_WAIT)
+            try:
+                while chunk := conn.recv(65536):
+                    watch.read += len(chunk)
+                watch.ended = True
+            except ConnectionResetError:
+                watch.ended = True
+            except TimeoutError:
+                watch.ended = False
+            watch.done.set()
+
+    daemon = FakeDaemon(tmp_path / "d.sock", handle)
+    proxy = proxy_factory(daemon.host, "--config", str(hooked_config(tmp_path, null_adapter)))
+    body = big_create_body(1 << 20)
+    with proxy.connect() as sock:
+        sock.sendall(b"POST /v1.41/containers/create HTTP/1.1\r\nHost: x\r\n"
+                     b"Content-Type: application/json\r\nContent-Length: %d\r\n\r\n%s"
+                     % (len(body), body))
+        received = b""
+        while b"no\"}" not in received:
+            chunk = sock.recv(65536)
+            assert chunk, "the connection ended before the answer"
+            received += chunk
+        # Client, daemon and adapter connections, less the client's and daemon's at the end.
+        fds = proxy.fd_count() - 2
+        watch.look.set()
+        assert watch.done.wait(END_WAIT + 10), "the daemon never got to look"
+        assert watch.ended, (f"the proxy left its daemon connection open after the daemon's "
+                             f"end ({watch.read} bytes read)")
+        sock.settimeout(10)
+        while chunk := sock.recv(65536):
+            received += chunk
+    assert received.startswith(b"HTTP/1.1 400 ") and received.endswith(b"{\"message\":\"no\"}")
+    assert wait_for(lambda: proxy.fd_count() <= fds, 5), (
+        f"the proxy holds {proxy.fd_count()} descriptors, not {fds}")
