@@ -16,7 +16,6 @@ import logging
 from collections.abc import Callable
 
 from twisted.internet import defer, interfaces
-from twisted.internet.endpoints import clientFromString, connectProtocol
 from twisted.internet.protocol import Factory, Protocol
 from twisted.python.failure import Failure
 from zope.interface import implementer
@@ -26,7 +25,7 @@ from powerstrip.core.exchange import Exchange, Machine, RequestState
 from powerstrip.hooks.client import HookError
 from powerstrip.hooks.live import LiveConfig
 from powerstrip.hooks.wire import ClientRequest, ServerResponse
-from powerstrip.proxy.addresses import Address, client_description
+from powerstrip.proxy.addresses import Address, upstream_endpoint
 from powerstrip.proxy.flow import Pauser, direct_reads, no_delay, send
 from powerstrip.proxy.limits import Limits
 from powerstrip.proxy.reactor import BackToBack
@@ -95,7 +94,7 @@ class ClientConnection(Protocol):
         self.pauser = Pauser(self.transport)
         window = factory.busy_poll
         self.pace = BackToBack(window) if window else None
-        self.machine = Machine(self, factory.hooks, str(factory.upstream), self.pace,
+        self.machine = Machine(self, factory.hooks, factory.upstream_text, self.pace,
                                factory.reactor.seconds)
         self.dataReceived = self.machine.client_data
         no_delay(self.transport)
@@ -263,7 +262,10 @@ class ClientConnection(Protocol):
 
     def _connect(self) -> None:
         self.pauser.pause("connecting")
-        self.connecting = connectProtocol(self.factory.upstream_endpoint, DaemonConnection(self))
+        # Not connectProtocol: it builds a factory class on every call, a share of each
+        # connection's cost that shows in a burst.
+        self.connecting = self.factory.upstream_endpoint.connect(
+            _OneDaemon(DaemonConnection(self)))
         self.connecting.addCallbacks(self._connected, self._connect_failed)
 
     def _connected(self, daemon: DaemonConnection) -> None:
@@ -353,6 +355,18 @@ class TooManyConnections(Protocol):
             self.timer.cancel()
 
 
+class _OneDaemon(Factory):
+    """The factory of one daemon connection: its protocol, made before the connection is."""
+
+    noisy = False
+
+    def __init__(self, protocol: DaemonConnection) -> None:
+        self.protocol_instance = protocol
+
+    def buildProtocol(self, addr: object) -> DaemonConnection:  # noqa: N802 - Twisted's name
+        return self.protocol_instance
+
+
 class ProxyFactory(Factory):
     """Builds a ClientConnection per accepted client; all of them share one upstream."""
 
@@ -366,8 +380,8 @@ class ProxyFactory(Factory):
         self.hooks = hooks
         self.limits = limits = limits or Limits()
         # An ssl: daemon hears a client's half-close as TLS says it (close_notify).
-        self.upstream_endpoint = half_closeable_client(
-            clientFromString(reactor, client_description(upstream)))
+        self.upstream_endpoint = half_closeable_client(upstream_endpoint(reactor, upstream))
+        self.upstream_text = str(upstream)
         self.connections: set[ClientConnection] = set()
         self._timers = None
         if limits.head_timeout or limits.idle_timeout:
