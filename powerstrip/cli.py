@@ -160,6 +160,14 @@ def _enough_descriptors(limits: Limits) -> None:
                     wanted, limits.max_connections)
 
 
+def workers_from(args: argparse.Namespace) -> int:
+    """The ``--workers`` setting: how many processes serve (1: this one alone)."""
+    count = int(_setting(args.workers, "POWERSTRIP_WORKERS", "1", "--workers", whole=True))
+    if count < 1:
+        raise UsageError("--workers: 0 is not a number of processes; at least 1")
+    return count
+
+
 def serve(args: argparse.Namespace) -> int:
     """Run the proxy until SIGTERM or SIGINT."""
     limits = limits_from(args)
@@ -167,6 +175,27 @@ def serve(args: argparse.Namespace) -> int:
         args.busy_poll if args.busy_poll is not None
         else os.environ.get("POWERSTRIP_BUSY_POLL") or DEFAULT_BUSY_POLL
     )
+    worker_fds = _worker_fds(args)
+    workers = 1 if worker_fds is not None else workers_from(args)
+    listen_values = args.listen or [
+        item for item in os.environ.get("POWERSTRIP_LISTEN", DEFAULT_LISTEN).split(",") if item
+    ]
+    listens = _addresses(listen_values, "--listen")
+    upstream_value = args.upstream or os.environ.get("POWERSTRIP_UPSTREAM", DEFAULT_UPSTREAM)
+    (upstream,) = _addresses([upstream_value], "--upstream")
+    if worker_fds is not None and len(worker_fds) != len(listens):
+        raise UsageError("--worker-fds: one descriptor for each --listen")
+    config_path = resolve_config(args.config or os.environ.get("POWERSTRIP_CONFIG"))
+    group_id = None
+    if args.socket_group:
+        try:
+            group_id = grp.getgrnam(args.socket_group).gr_gid
+        except KeyError:
+            raise UsageError(f"--socket-group: no group named {args.socket_group}") from None
+    if workers > 1:
+        return _supervise(args, workers, listens, listen_values, upstream_value, config_path,
+                          limits, busy_poll, group_id)
+
     if "twisted.internet.reactor" not in sys.modules:
         from powerstrip.proxy.reactor import install
 
@@ -174,19 +203,11 @@ def serve(args: argparse.Namespace) -> int:
     from twisted.internet import defer, reactor
     from twisted.internet.endpoints import serverFromString
 
-    from powerstrip.proxy.connection import ProxyFactory
-    from powerstrip.proxy.tls import allow_half_close
-
-    listen_values = args.listen or [
-        item for item in os.environ.get("POWERSTRIP_LISTEN", DEFAULT_LISTEN).split(",") if item
-    ]
-    listens = _addresses(listen_values, "--listen")
-    (upstream,) = _addresses(
-        [args.upstream or os.environ.get("POWERSTRIP_UPSTREAM", DEFAULT_UPSTREAM)], "--upstream"
-    )
-    config_path = resolve_config(args.config or os.environ.get("POWERSTRIP_CONFIG"))
     from powerstrip.hooks.config import ConfigError
     from powerstrip.hooks.live import LiveConfig, describe
+    from powerstrip.proxy.connection import ProxyFactory
+    from powerstrip.proxy.tls import allow_half_close
+    from powerstrip.proxy.workers import adopt, say_ready
 
     try:
         hooks = LiveConfig.from_file(reactor, config_path)
@@ -194,15 +215,10 @@ def serve(args: argparse.Namespace) -> int:
         raise UsageError(f"invalid configuration, not starting:\n{exc}") from None
     log.info("configuration: %s (%d endpoints, %d adapters)", describe(config_path),
              len(hooks.config.endpoints), len(hooks.config.adapters))
-    group_id = None
-    if args.socket_group:
-        try:
-            group_id = grp.getgrnam(args.socket_group).gr_gid
-        except KeyError:
-            raise UsageError(f"--socket-group: no group named {args.socket_group}") from None
-    for address in listens:
-        if address.kind == "unix":
-            prepare_unix_socket(address.path)
+    if worker_fds is None:
+        for address in listens:
+            if address.kind == "unix":
+                prepare_unix_socket(address.path)
 
     _enough_descriptors(limits)
     factory = ProxyFactory(reactor, upstream, hooks, limits)
@@ -212,11 +228,16 @@ def serve(args: argparse.Namespace) -> int:
     @defer.inlineCallbacks
     def start() -> defer.Generator:
         try:
-            for address in listens:
-                port = yield serverFromString(reactor, server_description(address)).listen(factory)
+            for index, address in enumerate(listens):
+                if worker_fds is not None:  # the parent bound it, and set its file's group
+                    port = adopt(reactor, worker_fds[index], factory)
+                    os.close(worker_fds[index])
+                else:
+                    port = yield serverFromString(
+                        reactor, server_description(address)).listen(factory)
                 allow_half_close(port)
                 ports.append(port)
-                if address.kind == "unix" and group_id is not None:
+                if address.kind == "unix" and group_id is not None and worker_fds is None:
                     os.chown(address.path, -1, group_id)
         except Exception as exc:  # noqa: BLE001 - any listen failure ends the command
             print(f"powerstrip: cannot listen: {exc}", file=sys.stderr, flush=True)
@@ -225,7 +246,10 @@ def serve(args: argparse.Namespace) -> int:
             return
         log.info("forwarding to %s", upstream)
         hooks.watch()
-        print(f"export {docker_host_line(listens[0], ports[0].getHost())}", flush=True)
+        if args.ready_fd is not None:
+            say_ready(args.ready_fd)
+        else:
+            print(f"export {docker_host_line(listens[0], ports[0].getHost())}", flush=True)
 
     @defer.inlineCallbacks
     def stop() -> defer.Generator:
@@ -242,6 +266,65 @@ def serve(args: argparse.Namespace) -> int:
     signal.signal(signal.SIGINT, signal.default_int_handler)
     reactor.run()
     return exit_code[0]
+
+
+def _worker_fds(args: argparse.Namespace) -> list[int] | None:
+    """The listening descriptors a worker inherited (``--worker-fds``), or None: not a worker."""
+    if args.worker_fds is None:
+        return None
+    if args.ready_fd is None:
+        raise UsageError("--worker-fds needs --ready-fd")
+    # A SIGHUP before the adapters file is watched must not end a worker; with no file to
+    # reload it has nothing to do at all.
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)
+    try:
+        return [int(fd) for fd in args.worker_fds.split(",")]
+    except ValueError:
+        raise UsageError(f"--worker-fds: {args.worker_fds!r} is not a list of numbers") from None
+
+
+def _supervise(args: argparse.Namespace, workers: int, listens: Sequence[Address],
+               listen_values: Sequence[str], upstream_value: str, config_path: Path | None,
+               limits: Limits, busy_poll: float, group_id: int | None) -> int:
+    """Bind the listeners here and serve from ``workers`` child processes that share them."""
+    from powerstrip.hooks.config import ConfigError, load_config
+    from powerstrip.proxy.workers import Supervisor, bind, shareable, worker_command, worker_share
+
+    refused = [str(address) for address in listens if not shareable(address)]
+    if refused:
+        raise UsageError(f"--workers {workers}: only tcp:// and unix:// listeners can be "
+                         f"shared by several workers, not {', '.join(refused)}")
+    if config_path is not None:
+        try:
+            load_config(config_path)
+        except ConfigError as exc:
+            raise UsageError(f"invalid configuration, not starting:\n{exc}") from None
+    for address in listens:
+        if address.kind == "unix":
+            prepare_unix_socket(address.path)
+    listeners = []
+    try:
+        for address in listens:
+            listeners.append(bind(address, group_id))
+    except OSError as exc:
+        for listener in listeners:
+            listener.sock.close()
+            listener.remove_file()
+        print(f"powerstrip: cannot listen: {exc}", file=sys.stderr, flush=True)
+        return 1
+    options = [
+        "--upstream", upstream_value,
+        "--busy-poll", str(round(busy_poll * 1e6)),
+        "--head-timeout", repr(limits.head_timeout),
+        "--idle-timeout", repr(limits.idle_timeout),
+        "--max-connections", str(worker_share(limits.max_connections, workers)),
+        # Found again by each worker as here when none was named: the same working directory.
+        *(["--config", str(config_path)] if config_path is not None else []),
+    ]
+    for value in listen_values:
+        options += ["--listen", value]
+    ready_line = f"export {docker_host_line(listens[0], listeners[0].bound)}"
+    return Supervisor(listeners, worker_command(args.verbose, options), workers).run(ready_line)
 
 
 def check(args: argparse.Namespace) -> int:
@@ -306,6 +389,16 @@ def build_parser() -> argparse.ArgumentParser:
         help="client connections open at once; past it a client gets a 503; 0: no limit "
         "(default 1024; env POWERSTRIP_MAX_CONNECTIONS)",
     )
+    serve_parser.add_argument(
+        "--workers", metavar="N",
+        help="serve from N processes sharing the listeners (tcp:// and unix:// only), so that "
+        "a burst of connections uses more than one core; each takes its share of "
+        "--max-connections; a worker that dies stops them all, it is not restarted "
+        "(default 1; env POWERSTRIP_WORKERS)",
+    )
+    # How a worker started by --workers learns its listening sockets and says it listens.
+    serve_parser.add_argument("--worker-fds", help=argparse.SUPPRESS)
+    serve_parser.add_argument("--ready-fd", type=int, help=argparse.SUPPRESS)
     serve_parser.set_defaults(func=serve)
 
     check_parser = commands.add_parser("check", help="validate the adapters file")
@@ -368,9 +461,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"powerstrip: {exc}", file=sys.stderr)
             return 2
     args = build_parser().parse_args(argv)
+    # A worker's lines carry its pid: several processes write to the same stderr.
+    worker = getattr(args, "worker_fds", None) is not None
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        format="%(asctime)s %(levelname)s %(name)s" + ("[%(process)d]" if worker else "")
+        + ": %(message)s",
         stream=sys.stderr,
     )
     try:

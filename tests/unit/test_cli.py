@@ -3,11 +3,20 @@ the listeners are up."""
 
 from __future__ import annotations
 
+import argparse
+
 import pytest
 from twisted.internet.address import IPv4Address, IPv6Address, UNIXAddress
 
-from powerstrip.cli import LONGEST_BUSY_POLL, UsageError, busy_poll_seconds, docker_host_line
+from powerstrip.cli import (
+    LONGEST_BUSY_POLL,
+    UsageError,
+    busy_poll_seconds,
+    docker_host_line,
+    workers_from,
+)
 from powerstrip.proxy.addresses import parse_address
+from powerstrip.proxy.workers import shareable, worker_share
 
 
 @pytest.mark.parametrize(("value", "seconds"), [("0", 0.0), ("200", 0.0002),
@@ -42,3 +51,35 @@ def test_a_busy_poll_that_is_not_whole_microseconds_in_range_is_refused(value):
 )
 def test_the_printed_line_names_what_was_bound(listen, bound, line):
     assert docker_host_line(parse_address(listen), bound) == line
+
+
+@pytest.mark.parametrize(("flag", "env", "count"), [(None, None, 1), (None, "3", 3), ("2", "3", 2),
+                                                    (None, "", 1)])
+def test_the_worker_count_comes_from_the_flag_then_the_environment(monkeypatch, flag, env,
+                                                                    count):
+    if env is None:
+        monkeypatch.delenv("POWERSTRIP_WORKERS", raising=False)
+    else:
+        monkeypatch.setenv("POWERSTRIP_WORKERS", env)
+    assert workers_from(argparse.Namespace(workers=flag)) == count
+
+
+@pytest.mark.parametrize("value", ["0", "-2", "two", "1.5"])
+def test_a_worker_count_below_one_or_not_whole_is_refused(value):
+    with pytest.raises(UsageError, match="--workers"):
+        workers_from(argparse.Namespace(workers=value))
+
+
+@pytest.mark.parametrize(("limit", "workers", "share"),
+                         [(1024, 2, 512), (1025, 2, 512), (0, 4, 0), (3, 4, 1), (10, 1, 10)])
+def test_each_worker_takes_its_share_of_max_connections(limit, workers, share):
+    assert worker_share(limit, workers) == share
+
+
+@pytest.mark.parametrize(("listen", "shared"), [
+    ("tcp://127.0.0.1:0", True), ("127.0.0.1:2375", True), ("unix:///run/p.sock", True),
+    ("ssl:2376:privateKey=k.pem", False), ("systemd:domain=UNIX:index=0", False),
+    ("tcp:2375", False),
+])
+def test_only_plain_tcp_and_unix_listeners_are_shared_by_workers(listen, shared):
+    assert shareable(parse_address(listen)) is shared
