@@ -20,7 +20,9 @@ alternately direct and through each proxy, printing ratios to direct:
 - a burst: 300 ``GET /events`` connections opened at once, and the time until every response
   head arrived (``bench/burst.py``), through every proxy and through Powerstrips that call an
   adapter for every request (``ps+hook``: the plain adapter; ``ps+sdk-hook``: one written with
-  the SDK, ``bench/sdk_null.py``) and through the yardsticks of ``bench/floor.py``; then 100
+  the SDK, ``bench/sdk_null.py``), through a Powerstrip serving from two worker processes
+  (``ps-2w``, ``ps-2w-unix``: ``--workers 2``) and through the yardsticks of
+  ``bench/floor.py``; then 100
   keep-alive clients at once sending hooked requests, and how many connections the proxy opened
   to the adapter for them;
 - the cost of a hook: container creates through 0, 1 and 3 null pre-hooks of the plain adapter
@@ -232,17 +234,19 @@ def peak_rss_mib(pid: int) -> float:
 
 def start_powerstrip(
     upstream: str, workdir: Path, name: str, config: Path | None = None,
-    unix_socket: Path | None = None, busy_poll: int | None = None,
+    unix_socket: Path | None = None, busy_poll: int | None = None, workers: int | None = None,
 ) -> tuple[subprocess.Popen, str]:
     """Start a Powerstrip on a free TCP port (and on ``unix_socket`` too, when given), its
     output in ``workdir/NAME.out`` and ``.err``; return the process and its TCP address."""
     extra = ["--listen", f"unix://{unix_socket}"] if unix_socket is not None else []
     if busy_poll is not None:
         extra += ["--busy-poll", str(busy_poll)]
+    if workers is not None:
+        extra += ["--workers", str(workers)]
     try:
         # An empty POWERSTRIP_BUSY_POLL: the proxy's default, not whatever this shell set.
         proxy = start_proxy(upstream, *extra, config=config, logdir=workdir, name=name,
-                            env={"POWERSTRIP_BUSY_POLL": ""})
+                            env={"POWERSTRIP_BUSY_POLL": "", "POWERSTRIP_WORKERS": ""})
     except ServiceError as exc:
         raise RuntimeError(f"powerstrip did not start: {exc}") from None
     return proxy.proc, proxy.docker_host
@@ -613,9 +617,15 @@ def main() -> int:
             rss = peak_rss_mib(powerstrip.pid)
             docker(host, "rm", "-f", container)
         if "burst" in args.only:
+            # Two worker processes sharing the listeners: what a second core buys a burst.
+            workers, workers_host = start_powerstrip(
+                host, workdir, "ps-2w", unix_socket=workdir / "ps-2w.sock", workers=2)
+            processes.append(workers)
+            worker_targets = [Target("ps-2w", workers_host),
+                              Target("ps-2w-unix", f"unix://{workdir / 'ps-2w.sock'}")]
             # The yardsticks on TCP: the least a Python forwarder spends per connection.
             results += burst_workloads(
-                host, workdir, targets + unix_targets + [
+                host, workdir, targets + unix_targets + worker_targets + [
                     t for t in floor_targets if t.docker_host.startswith("tcp://")],
                 args.burst_connections, args.burst_rounds, processes)
 
