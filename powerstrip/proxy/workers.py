@@ -38,9 +38,6 @@ log = logging.getLogger("powerstrip")
 
 #: What a worker writes on its readiness pipe once it listens.
 READY = b"ready\n"
-#: How many connections a worker accepts from a shared listener before it turns to the
-#: connections it has (see ``_Fair``).
-ACCEPTS_PER_TURN = 8
 #: Linux's prctl option that signals a child when its parent dies.
 _PR_SET_PDEATHSIG = 1
 
@@ -132,33 +129,18 @@ def adopt(reactor: object, fd: int, factory: object, mode: int = 0o660) -> objec
     with socket.socket(fileno=os.dup(fd)) as probe:
         family = probe.family
     if family != socket.AF_UNIX:
-        port = _SharedTCPPort._fromListeningDescriptor(reactor, fd, family, factory)
-    else:
-        port = _SharedUNIXPort._fromListeningDescriptor(reactor, fd, factory)
-        port.backlog = LISTEN_BACKLOG
-        port.mode = mode
+        return reactor.adoptStreamPort(fd, family, factory)
+    port = _SharedUNIXPort._fromListeningDescriptor(reactor, fd, factory)
+    port.backlog = LISTEN_BACKLOG
+    port.mode = mode
     port.startListening()
     return port
 
 
-class _Fair:
-    """A listener shared with other workers takes a few connections per turn: every worker
-    is woken by a new connection, and Twisted's port accepts up to 100 and more at a time, so
-    the first one awake took most of a burst and left the others idle."""
-
-    def doRead(self) -> None:  # noqa: N802 - Twisted's name
-        self.numberAccepts = min(self.numberAccepts, ACCEPTS_PER_TURN)
-        super().doRead()
-
-
-class _SharedTCPPort(_Fair, tcp.Port):
-    """A TCP listener shared with other workers (see ``_Fair``)."""
-
-
-class _SharedUNIXPort(_Fair, unix.Port):
-    """A unix listener shared with other workers (see ``_Fair``): stopping it leaves the socket
-    file, which the parent removes once every worker has stopped (Twisted's removes it, and the
-    second worker to stop then failed before its connections were closed)."""
+class _SharedUNIXPort(unix.Port):
+    """A unix listener shared with other workers: stopping it leaves the socket file, which
+    the parent removes once every worker has stopped (Twisted's removes it, and the second
+    worker to stop then failed before its connections were closed)."""
 
     def connectionLost(self, reason: object) -> None:  # noqa: N802 - Twisted's name
         tcp.Port.connectionLost(self, reason)
