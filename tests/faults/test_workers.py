@@ -255,3 +255,20 @@ def test_the_environment_sets_the_worker_count(tmp_path):
     finally:
         proxy.proc.send_signal(signal.SIGINT)
         assert proxy.proc.wait(10) == 0
+
+
+def test_workers_stop_when_their_parent_is_killed(workers, tmp_path):
+    daemon = FakeDaemon(tmp_path / "d.sock", answer_pings)
+    proxy = workers(daemon.host)
+    pids = workers_of(proxy)
+    proxy.proc.kill()
+    proxy.proc.wait(5)
+    # Orphans now, reaped by whoever adopted them: gone or a zombie, never still serving.
+    assert _wait(lambda: all(gone(pid) or _zombie(pid) for pid in pids), 10)
+
+
+def _zombie(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z"
+    except FileNotFoundError:
+        return True
