@@ -146,11 +146,21 @@ def limits_from(args: argparse.Namespace) -> Limits:
     )
 
 
+#: Descriptors beyond three per client connection: listeners, the log, the adapters file, and
+#: the idle connections kept to adapters (up to 128 per adapter, hooks.client).
+DESCRIPTOR_SLACK = 1024
+
+
+def descriptors_wanted(max_connections: int) -> int | None:
+    """The descriptors ``--max-connections`` can take: each client connection holds its own, the
+    daemon's and, while a hook call is in flight, one to an adapter. None: no limit given."""
+    return 3 * max_connections + DESCRIPTOR_SLACK if max_connections else None
+
+
 def _enough_descriptors(limits: Limits) -> None:
-    """Each client connection takes two descriptors (its own and the daemon's): raise the soft
-    limit towards the hard one so that ``--max-connections`` can be reached."""
+    """Raise the soft limit towards the hard one so that ``--max-connections`` can be reached."""
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    wanted = 2 * limits.max_connections + 256 if limits.max_connections else hard
+    wanted = descriptors_wanted(limits.max_connections) or hard
     if hard != resource.RLIM_INFINITY:
         wanted = min(wanted, hard)
     if soft != resource.RLIM_INFINITY and soft < wanted:

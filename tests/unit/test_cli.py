@@ -83,3 +83,13 @@ def test_each_worker_takes_its_share_of_max_connections(limit, workers, share):
 ])
 def test_only_plain_tcp_and_unix_listeners_are_shared_by_workers(listen, shared):
     assert shareable(parse_address(listen)) is shared
+
+
+def test_the_descriptor_limit_counts_adapter_connections_too() -> None:
+    """A hooked request in flight holds three descriptors (client, daemon, adapter), and idle
+    adapter connections are kept besides: 1024 clients at once must not run out."""
+    from powerstrip import cli
+
+    assert cli.descriptors_wanted(1024) == 3 * 1024 + cli.DESCRIPTOR_SLACK
+    assert cli.descriptors_wanted(0) is None
+    assert cli.DESCRIPTOR_SLACK >= 4 * 128, "room for the idle connections of a few adapters"
