@@ -61,6 +61,11 @@ class Reader:
         if "$ref" in schema:
             return self.named(schema["$ref"].rsplit("/", 1)[-1])
         if "allOf" in schema:
+            parts = [part for part in schema["allOf"]
+                     if "$ref" in part or part.get("properties") or part.get("allOf")]
+            if len(parts) == 1 and "$ref" in parts[0]:
+                # A definition with only an example beside it: the definition, by name.
+                return self.named(parts[0]["$ref"].rsplit("/", 1)[-1])
             fields: dict[str, Any] = {}
             for part in schema["allOf"]:
                 fields.update(self.struct_fields(part, owner))
