@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import errno
 import grp
+import ipaddress
 import logging
 import os
 import resource
@@ -18,8 +19,15 @@ from pathlib import Path
 
 from twisted.internet.address import IPv4Address, IPv6Address, UNIXAddress
 
-from powerstrip.proxy.addresses import Address, AddressError, parse_address, server_description
+from powerstrip.proxy.addresses import (
+    LISTEN_BACKLOG,
+    Address,
+    AddressError,
+    parse_address,
+    server_description,
+)
 from powerstrip.proxy.limits import Limits
+from powerstrip.proxy.tls import ServerTLS, TLSFileError
 
 log = logging.getLogger("powerstrip")
 
@@ -43,15 +51,21 @@ class UsageError(Exception):
     """A command-line or environment setting that cannot be used; the message says why."""
 
 
-def docker_host_line(address: Address, bound: object) -> str:
+def docker_host_line(address: Address, bound: object, tls: ServerTLS | None = None) -> str:
     """What a docker client needs to reach the listener ``address``, now bound at ``bound``
-    (the port's ``getHost()``), as shell assignments: ``DOCKER_HOST=...``, and
-    ``DOCKER_TLS_VERIFY=1`` for a TLS listener (``ssl:``), which the CLI otherwise speaks
-    plain HTTP to. Port 0 and Twisted descriptions are named by what was actually bound."""
+    (the port's ``getHost()``), as shell assignments: ``DOCKER_HOST=...``, and for a TLS
+    listener (``ssl:``, or ``tcp://`` with ``--tls`` or ``--tlsverify``), which the CLI
+    otherwise speaks plain HTTP to, ``DOCKER_TLS_VERIFY=1``: the CLI verifies the proxy's
+    certificate against ``DOCKER_CERT_PATH/ca.pem`` and shows its own from there if it has
+    one. ``DOCKER_TLS=1`` (``docker --tls``) would skip that verification, yet the CLI still
+    wants a ``ca.pem`` there, so it is no easier. Port 0 and Twisted descriptions are named by
+    what was actually bound."""
     if isinstance(bound, IPv4Address | IPv6Address):
         host = address.host if address.kind == "tcp" else bound.host
         line = f"DOCKER_HOST={Address('tcp', host=host, port=bound.port).docker_host}"
         if address.kind == "endpoint" and address.description.startswith("ssl:"):
+            line += " DOCKER_TLS_VERIFY=1"
+        elif address.kind == "tcp" and tls is not None:
             line += " DOCKER_TLS_VERIFY=1"
         return line
     if isinstance(bound, UNIXAddress) and bound.name:
@@ -178,6 +192,124 @@ def workers_from(args: argparse.Namespace) -> int:
     return count
 
 
+INSECURE_FLAG = "--insecure-allow-unauthenticated"
+
+
+def _enabled(flag: bool, env: str) -> bool:
+    """A switch: the flag, else a non-empty environment value other than 0, false or no."""
+    return flag or os.environ.get(env, "").strip().lower() not in ("", "0", "false", "no")
+
+
+def tls_from(args: argparse.Namespace) -> ServerTLS | None:
+    """The ``--tls``/``--tlsverify`` settings (or their ``POWERSTRIP_`` variables) of the
+    ``tcp://`` listeners, with their files read once to be sure they can be used; None: plain.
+    ``--tlsverify`` implies ``--tls``, as for dockerd."""
+    verify = _enabled(args.tlsverify, "POWERSTRIP_TLSVERIFY")
+    enabled = verify or _enabled(args.tls, "POWERSTRIP_TLS")
+    files = {
+        "--tlscacert": args.tlscacert or os.environ.get("POWERSTRIP_TLSCACERT") or None,
+        "--tlscert": args.tlscert or os.environ.get("POWERSTRIP_TLSCERT") or None,
+        "--tlskey": args.tlskey or os.environ.get("POWERSTRIP_TLSKEY") or None,
+    }
+    if not enabled:
+        given = [flag for flag, value in files.items() if value]
+        if given:
+            # A certificate given without TLS asked for would leave the listener plain while
+            # its owner believes it encrypted.
+            raise UsageError(f"{', '.join(given)} without --tls or --tlsverify: the tcp:// "
+                             "listeners would not use TLS; add --tlsverify (or --tls)")
+        return None
+    missing = [flag for flag in ("--tlscert", "--tlskey") if not files[flag]]
+    if verify and not files["--tlscacert"]:
+        missing.append("--tlscacert")
+    if missing:
+        mode = "--tlsverify" if verify else "--tls"
+        raise UsageError(f"{mode} needs {', '.join(missing)}")
+    settings = ServerTLS(cert=files["--tlscert"], key=files["--tlskey"],
+                         ca=files["--tlscacert"] if verify else None, verify=verify)
+    try:
+        settings.options()
+    except TLSFileError as exc:
+        raise UsageError(str(exc)) from None
+    return settings
+
+
+def is_loopback(host: str) -> bool:
+    """Whether a listener bound to ``host`` is reachable from this host only: a loopback
+    address, or a name all of whose addresses are. An empty host is the default, 127.0.0.1;
+    0.0.0.0 and :: are every interface."""
+    if not host:
+        return True
+    try:
+        return _loopback_ip(host)
+    except ValueError:
+        pass
+    try:
+        found = socket.getaddrinfo(host, None, proto=socket.IPPROTO_TCP)
+    except OSError:
+        return False
+    return bool(found) and all(_loopback_ip(str(item[4][0]).split("%")[0]) for item in found)
+
+
+def _loopback_ip(text: str) -> bool:
+    ip = ipaddress.ip_address(text.strip("[]"))
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        ip = ip.ipv4_mapped
+    return ip.is_loopback
+
+
+def listener_transport(address: Address, tls: ServerTLS | None) -> str | None:
+    """How the listener ``address`` lets clients in: ``unix`` (by the socket file's
+    permissions), ``tcp`` (anyone who reaches it), ``tls`` (encrypted, anyone who reaches it)
+    or ``tlsverify`` (a client certificate the authority signed); None: a Twisted description
+    known only once bound (``systemd:``)."""
+    if address.kind == "unix":
+        return "unix"
+    if address.kind == "tcp":
+        if tls is None:
+            return "tcp"
+        return "tlsverify" if tls.verify else "tls"
+    kind = address.description.split(":", 1)[0]
+    return {"unix": "unix", "tcp": "tcp", "tcp6": "tcp", "ssl": "tls"}.get(kind)
+
+
+def guard_listener(name: str, transport: str, host: str, insecure: bool) -> str | None:
+    """Whether the listener ``name`` (its ``transport`` as ``listener_transport`` says, bound
+    to ``host``) may start: None, silently; a warning to log; or ``UsageError`` when it would
+    let clients in unauthenticated from beyond this host and ``insecure`` was not given."""
+    if transport in ("unix", "tlsverify"):
+        return None
+    if not is_loopback(host):
+        if not insecure:
+            raise UsageError(
+                f"--listen {name}: anyone who can reach {_where(host)} would get the Docker "
+                "daemon's power (root on this host) without authenticating; use --tlsverify "
+                "with client certificates, a unix:// listener or a loopback address, or give "
+                f"{INSECURE_FLAG} to start anyway"
+            )
+        return (f"{name} lets in, unauthenticated, anyone who can reach it, with the Docker "
+                f"daemon's power (root on this host): {INSECURE_FLAG} was given")
+    return (f"{name} lets in every local user, with the Docker daemon's power (root on this "
+            "host), past the permissions of its socket; a unix:// listener with "
+            "--socket-group, or --tlsverify, authenticates clients")
+
+
+def _where(host: str) -> str:
+    try:
+        if ipaddress.ip_address(host.strip("[]")).is_unspecified:
+            return f"any address of this host ({host})"
+    except ValueError:
+        pass
+    return host
+
+
+def _bound_transport(address: Address, bound: object) -> tuple[str, str]:
+    """The transport and host of a Twisted description's listener, from what it bound."""
+    if isinstance(bound, IPv4Address | IPv6Address):
+        return (listener_transport(address, None) or "tcp"), bound.host
+    return "unix", ""
+
+
 def serve(args: argparse.Namespace) -> int:
     """Run the proxy until SIGTERM or SIGINT."""
     limits = limits_from(args)
@@ -191,6 +323,9 @@ def serve(args: argparse.Namespace) -> int:
         item for item in os.environ.get("POWERSTRIP_LISTEN", DEFAULT_LISTEN).split(",") if item
     ]
     listens = _addresses(listen_values, "--listen")
+    tls = tls_from(args)
+    if tls is not None and not any(address.kind == "tcp" for address in listens):
+        raise UsageError("--tls/--tlsverify apply to tcp:// listeners, and there is none")
     upstream_value = args.upstream or os.environ.get("POWERSTRIP_UPSTREAM", DEFAULT_UPSTREAM)
     (upstream,) = _addresses([upstream_value], "--upstream")
     if worker_fds is not None and len(worker_fds) != len(listens):
@@ -202,7 +337,18 @@ def serve(args: argparse.Namespace) -> int:
             group_id = grp.getgrnam(args.socket_group).gr_gid
         except KeyError:
             raise UsageError(f"--socket-group: no group named {args.socket_group}") from None
+    if worker_fds is None:  # a worker's parent has checked its listeners
+        for address in listens:
+            transport = listener_transport(address, tls)
+            if address.kind != "endpoint" and transport is not None:
+                warning = guard_listener(str(address), transport, address.host,
+                                         args.insecure_allow_unauthenticated)
+                if warning:
+                    log.warning("%s", warning)
     if workers > 1:
+        if tls is not None:
+            raise UsageError(f"--workers {workers}: TLS listeners (--tls, --tlsverify) cannot "
+                             "be shared by several workers; serve them with --workers 1")
         return _supervise(args, workers, listens, listen_values, upstream_value, config_path,
                           limits, busy_poll, group_id)
 
@@ -216,7 +362,7 @@ def serve(args: argparse.Namespace) -> int:
     from powerstrip.hooks.config import ConfigError
     from powerstrip.hooks.live import LiveConfig, describe
     from powerstrip.proxy.connection import ProxyFactory
-    from powerstrip.proxy.tls import allow_half_close
+    from powerstrip.proxy.tls import allow_half_close, tls_server_endpoint
     from powerstrip.proxy.workers import adopt, say_ready
 
     try:
@@ -242,11 +388,28 @@ def serve(args: argparse.Namespace) -> int:
                 if worker_fds is not None:  # the parent bound it, and set its file's group
                     port = adopt(reactor, worker_fds[index], factory)
                     os.close(worker_fds[index])
+                elif address.kind == "tcp" and tls is not None:
+                    port = yield tls_server_endpoint(
+                        reactor, address.port, address.host or "127.0.0.1", LISTEN_BACKLOG,
+                        tls).listen(factory)
                 else:
                     port = yield serverFromString(
                         reactor, server_description(address)).listen(factory)
                 allow_half_close(port)
                 ports.append(port)
+                if address.kind == "endpoint" and worker_fds is None:
+                    # Where a description listens is known for sure only once it is bound.
+                    transport, host = _bound_transport(address, port.getHost())
+                    try:
+                        warning = guard_listener(str(address), transport, host,
+                                                 args.insecure_allow_unauthenticated)
+                    except UsageError as exc:
+                        print(f"powerstrip: {exc}", file=sys.stderr, flush=True)
+                        exit_code[0] = 2
+                        reactor.stop()
+                        return
+                    if warning:
+                        log.warning("%s", warning)
                 if address.kind == "unix" and group_id is not None and worker_fds is None:
                     os.chown(address.path, -1, group_id)
         except Exception as exc:  # noqa: BLE001 - any listen failure ends the command
@@ -259,7 +422,7 @@ def serve(args: argparse.Namespace) -> int:
         if args.ready_fd is not None:
             say_ready(args.ready_fd)
         else:
-            print(f"export {docker_host_line(listens[0], ports[0].getHost())}", flush=True)
+            print(f"export {docker_host_line(listens[0], ports[0].getHost(), tls)}", flush=True)
 
     @defer.inlineCallbacks
     def stop() -> defer.Generator:
@@ -405,6 +568,32 @@ def build_parser() -> argparse.ArgumentParser:
         "a burst of connections uses more than one core; each takes its share of "
         "--max-connections; a worker that dies stops them all, it is not restarted "
         "(default 1; env POWERSTRIP_WORKERS)",
+    )
+    serve_parser.add_argument(
+        "--tls", action="store_true",
+        help="serve the tcp:// listeners over TLS with --tlscert and --tlskey, asking clients "
+        "for no certificate (env POWERSTRIP_TLS=1)",
+    )
+    serve_parser.add_argument(
+        "--tlsverify", action="store_true",
+        help="serve the tcp:// listeners over TLS and let in only clients with a certificate "
+        "signed by --tlscacert, as dockerd --tlsverify (env POWERSTRIP_TLSVERIFY=1)",
+    )
+    serve_parser.add_argument(
+        "--tlscacert", metavar="PEM",
+        help="the authorities that sign clients' certificates (env POWERSTRIP_TLSCACERT)",
+    )
+    serve_parser.add_argument(
+        "--tlscert", metavar="PEM",
+        help="the proxy's certificate, then its chain (env POWERSTRIP_TLSCERT)",
+    )
+    serve_parser.add_argument("--tlskey", metavar="PEM",
+                              help="the proxy's private key (env POWERSTRIP_TLSKEY)")
+    serve_parser.add_argument(
+        INSECURE_FLAG, action="store_true",
+        help="start even a listener that lets clients in unauthenticated from beyond this "
+        "host (plain TCP, or TLS without --tlsverify, on an address other than loopback), "
+        "giving whoever reaches it root on this host",
     )
     # How a worker started by --workers learns its listening sockets and says it listens.
     serve_parser.add_argument("--worker-fds", help=argparse.SUPPRESS)

@@ -22,15 +22,24 @@ on demand, until ``resumeProducing``.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from pathlib import Path
+
+from OpenSSL import crypto
 from OpenSSL.SSL import Error, WantReadError, ZeroReturnError
 from twisted.internet import defer
-from twisted.internet.endpoints import SSL4ClientEndpoint, TCP4ClientEndpoint
+from twisted.internet.endpoints import (
+    SSL4ClientEndpoint,
+    SSL4ServerEndpoint,
+    TCP4ClientEndpoint,
+)
 from twisted.internet.interfaces import (
     IHalfCloseableProtocol,
     IListeningPort,
     IProtocolFactory,
     IStreamClientEndpoint,
 )
+from twisted.internet.ssl import CertificateOptions
 from twisted.protocols.policies import ProtocolWrapper
 from twisted.protocols.tls import TLSMemoryBIOFactory, TLSMemoryBIOProtocol
 from twisted.python.failure import Failure
@@ -183,3 +192,72 @@ def half_closeable_client(endpoint: IStreamClientEndpoint) -> IStreamClientEndpo
     if isinstance(endpoint, SSL4ClientEndpoint):
         return HalfCloseableTLSClient(endpoint)
     return endpoint
+
+
+class TLSFileError(ValueError):
+    """A certificate or key file that cannot be read or used; the message names it."""
+
+
+@dataclass(frozen=True)
+class ServerTLS:
+    """The ``--tls``/``--tlsverify`` settings of the ``tcp://`` listeners: the proxy's
+    certificate (``cert``, possibly followed by its chain) and key, and with ``verify`` the
+    authorities (``ca``) a client's certificate must be signed by, as dockerd's flags."""
+
+    cert: str
+    key: str
+    ca: str | None = None
+    verify: bool = False
+
+    def options(self) -> CertificateOptions:
+        """The OpenSSL context factory for a listener: it asks for, and then requires, a client
+        certificate that ``ca`` signed when ``verify``; ``TLSFileError`` if a file is unusable."""
+        chain = _certificates(self.cert, "--tlscert")
+        key_pem = _read(self.key, "--tlskey")
+        try:
+            key = crypto.load_privatekey(crypto.FILETYPE_PEM, key_pem)
+        except crypto.Error:
+            raise TLSFileError(f"--tlskey: {self.key} holds no PEM private key") from None
+        authorities = _certificates(self.ca, "--tlscacert") if self.verify and self.ca else None
+        if self.verify and not authorities:
+            raise TLSFileError("--tlsverify needs --tlscacert, the authority clients' "
+                               "certificates are signed by")
+        try:
+            options = CertificateOptions(
+                privateKey=key, certificate=chain[0], extraCertChain=chain[1:] or None,
+                verify=self.verify, caCerts=authorities, requireCertificate=self.verify,
+            )
+            # Built now, not at the first client: a key that is not the certificate's is
+            # a usage error at start.
+            options.getContext()
+        except Error as exc:
+            raise TLSFileError(f"--tlscert {self.cert} and --tlskey {self.key} do not go "
+                               f"together: {exc}") from None
+        return options
+
+
+def _read(path: str, flag: str) -> bytes:
+    try:
+        return Path(path).read_bytes()
+    except OSError as exc:
+        raise TLSFileError(f"{flag}: cannot read {path}: {exc.strerror}") from None
+
+
+def _certificates(path: str, flag: str) -> list[crypto.X509]:
+    """Every PEM certificate in the file at ``path``, in order."""
+    from cryptography import x509
+
+    pem = _read(path, flag)
+    try:
+        found = x509.load_pem_x509_certificates(pem)
+    except ValueError:
+        raise TLSFileError(f"{flag}: {path} holds no PEM certificate") from None
+    return [crypto.X509.from_cryptography(certificate) for certificate in found]
+
+
+def tls_server_endpoint(reactor: object, port: int, interface: str, backlog: int,
+                        settings: ServerTLS) -> SSL4ServerEndpoint:
+    """A TLS server endpoint on ``interface:port`` with ``settings``; a port it listens on must
+    be passed to ``allow_half_close`` like any other TLS listener's."""
+    return SSL4ServerEndpoint(reactor, port, settings.options(), backlog=backlog,
+                              interface=interface)
