@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 
 from powerstrip_dev.processes import ProxyService, ServiceError, start_proxy
-from tests.e2e.conftest import docker, ok
+from tests.e2e.conftest import LineReader, docker, end, ok, popen_docker
 from tests.tlscerts import make_certs, make_client
 
 pytestmark = pytest.mark.timeout(120)
@@ -179,3 +179,23 @@ def test_tls_alone_lets_in_a_client_without_a_certificate(engine, pki, tmp_path)
         assert docker(proxy.docker_host, "version").returncode != 0
     finally:
         assert proxy.stop() == 0
+
+
+def test_exec_with_stdin_and_logs_follow_through_a_verifying_listener(verifying, engine, pki,
+                                                                     scratch):
+    """The rest of what the CLI does over a hijacked or streamed connection: ``exec -i`` whose
+    stdin ends (a close_notify, taken as a half-close) and ``logs -f`` that keeps streaming."""
+    name = scratch.name("tv-exec")
+    ok(docker(engine.host, "run", "-d", "--name", name, "busybox", "sh", "-c",
+              "echo first-line; sleep 3; echo later-line; sleep 120"))
+    assert ok(as_client(verifying, pki["good"], "exec", "-i", name, "wc", "-l",
+                        input=b"a\nb\nc\n")).strip() == b"3"
+    env = {"DOCKER_TLS_VERIFY": "1", "DOCKER_CERT_PATH": str(pki["good"])}
+    follow = popen_docker(verifying.docker_host, "logs", "-f", name, env_extra=env)
+    try:
+        reader = LineReader(follow)
+        assert reader.readline(timeout=10.0) == b"first-line\n"
+        assert reader.readline(timeout=10.0) == b"later-line\n"
+        assert follow.poll() is None, "still following"
+    finally:
+        end(follow)
