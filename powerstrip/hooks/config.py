@@ -12,7 +12,8 @@ An original file loads verbatim::
       weave: http://weave/extension
 
 On top of that an adapter may be a mapping (``url``, ``timeout``, ``on_error``), its URL may name
-a unix socket, and ``max_body`` bounds the bodies buffered for hooks. Every problem is reported as
+a unix socket, ``max_body`` bounds the bodies buffered for hooks, and ``clients`` allows only
+some clients in (``ClientPolicy``). Every problem is reported as
 ``PATH:LINE: message`` and all of them are reported at once, so one run of ``powerstrip check``
 shows everything to fix.
 """
@@ -31,6 +32,7 @@ from urllib.parse import unquote, urlsplit
 
 from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 
+from powerstrip.core.identity import Client
 from powerstrip.hooks.matching import parse_endpoint_key
 from powerstrip.hooks.yamlfile import Document, YamlError, describe, is_null, is_str
 
@@ -38,7 +40,10 @@ DEFAULT_TIMEOUT = 10.0
 DEFAULT_MAX_BODY = 4 * 1024 * 1024
 ON_ERROR_CHOICES = ("fail", "skip")
 
-_TOP_KEYS = ("version", "endpoints", "adapters", "max_body")
+_TOP_KEYS = ("version", "endpoints", "adapters", "max_body", "clients")
+_CLIENTS_KEYS = ("allow",)
+#: What an allowlist entry may name: the field of ``Client`` it compares and the kind of value.
+_RULE_KEYS = ("user", "group", "uid", "gid", "common_name", "san")
 _ENDPOINT_KEYS = ("pre", "post")
 _ADAPTER_KEYS = ("url", "timeout", "on_error")
 _URL_FORMS = "http://HOST/PATH, https://HOST/PATH, unix:///SOCKET:/PATH or http+unix://%2FSOCKET/PATH"
@@ -101,6 +106,53 @@ class Endpoint:
 
 
 @dataclass(frozen=True)
+class ClientRule:
+    """One entry of the ``clients`` allowlist: a client matches when it has every value given.
+
+    ``user`` and ``group`` are unix user and group names (the group primary or supplementary),
+    ``uid`` and ``gid`` their numbers, ``common_name`` and ``san`` a verified TLS client
+    certificate's subject CN and one of its subject alternative names.
+    """
+
+    user: str | None = None
+    group: str | None = None
+    uid: int | None = None
+    gid: int | None = None
+    common_name: str | None = None
+    san: str | None = None
+    line: int = 0
+
+    def matches(self, client: Client) -> bool:
+        """Whether ``client`` has every value this entry names."""
+        certificate = client.certificate
+        return (
+            (self.user is None or client.user == self.user)
+            and (self.group is None or self.group in client.groups)
+            and (self.uid is None or client.uid == self.uid)
+            and (self.gid is None or client.gid == self.gid)
+            and (self.common_name is None
+                 or (certificate is not None and certificate.common_name == self.common_name))
+            and (self.san is None or (certificate is not None and self.san in certificate.sans))
+        )
+
+
+@dataclass(frozen=True)
+class ClientPolicy:
+    """The ``clients`` section: only clients matching one ``allow`` entry are let in."""
+
+    allow: tuple[ClientRule, ...]
+    line: int = 0
+
+    def refusal(self, client: Client) -> str | None:
+        """None if ``client`` may use the proxy, else the message it is refused with."""
+        for rule in self.allow:
+            if rule.matches(client):
+                return None
+        return (f"Powerstrip does not let this client in: it was taken to be "
+                f"{client.describe()}, whom its 'clients' allowlist does not name")
+
+
+@dataclass(frozen=True)
 class Config:
     """A checked configuration.
 
@@ -113,6 +165,8 @@ class Config:
     adapters: dict[str, AdapterSpec]
     source: str | None = None
     max_body: int = DEFAULT_MAX_BODY
+    #: Who may use the proxy; None (no ``clients`` section): everyone who reaches a listener.
+    clients: ClientPolicy | None = None
 
 
 EMPTY = Config(endpoints=(), adapters={}, source=None)
@@ -215,7 +269,76 @@ class _Checker:
             max_body = self.max_body(key, value)
         for key, value in sections.get("version", []):
             self.version(key, value)
-        return Config(tuple(endpoints), adapters, self.source, max_body)
+        clients: ClientPolicy | None = None
+        for key, value in sections.get("clients", []):
+            clients = self.clients(key, value)
+        return Config(tuple(endpoints), adapters, self.source, max_body, clients)
+
+    def clients(self, key: Node, value: Node) -> ClientPolicy | None:
+        """Check the 'clients' section; a section with faults allows nobody (it is reported)."""
+        line = key.start_mark.line + 1
+        nobody = ClientPolicy((), line)
+        if is_null(value):
+            self.report(key, "'clients' is empty (null); give it an 'allow' list, "
+                             "or leave it out to let in every client that reaches a listener")
+            return nobody
+        if not isinstance(value, MappingNode):
+            self.report(value, f"'clients' must be a mapping with 'allow', got {describe(value)}")
+            return nobody
+        rules: list[ClientRule] = []
+        seen_allow = False
+        for field, field_key, items in self.document.entries(value):
+            if field not in _CLIENTS_KEYS:
+                self.unknown(field_key, field, _CLIENTS_KEYS, "in 'clients'")
+                continue
+            seen_allow = True
+            if not isinstance(items, SequenceNode):
+                self.report(items if not is_null(items) else field_key,
+                            "'allow' of 'clients' must be a list of entries such as "
+                            f"{{user: NAME}} or {{common_name: NAME}}, got {describe(items)}")
+                continue
+            for item in items.value:
+                rule = self.client_rule(item)
+                if rule is not None:
+                    rules.append(rule)
+        if not seen_allow:
+            self.report(key, "'clients' has no 'allow' list")
+        return ClientPolicy(tuple(rules), line)
+
+    def client_rule(self, item: Node) -> ClientRule | None:
+        forms = ", ".join(_RULE_KEYS)
+        if not isinstance(item, MappingNode):
+            self.report(item, f"each entry of 'allow' in 'clients' must be a mapping naming "
+                              f"one or more of {forms}, got {describe(item)}")
+            return None
+        found: dict[str, object] = {}
+        ok = True
+        for field, field_key, value in self.document.entries(item):
+            if field not in _RULE_KEYS:
+                self.unknown(field_key, field, _RULE_KEYS, "in an entry of 'allow' in 'clients'")
+                ok = False
+                continue
+            scalar = self.document.scalar(value)
+            if field in ("uid", "gid"):
+                if type(scalar) is not int or scalar < 0:
+                    self.report(value if not is_null(value) else field_key,
+                                f"{field!r} in 'clients' must be a number 0 or more, "
+                                f"got {describe(value)}")
+                    ok = False
+                    continue
+            elif not (is_str(value) and value.value):
+                self.report(value if not is_null(value) else field_key,
+                            f"{field!r} in 'clients' must be a name (a string), "
+                            f"got {describe(value)}")
+                ok = False
+                continue
+            found[field] = scalar
+        line = item.start_mark.line + 1
+        if ok and not found:
+            self.report(item, f"an entry of 'allow' in 'clients' names nothing; give one or "
+                              f"more of {forms}")
+            return None
+        return ClientRule(**found, line=line) if ok else None
 
     def version(self, key: Node, value: Node) -> None:
         found = self.document.scalar(value)

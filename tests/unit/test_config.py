@@ -21,6 +21,7 @@ from powerstrip.hooks.config import (
     EMPTY,
     AdapterSpec,
     AdapterTarget,
+    ClientRule,
     Config,
     ConfigError,
     Endpoint,
@@ -437,7 +438,7 @@ def test_unknown_keys_at_every_level():
         """
     assert_errors(text, [
         (2, "unknown key 'endpoint' at the top level (expected version, endpoints, adapters, "
-            "max_body); did you mean 'endpoints'?"),
+            "max_body, clients); did you mean 'endpoints'?"),
         (7, "unknown key 'postt' in endpoint 'GET /x' (expected pre, post); did you mean 'post'?"),
         (11, "unknown key 'retries' in adapter 'a' (expected url, timeout, on_error)"),
     ])
@@ -803,3 +804,79 @@ def test_damaged_files_give_errors_with_lines_in_the_file(data, pick):
     else:
         lines[row] = lines[row].split(":")[0] + ":\n"
     _check_messages("".join(lines))
+
+
+# The 'clients' allowlist
+
+
+def test_a_clients_section_reads_into_rules_with_their_lines():
+    config = parse_config(textwrap.dedent("""\
+        endpoints: {}
+        adapters: {}
+        clients:
+          allow:
+            - {user: ci}
+            - {group: docker-ops}
+            - uid: 0
+            - {common_name: alice, san: alice.example}
+        """), "f.yml")
+    assert config.clients is not None
+    assert config.clients.line == 3
+    assert config.clients.allow == (
+        ClientRule(user="ci", line=5),
+        ClientRule(group="docker-ops", line=6),
+        ClientRule(uid=0, line=7),
+        ClientRule(common_name="alice", san="alice.example", line=8),
+    )
+
+
+def test_without_a_clients_section_there_is_no_allowlist():
+    assert parse_config(ORIGINAL, "f.yml").clients is None
+    assert EMPTY.clients is None
+
+
+def test_an_empty_allow_list_lets_nobody_in():
+    config = parse_config("endpoints: {}\nadapters: {}\nclients: {allow: []}\n", "f.yml")
+    assert config.clients is not None and config.clients.allow == ()
+
+
+def test_faults_in_the_clients_section_are_reported_at_their_lines():
+    text = textwrap.dedent("""\
+        endpoints: {}
+        adapters: {}
+        clients:
+          allow:
+            - 3
+            - {uid: -1}
+            - {user: 4}
+            - {usr: x}
+            - {}
+            - {gid: "10"}
+            - {common_name: ""}
+            - {group: }
+          deny: []
+        """)
+    assert_errors(text, [
+        (5, "each entry of 'allow' in 'clients' must be a mapping naming one or more of user, "
+            "group, uid, gid, common_name, san, got the number 3"),
+        (6, "'uid' in 'clients' must be a number 0 or more, got the number -1"),
+        (7, "'user' in 'clients' must be a name (a string), got the number 4"),
+        (8, "unknown key 'usr' in an entry of 'allow' in 'clients' (expected user, group, uid, "
+            "gid, common_name, san); did you mean 'user'?"),
+        (9, "an entry of 'allow' in 'clients' names nothing"),
+        (10, "'gid' in 'clients' must be a number 0 or more, got the string '10'"),
+        (11, "'common_name' in 'clients' must be a name (a string)"),
+        (12, "'group' in 'clients' must be a name (a string), got null"),
+        (13, "unknown key 'deny' in 'clients' (expected allow)"),
+    ])
+
+
+@pytest.mark.parametrize(("section", "phrase"), [
+    ("clients:\n", "'clients' is empty (null)"),
+    ("clients: [ci]\n", "'clients' must be a mapping with 'allow'"),
+    ("clients: {}\n", "'clients' has no 'allow' list"),
+    ("clients: {allow: ci}\n", "'allow' of 'clients' must be a list of entries"),
+    ("clients: {allow: }\n", "'allow' of 'clients' must be a list of entries"),
+])
+def test_a_malformed_clients_section_is_an_error_at_its_line(section, phrase):
+    assert_errors("endpoints: {}\nadapters: {}\n" + section, [(3, phrase)])
