@@ -244,14 +244,18 @@ class Machine:
 
     ``hooks`` is the configuration in force (None: no hooks), ``upstream`` names the daemon in
     messages, ``pace`` and ``clock`` are for busy-polling (both None when nothing busy-polls).
+    ``gate``, asked before each request, says why the client may not use the proxy (a 403,
+    and the connection ends), or None to let the request in; None: every client may.
     """
 
     def __init__(
         self, effects: Effects, hooks: HooksLike | None = None, upstream: str = "the daemon",
         pace: PaceLike | None = None, clock: Callable[[], float] | None = None,
+        gate: Callable[[], str | None] | None = None,
     ) -> None:
         self.effects = effects
         self.hooks = hooks
+        self.gate = gate
         self.upstream = upstream
         self.pace = pace
         self.clock = clock
@@ -405,6 +409,14 @@ class Machine:
         self.started += 1
         if self.pace is not None:
             self.pace.request(self.clock())
+        if self.gate is not None:
+            refusal = self.gate()
+            if refusal is not None:
+                # Before the daemon or any adapter hears of it; the client's next request
+                # would be refused alike, so the connection ends.
+                self.exchange = Exchange(head)
+                self._refuse(403, refusal)
+                return False
         hooks = self.hooks
         plan = None
         if hooks is not None and hooks.active:

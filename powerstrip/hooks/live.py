@@ -15,7 +15,7 @@ from twisted.internet.task import LoopingCall
 
 from powerstrip.core.paths import STREAM_SAMPLES
 from powerstrip.hooks.client import AdapterClient
-from powerstrip.hooks.config import EMPTY, Config, ConfigError, load_config
+from powerstrip.hooks.config import EMPTY, ClientPolicy, Config, ConfigError, load_config
 from powerstrip.hooks.matching import Matcher
 from powerstrip.hooks.plans import Plan, make_plan
 
@@ -69,6 +69,9 @@ class LiveConfig:
 
     def _apply(self, config: Config) -> None:
         self.config = config
+        #: Who may use the proxy (None: everyone); connections look at it on each request, so
+        #: a reload that narrows it refuses the next request of a connection already open.
+        self.clients: ClientPolicy | None = config.clients
         self.matcher = Matcher(config.endpoints)
         self.active = bool(config.endpoints)
         methods = {endpoint.method for endpoint in config.endpoints}

@@ -22,12 +22,14 @@ from zope.interface import implementer
 
 from powerstrip.core.errors import error_response
 from powerstrip.core.exchange import Exchange, Machine, RequestState
+from powerstrip.core.identity import Client
 from powerstrip.hooks.client import HookError
 from powerstrip.hooks.live import LiveConfig
 from powerstrip.hooks.wire import ClientRequest, ServerResponse
 from powerstrip.proxy.addresses import Address, upstream_endpoint
 from powerstrip.proxy.flow import Pauser, direct_reads, no_delay, send
 from powerstrip.proxy.limits import Limits
+from powerstrip.proxy.peer import client_of
 from powerstrip.proxy.reactor import BackToBack
 from powerstrip.proxy.tls import half_closeable_client
 
@@ -86,6 +88,16 @@ class ClientConnection(Protocol):
         #: Since when the timers have seen the connection quiet, and in what (``check_timers``).
         self.quiet_since: float | None = None
         self.quiet_mark: tuple[int, bool] = (0, False)
+        self._client: Client | None = None
+
+    @property
+    def client(self) -> Client:
+        """Who is at the other end, read once, when first asked: a TLS client's certificate
+        is known only once the handshake is over, which the first request's arrival implies."""
+        client = self._client
+        if client is None:
+            client = self._client = client_of(self.transport)
+        return client
 
     # Transport callbacks, as the machine's events
 
@@ -95,7 +107,8 @@ class ClientConnection(Protocol):
         window = factory.busy_poll
         self.pace = BackToBack(window) if window else None
         self.machine = Machine(self, factory.hooks, factory.upstream_text, self.pace,
-                               factory.reactor.seconds)
+                               factory.reactor.seconds,
+                               self._refusal if factory.hooks is not None else None)
         self.dataReceived = self.machine.client_data
         no_delay(self.transport)
         direct_reads(self.transport, self.machine.client_data)
@@ -114,6 +127,17 @@ class ClientConnection(Protocol):
             self._drop_daemon(self.daemon)
         elif self.connecting is not None:
             self.connecting.cancel()
+
+    def _refusal(self) -> str | None:
+        """Why this client may not use the proxy under the configuration in force, or None."""
+        policy = getattr(self.factory.hooks, "clients", None)
+        if policy is None:
+            return None
+        refusal = policy.refusal(self.client)
+        if refusal is not None:
+            log.warning("refused %s: the 'clients' allowlist of %s does not name it",
+                        self.client.describe(), self.factory.hooks.config.source)
+        return refusal
 
     def daemon_data(self, data: bytes) -> None:
         """Bytes from the daemon."""
@@ -256,7 +280,8 @@ class ClientConnection(Protocol):
         if failure.check(HookError):
             status, message = failure.value.status, failure.value.message
         else:
-            log.error("hook chain failed: %s", failure.getTraceback())
+            log.error("hook chain failed for %s: %s", self.client.describe(),
+                      failure.getTraceback())
             status, message = 502, f"calling adapters failed: {failure.getErrorMessage()}"
         self.machine.hooks_failed(exchange, status, message)
 
