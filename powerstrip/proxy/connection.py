@@ -130,7 +130,7 @@ class ClientConnection(Protocol):
 
     def _refusal(self) -> str | None:
         """Why this client may not use the proxy under the configuration in force, or None."""
-        policy = getattr(self.factory.hooks, "clients", None)
+        policy = self.factory.hooks.clients
         if policy is None:
             return None
         refusal = policy.refusal(self.client)
@@ -317,11 +317,10 @@ class ClientConnection(Protocol):
         drained buffer by resuming it instead of by the half-close, and does not look again:
         the daemon would never hear the end of input (of a hijacked stream's stdin, say).
         """
-        transport = daemon.transport
-        transport.unregisterProducer()
+        self._stop_producing_for(daemon)
         # Nothing will resume the client for the daemon's buffer now; its other reasons stand.
         self.pauser.resume("flow")
-        transport.loseWriteConnection()
+        daemon.transport.loseWriteConnection()
 
     def _drop_daemon(self, daemon: DaemonConnection) -> None:
         """Close the daemon connection once what was written to it has left.
@@ -334,11 +333,16 @@ class ClientConnection(Protocol):
         connection and its descriptor would stay for as long as the daemon keeps its end (an
         attach, a stream, a lingering close that reads until the proxy closes).
         """
+        self._stop_producing_for(daemon)
+        daemon.transport.loseConnection()
+
+    @staticmethod
+    def _stop_producing_for(daemon: DaemonConnection) -> None:
+        """The client stops being the producer of the daemon's transport, if it still is (a
+        half-close or an earlier close may have ended that already)."""
         transport = daemon.transport
-        # A half-close or an earlier close already dropped the registration.
-        if not self.daemon_half_closed and not transport.disconnecting:
+        if transport.producer is not None:
             transport.unregisterProducer()
-        transport.loseConnection()
 
     def _connect_failed(self, failure: Failure) -> None:
         self.connecting = None

@@ -68,6 +68,7 @@ class _Adapters:
 
 class _Hooks:
     active = True
+    clients = None  # no allowlist: every client may
 
     def __init__(self) -> None:
         self.adapters = _Adapters()
