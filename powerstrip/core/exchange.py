@@ -505,7 +505,8 @@ class Machine:
                         body_text = canonical_body(body_shape(method, target), body_text).text
                     except AmbiguousBody:
                         pass  # already forwarded as sent: the daemon's own reading decided
-                    exchange.hooked_request = ClientRequest(method, target, body_text)
+                    exchange.hooked_request = ClientRequest(
+                        method, target, body_text, headers=_shown(exchange.head.headers))
                 exchange.held = []
             self.request_state = RequestState.DONE
             if self.response_state is ResponseState.DONE:
@@ -536,7 +537,8 @@ class Machine:
             body_text = shown.text
             exchange.respelled = shown.changed
         request = ClientRequest(method, target, body_text,
-                                None if shape is None else functools.partial(respell, shape))
+                                None if shape is None else functools.partial(respell, shape),
+                                _shown(head.headers))
         exchange.hooked_request = request
         self.request_state = RequestState.PRE_HOOKS
         self.effects.call_pre_hooks(exchange, request)
@@ -564,17 +566,19 @@ class Machine:
             out = [head.raw, *held]
         else:
             method, target = changed.method.encode("latin-1"), changed.request.encode("latin-1")
+            headers = (head.headers if changed.headers == sent.headers
+                       else _wire_headers(changed.headers))
             if exchange.buffer_json or (head.body_kind is BodyKind.NONE and changed.body):
                 body = (changed.body or "").encode("utf-8")
-                headers = head.headers
-                if head.body_kind is BodyKind.NONE and head.header(b"content-type") is None:
+                if (head.body_kind is BodyKind.NONE
+                        and not any(name.lower() == b"content-type" for name, _ in headers)):
                     headers = [*headers, (b"Content-Type", b"application/json")]
                 out = [build_request_head(method, target, headers, len(body)), body]
             else:
                 if changed.body != sent.body:
                     log.warning("adapters changed the body of %s %s, which is not JSON: "
                                 "it is passed on unchanged", changed.method, changed.request)
-                out = [build_request_head(method, target, head.headers, None), *held]
+                out = [build_request_head(method, target, headers, None), *held]
         self.request_state = (RequestState.DONE if exchange.read_whole
                               else RequestState.SENDING)
         self._await_answer()
@@ -866,10 +870,11 @@ class Machine:
             None if content_type is None else content_type.decode("latin-1"),
             response.body.decode("utf-8", "replace"),
             head.status,
+            _shown(head.headers),
         )
         request = exchange.hooked_request or ClientRequest(
             exchange.head.method.decode("latin-1"), exchange.head.target.decode("latin-1"),
-            None)
+            None, headers=_shown(exchange.head.headers))
         exchange.sent_response = sent
         exchange.head_only = head_only
         self.response_state = ResponseState.POST_HOOKS
@@ -888,8 +893,11 @@ class Machine:
             out = b"".join(raw)
         else:
             head = exchange.response.head
+            sent = exchange.sent_response
             out = build_response(
-                changed.code, head.headers,
+                changed.code,
+                head.headers if changed.headers == sent.headers
+                else _wire_headers(changed.headers),
                 None if changed.content_type is None else changed.content_type.encode("latin-1"),
                 (changed.body or "").encode("utf-8"), head_only=exchange.head_only,
             )
@@ -1002,6 +1010,17 @@ M = Machine
 
 #: For each client-side event (and those of the proxy itself), the handler in each request
 #: state.
+def _shown(headers: list[tuple[bytes, bytes]]) -> tuple[tuple[str, str], ...]:
+    """Headers as hooks are shown them: latin-1 text, so they go back to the wire exactly."""
+    return tuple((name.decode("latin-1"), value.decode("latin-1")) for name, value in headers)
+
+
+def _wire_headers(headers: tuple[tuple[str, str], ...]) -> list[tuple[bytes, bytes]]:
+    """Headers an adapter answered with, as the proxy writes them (``hooks.wire`` checked
+    them: latin-1 text, no line breaks, the proxy's own headers as they were)."""
+    return [(name.encode("latin-1"), value.encode("latin-1")) for name, value in headers]
+
+
 REQUEST_TABLE: dict[str, dict[RequestState, Callable]] = {
     "client_data": {
         RS.IDLE: M._read, RS.HOLDING: M._read, RS.PRE_HOOKS: M._read, RS.SENDING: M._read,

@@ -14,6 +14,7 @@ import logging
 import os
 import time
 from collections.abc import Callable, Sequence
+from typing import Any
 from urllib.parse import urlsplit
 
 import httptools
@@ -22,12 +23,14 @@ from twisted.internet.endpoints import HostnameEndpoint, UNIXClientEndpoint, wra
 from twisted.internet.ssl import optionsForClientTLS
 from twisted.python.failure import Failure
 
+from powerstrip.core.identity import UNKNOWN, Client
 from powerstrip.hooks.config import AdapterSpec, AdapterTarget
 from powerstrip.hooks.plans import Hook
 from powerstrip.hooks.wire import (
     AnswerError,
     ClientRequest,
     ServerResponse,
+    client_to_wire,
     parse_post_hook_answer,
     parse_pre_hook_answer,
     post_hook_call,
@@ -372,12 +375,28 @@ class AdapterClient:
         return f"{self._call_prefix}-{next(self._calls)}"
 
     def run_pre(
-        self, hooks: Sequence[Hook], request: ClientRequest, call_id: str | None = None
+        self, hooks: Sequence[Hook], request: ClientRequest, call_id: str | None = None,
+        client: Client = UNKNOWN,
     ) -> defer.Deferred:
-        """Run pre-hooks in order, each seeing what the one before returned."""
+        """Run pre-hooks in order, each seeing what the one before returned; ``client`` is
+        who sent the request, for adapters that speak version 2."""
+        shown = _Shown(client)
+
+        def encode(hook: Hook, value: ClientRequest) -> bytes:
+            adapter = hook.adapter
+            if adapter.protocol == 1:
+                return pre_hook_call(value)
+            return pre_hook_call(value, version=adapter.protocol, client=shown.wire(),
+                                 credentials=adapter.credentials)
+
+        def parse(hook: Hook, answer: bytes, value: ClientRequest) -> ClientRequest:
+            adapter = hook.adapter
+            return parse_pre_hook_answer(answer, value, version=adapter.protocol,
+                                         credentials=adapter.credentials)
+
         return self._chain(
             hooks, request, lambda r: f"pre-hook for {r.method} {r.request}",
-            pre_hook_call, parse_pre_hook_answer, call_id,
+            encode, parse, call_id,
         )
 
     def run_post(
@@ -386,17 +405,29 @@ class AdapterClient:
         request: ClientRequest,
         response: ServerResponse,
         call_id: str | None = None,
+        client: Client = UNKNOWN,
     ) -> defer.Deferred:
         """Run post-hooks in order, each seeing the response the one before returned."""
         what = f"post-hook for {request.method} {request.request}"
-        return self._chain(
-            hooks, response, lambda _: what,
-            lambda r: post_hook_call(request, r), parse_post_hook_answer, call_id,
-        )
+        shown = _Shown(client)
+
+        def encode(hook: Hook, value: ServerResponse) -> bytes:
+            adapter = hook.adapter
+            if adapter.protocol == 1:
+                return post_hook_call(request, value)
+            return post_hook_call(request, value, version=adapter.protocol,
+                                  client=shown.wire(), credentials=adapter.credentials)
+
+        def parse(hook: Hook, answer: bytes, value: ServerResponse) -> ServerResponse:
+            adapter = hook.adapter
+            return parse_post_hook_answer(answer, value, version=adapter.protocol,
+                                          credentials=adapter.credentials)
+
+        return self._chain(hooks, response, lambda _: what, encode, parse, call_id)
 
     def _chain(
-        self, hooks: Sequence[Hook], value: object, describe: Callable[[object], str],
-        encode: Callable[[object], bytes], parse: Callable[[bytes, object], object],
+        self, hooks: Sequence[Hook], value: Any, describe: Callable[[Any], str],
+        encode: Callable[[Hook, Any], bytes], parse: Callable[[Hook, bytes, Any], Any],
         call_id: str | None = None,
     ) -> defer.Deferred:
         if call_id is None:
@@ -410,7 +441,7 @@ class AdapterClient:
 
             def parsed(answer: bytes) -> object:
                 try:
-                    return parse(answer, value)
+                    return parse(hook, answer, value)
                 except AnswerError as exc:
                     raise HookError(502, self._describe(
                         hook, what, f"bad answer: {exc}")) from None
@@ -424,7 +455,7 @@ class AdapterClient:
                     return value
                 return failure
 
-            call = self.post(hook, encode(value), what, call_id)
+            call = self.post(hook, encode(hook, value), what, call_id)
             # The skip applies to this hook's own failures only: the next step is chained
             # after the errback, so a later hook's failure passes through untouched.
             call.addCallback(parsed)
@@ -439,6 +470,21 @@ class AdapterClient:
         for idle in list(self._idle.values()):
             for connection in list(idle):
                 connection.transport.loseConnection()
+
+
+class _Shown:
+    """The ``Client`` object of one request's version 2 calls, made once when first needed."""
+
+    __slots__ = ("client", "_wire")
+
+    def __init__(self, client: Client) -> None:
+        self.client = client
+        self._wire: dict[str, Any] | None = None
+
+    def wire(self) -> dict[str, Any]:
+        if self._wire is None:
+            self._wire = client_to_wire(self.client)
+        return self._wire
 
 
 def _reason(exc: BaseException) -> str:

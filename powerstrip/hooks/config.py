@@ -11,7 +11,8 @@ An original file loads verbatim::
       flocker: http://flocker/flocker-adapter
       weave: http://weave/extension
 
-On top of that an adapter may be a mapping (``url``, ``timeout``, ``on_error``), its URL may name
+On top of that an adapter may be a mapping (``url``, ``timeout``, ``on_error``, ``protocol``,
+``credentials``), its URL may name
 a unix socket, ``max_body`` bounds the bodies buffered for hooks, and ``clients`` allows only
 some clients in (``ClientPolicy``). Every problem is reported as
 ``PATH:LINE: message`` and all of them are reported at once, so one run of ``powerstrip check``
@@ -34,6 +35,7 @@ from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 
 from powerstrip.core.identity import Client
 from powerstrip.hooks.matching import parse_endpoint_key
+from powerstrip.hooks.wire import PROTOCOL_VERSIONS
 from powerstrip.hooks.yamlfile import Document, YamlError, describe, is_null, is_str
 
 DEFAULT_TIMEOUT = 10.0
@@ -45,7 +47,7 @@ _CLIENTS_KEYS = ("allow",)
 #: What an allowlist entry may name: the field of ``Client`` it compares and the kind of value.
 _RULE_KEYS = ("user", "group", "uid", "gid", "common_name", "san")
 _ENDPOINT_KEYS = ("pre", "post")
-_ADAPTER_KEYS = ("url", "timeout", "on_error")
+_ADAPTER_KEYS = ("url", "timeout", "on_error", "protocol", "credentials")
 _URL_FORMS = "http://HOST/PATH, https://HOST/PATH, unix:///SOCKET:/PATH or http+unix://%2FSOCKET/PATH"
 
 _SIZE = re.compile(r"(\d+(?:\.\d+)?)\s*([A-Za-z]*)")
@@ -82,6 +84,8 @@ class AdapterSpec:
     ``Adapter``; ``hooks.client.AdapterClient`` calls it.)
 
     ``on_error`` is "fail" (the client gets an error) or "skip" (the hook is passed over).
+    ``protocol`` is the version of the wire format it speaks (``hooks.wire``: 2 adds the client
+    and the headers), ``credentials`` whether it is shown registry credentials (version 2).
     ``line`` is where the adapter is defined, for messages that point back at the file.
     """
 
@@ -91,6 +95,8 @@ class AdapterSpec:
     timeout: float = DEFAULT_TIMEOUT
     on_error: str = "fail"
     line: int = 0
+    protocol: int = 1
+    credentials: bool = False
 
 
 @dataclass(frozen=True)
@@ -405,6 +411,8 @@ class _Checker:
         target: AdapterTarget | None = None
         timeout = DEFAULT_TIMEOUT
         on_error = "fail"
+        protocol = 1
+        credentials: ScalarNode | None = None
         ok = True
         seen_url = False
         for field, field_key, value in self.document.entries(spec):
@@ -437,6 +445,21 @@ class _Checker:
                     ok = False
                 else:
                     timeout = float(found)
+            elif field == "protocol":
+                found = self.document.scalar(value)
+                if type(found) is not int or found not in PROTOCOL_VERSIONS:
+                    self.report(value, f"'protocol' of adapter {name!r} must be 1 or 2, "
+                                       f"got {describe(value)}")
+                    ok = False
+                else:
+                    protocol = found
+            elif field == "credentials":
+                if type(self.document.scalar(value)) is not bool:
+                    self.report(value, f"'credentials' of adapter {name!r} must be true or "
+                                       f"false, got {describe(value)}")
+                    ok = False
+                else:
+                    credentials = value
             else:
                 if not (is_str(value) and value.value in ON_ERROR_CHOICES):
                     self.report(value, f"'on_error' of adapter {name!r} must be 'fail' or "
@@ -447,9 +470,16 @@ class _Checker:
         if not seen_url:
             self.report(key, f"adapter {name!r} has no 'url'")
             return None
+        shown = credentials is not None and self.document.scalar(credentials) is True
+        if shown and protocol < 2:
+            # Version 1 shows no headers at all: the setting would promise what never happens.
+            self.report(credentials, f"'credentials' of adapter {name!r} needs 'protocol: 2' "
+                                     f"(version 1 shows no headers)")
+            ok = False
         if not ok or url is None or target is None:
             return None
-        return AdapterSpec(name, url, target, timeout=timeout, on_error=on_error, line=line)
+        return AdapterSpec(name, url, target, timeout=timeout, on_error=on_error, line=line,
+                           protocol=protocol, credentials=shown)
 
     def target(self, name: str, node: ScalarNode) -> AdapterTarget | None:
         try:

@@ -30,6 +30,11 @@ the response likewise. A hook may also return a Deferred, or be ``async def``. S
 matching one call run in registration order, each getting what the previous one returned.
 Raising ``Refuse`` answers a status of the hook's choosing, which the proxy passes to the client.
 The wire format is in ``docs/protocol.md``.
+
+An adapter made with ``Adapter(name, protocol=2)`` (and mapped with ``protocol: 2`` in the
+adapters file) also sees who asked, ``request.client`` (a ``Client``: unix uid and user, TLS
+certificate, or the peer's address), and the headers, ``request.headers`` and
+``response.headers``, which its hooks may change like any other field.
 """
 
 from __future__ import annotations
@@ -50,19 +55,22 @@ from urllib.parse import parse_qs
 from twisted.internet import defer
 from twisted.web import resource, server
 
+from powerstrip.core.identity import Certificate, Client
 from powerstrip.core.paths import SpellingError
 from powerstrip.hooks.matching import Matcher, parse_endpoint_key
 from powerstrip.hooks.wire import (
+    PROTOCOL_VERSIONS,
     CallError,
     ClientRequest,
+    Headers,
     ServerResponse,
-    parse_hook_call,
     post_hook_answer,
     pre_hook_answer,
+    read_hook_call,
 )
 from powerstrip.proxy.addresses import LISTEN_BACKLOG
 
-__all__ = ["Adapter", "Refuse", "Request", "Response"]
+__all__ = ["Adapter", "Certificate", "Client", "Headers", "Refuse", "Request", "Response"]
 
 # Named for the public module adapters import this from: it heads each call's log line, and it
 # is the name an adapter author knows to set a level on.
@@ -106,14 +114,18 @@ class Request:
     ``target`` is the raw request target (path and query, as the client spelled it); ``body`` is
     the JSON body as text, or None when the proxy shows none (no body, or one that is not JSON).
     ``call`` is the proxy's identifier for the client request (the same in every hook call made
-    for it, pre and post), None when the caller sent none. Instances are immutable: hooks return
-    changed copies.
+    for it, pre and post), None when the caller sent none. In protocol version 2, ``headers``
+    are the request's headers (registry credentials shown as ``<redacted>`` unless the
+    adapter's mapping says ``credentials: true``) and ``client`` who sent it; in version 1 the
+    headers are empty and the client None. Instances are immutable: hooks return changed copies.
     """
 
     method: str
     target: str
     body: str | None = None
     call: str | None = dataclasses.field(default=None, compare=False)
+    headers: Headers = dataclasses.field(default_factory=Headers)
+    client: Client | None = dataclasses.field(default=None, compare=False)
 
     @property
     def path(self) -> str:
@@ -144,9 +156,11 @@ class Request:
         target: str | None = None,
         path: str | None = None,
         body: str | None = _KEEP,
+        headers: Headers | None = None,
     ) -> Request:
         """A copy with the given fields changed. ``path`` changes the path and keeps the query
-        string; ``target`` replaces both."""
+        string; ``target`` replaces both. ``headers`` (version 2) replaces them all: build it
+        from ``self.headers.set(...)``."""
         if target is not None and path is not None:
             raise ValueError("give target or path, not both")
         if path is not None:
@@ -157,25 +171,30 @@ class Request:
             target if target is not None else self.target,
             self.body if body is _KEEP else body,
             self.call,
+            self.headers if headers is None else headers,
+            self.client,
         )
 
     @classmethod
-    def from_wire(cls, request: ClientRequest) -> Request:
-        """The hook-side view of a ``ClientRequest``."""
-        return cls(request.method, request.request, request.body)
+    def from_wire(cls, request: ClientRequest, client: Client | None = None) -> Request:
+        """The hook-side view of a ``ClientRequest`` (and, in version 2, its sender)."""
+        return cls(request.method, request.request, request.body,
+                   headers=Headers(request.headers), client=client)
 
     def to_wire(self) -> ClientRequest:
         """This request as the wire module encodes it."""
-        return ClientRequest(self.method, self.target, self.body)
+        return ClientRequest(self.method, self.target, self.body, headers=self.headers.pairs())
 
 
 @dataclass(frozen=True)
 class Response:
-    """The daemon's response as a post-hook sees it; ``body`` is text (``""`` when empty)."""
+    """The daemon's response as a post-hook sees it; ``body`` is text (``""`` when empty);
+    ``headers`` are its headers in protocol version 2 (empty in version 1)."""
 
     code: int
     content_type: str | None
     body: str | None
+    headers: Headers = dataclasses.field(default_factory=Headers)
 
     @property
     def json(self) -> Any:
@@ -192,22 +211,26 @@ class Response:
         code: int | None = None,
         content_type: str | None = _KEEP,
         body: str | None = _KEEP,
+        headers: Headers | None = None,
     ) -> Response:
-        """A copy with the given fields changed (``content_type=None`` removes the header)."""
+        """A copy with the given fields changed (``content_type=None`` removes the header;
+        ``headers``, version 2, replaces them all)."""
         return Response(
             code if code is not None else self.code,
             self.content_type if content_type is _KEEP else content_type,
             self.body if body is _KEEP else body,
+            self.headers if headers is None else headers,
         )
 
     @classmethod
     def from_wire(cls, response: ServerResponse) -> Response:
         """The hook-side view of a ``ServerResponse``."""
-        return cls(response.code, response.content_type, response.body)
+        return cls(response.code, response.content_type, response.body,
+                   Headers(response.headers))
 
     def to_wire(self) -> ServerResponse:
         """This response as the wire module encodes it."""
-        return ServerResponse(self.content_type, self.body, self.code)
+        return ServerResponse(self.content_type, self.body, self.code, self.headers.pairs())
 
 
 @dataclass(frozen=True)
@@ -226,10 +249,14 @@ class _Hook:
 
 def _decode_call(
     payload: bytes, call: str | None = None
-) -> tuple[str, Request, Response | None]:
-    """The hook type, request and (for post-hooks) response of a hook-call document."""
-    kind, request, response = parse_hook_call(payload)
-    return (kind, dataclasses.replace(Request.from_wire(request), call=call),
+) -> tuple[str, int, Request, Response | None]:
+    """The hook type, protocol version, request and (for post-hooks) response of a hook-call
+    document."""
+    hook_call = read_hook_call(payload)
+    request = dataclasses.replace(Request.from_wire(hook_call.request, hook_call.client),
+                                  call=call)
+    response = hook_call.response
+    return (hook_call.kind, hook_call.version, request,
             None if response is None else Response.from_wire(response))
 
 
@@ -248,9 +275,15 @@ async def _call(func: Callable[..., Any], *args: Any) -> Any:
 class Adapter:
     """A Powerstrip adapter: a named set of pre-hooks and post-hooks, and a server for them."""
 
-    def __init__(self, name: str) -> None:
-        """``name`` appears in error messages and log lines."""
+    def __init__(self, name: str, protocol: int = 1) -> None:
+        """``name`` appears in error messages and log lines. ``protocol`` is the version of the
+        wire format the adapter's hooks are written for: with 2 they read ``request.client``
+        and the headers, and the adapters file must map the adapter with ``protocol: 2``."""
+        if protocol not in PROTOCOL_VERSIONS:
+            raise ValueError(f"protocol must be one of {PROTOCOL_VERSIONS}, not {protocol!r}")
         self.name = name
+        self.protocol = protocol
+        self._warned_version = False
         self._hooks: dict[str, list[_Hook]] = {"pre-hook": [], "post-hook": []}
         self._matchers: dict[str, Matcher[_Hook]] = {}
 
@@ -315,17 +348,25 @@ class Adapter:
         started = time.monotonic()
         kind, what, names = "?", "-", "-"
         try:
-            kind, request, response = _decode_call(payload, call)
+            kind, version, request, response = _decode_call(payload, call)
         except CallError as exc:
             status, document, outcome = (
                 400, {"message": f"adapter {self.name}: not a hook call: {exc}"}, "bad call"
             )
         else:
             what = f"{request.method} {request.target}"
+            if version < self.protocol and not self._warned_version:
+                # Its hooks would see no client and no headers, and decide as if nobody asked.
+                self._warned_version = True
+                log.warning("adapter %s is written for protocol %d but was called with version "
+                            "%d: map it with 'protocol: %d' in the adapters file, or its hooks "
+                            "see no client and no headers", self.name, self.protocol, version,
+                            self.protocol)
             hooks = self.matching(kind, request)
             names = ",".join(hook.name for hook in hooks) or "-"
             try:
-                document = await self._run(kind, hooks, request, response)
+                document = await self._run(kind, hooks, request, response,
+                                            min(version, self.protocol))
                 status, outcome = 200, "answered" if hooks else "no hook"
             except Refuse as refusal:
                 status, document, outcome = refusal.status, {"message": refusal.message}, "refused"
@@ -336,19 +377,20 @@ class Adapter:
         return status, _document(document)
 
     async def _run(
-        self, kind: str, hooks: Sequence[_Hook], request: Request, response: Response | None
+        self, kind: str, hooks: Sequence[_Hook], request: Request, response: Response | None,
+        version: int = 1,
     ) -> dict[str, Any]:
-        """Run ``hooks`` in order and give the answer document."""
+        """Run ``hooks`` in order and give the answer document, in protocol ``version``."""
         if kind == "pre-hook":
             for hook in hooks:
                 result = await self._invoke(hook, request)
                 request = self._check(hook, result, Request, request)
-            return pre_hook_answer(request.to_wire())
+            return pre_hook_answer(request.to_wire(), version)
         assert response is not None
         for hook in hooks:
             result = await self._invoke(hook, request, response)
             response = self._check(hook, result, Response, response)
-        return post_hook_answer(response.to_wire())
+        return post_hook_answer(response.to_wire(), version)
 
     async def _invoke(self, hook: _Hook, *args: Any) -> Any:
         try:

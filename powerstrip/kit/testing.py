@@ -9,6 +9,11 @@ Unit tests call an ``Adapter`` in-process with a synthetic hook call and look at
                           {"Image": "busybox", "HostConfig": {"Privileged": True}})
         assert result.status == 403 and "privileged" in result.message
 
+A protocol 2 adapter is called as a chosen client, with chosen headers::
+
+    result = call_pre(app, "POST", "/v1.41/containers/create", {"Image": "busybox"},
+                      client=unix_client("ci", uid=1001))
+
 End-to-end tests use the fixtures: put ``pytest_plugins = ["powerstrip.testing"]`` in a
 ``conftest.py`` and ask for ``docker_engine`` (a throwaway Docker Engine, started by the project's
 own script, with ``busybox:latest`` imported), ``powerstrip_proxy`` (a factory: give it an adapters
@@ -39,8 +44,10 @@ from typing import TYPE_CHECKING, Any, NoReturn
 from twisted.internet import defer
 from twisted.python.failure import Failure
 
+from powerstrip.core.identity import Certificate, Client
 from powerstrip.hooks.wire import (
     ClientRequest,
+    Headers,
     ServerResponse,
     parse_post_hook_answer,
     parse_pre_hook_answer,
@@ -75,6 +82,9 @@ __all__ = [
     "call_pre",
     "call_pre_async",
     "launch_proxy",
+    "tcp_client",
+    "tls_client",
+    "unix_client",
     "short_tmpdir",
     "start_adapter",
     "start_engine",
@@ -109,6 +119,9 @@ class HookResult:
     raw: bytes = field(repr=False, default=b"")
     sent_request: ClientRequest | None = field(repr=False, default=None)
     sent_response: ServerResponse | None = field(repr=False, default=None)
+    #: The protocol version of the call, and whether it showed registry credentials.
+    version: int = 1
+    credentials: bool = False
 
     @property
     def refused(self) -> bool:
@@ -127,7 +140,8 @@ class HookResult:
         if self.refused:
             raise AssertionError(f"the adapter answered {self.status}: {self.message}")
         assert self.sent_request is not None, "not the result of a pre-hook call"
-        return Request.from_wire(parse_pre_hook_answer(self.raw, self.sent_request))
+        return Request.from_wire(parse_pre_hook_answer(
+            self.raw, self.sent_request, version=self.version, credentials=self.credentials))
 
     @property
     def response(self) -> Response:
@@ -135,7 +149,8 @@ class HookResult:
         if self.refused:
             raise AssertionError(f"the adapter answered {self.status}: {self.message}")
         assert self.sent_response is not None, "not the result of a post-hook call"
-        return Response.from_wire(parse_post_hook_answer(self.raw, self.sent_response))
+        return Response.from_wire(parse_post_hook_answer(
+            self.raw, self.sent_response, version=self.version, credentials=self.credentials))
 
 
 def _body_text(body: Any) -> str | None:
@@ -148,21 +163,82 @@ def _result(
     answer: tuple[int, bytes],
     request: ClientRequest,
     response: ServerResponse | None = None,
+    version: int = 1,
+    credentials: bool = False,
 ) -> HookResult:
     status, body = answer
-    return HookResult(status, json.loads(body), body, request, response)
+    return HookResult(status, json.loads(body), body, request, response, version, credentials)
+
+
+def unix_client(
+    user: str | None = None, *, uid: int = 1000, gid: int | None = None, pid: int = 4242,
+    groups: Sequence[str] = (), listener: str = "/run/powerstrip.sock",
+) -> Client:
+    """A client of a unix listener, as the kernel would name it (``groups``: group names,
+    primary first)."""
+    return Client("unix", listener, uid, uid if gid is None else gid, pid, user, tuple(groups))
+
+
+def tcp_client(address: str = "127.0.0.1:53422") -> Client:
+    """A client of a plain TCP listener: nothing known but its address."""
+    return Client("tcp", address)
+
+
+def tls_client(
+    common_name: str | None = None, *, sans: Sequence[str] = (), subject: str | None = None,
+    address: str = "127.0.0.1:53422", sha256: str = "0" * 64,
+) -> Client:
+    """A client of a TLS listener; with ``common_name`` (or ``subject``) one that presented a
+    verified certificate, else one that presented none."""
+    if common_name is None and subject is None:
+        return Client("tls", address)
+    subject = subject if subject is not None else f"CN={common_name}"
+    return Client("tls", address, certificate=Certificate(subject, common_name, tuple(sans),
+                                                          sha256))
+
+
+_UNKNOWN_CLIENT = tcp_client()
+
+
+def _call_form(
+    adapter: Adapter, client: Client | None, headers: Any, protocol: int | None,
+    body: str | None,
+) -> tuple[int, Client, tuple[tuple[str, str], ...]]:
+    """The version, client and headers of a synthetic call."""
+    if protocol is None:
+        protocol = 2 if (client is not None or headers is not None or adapter.protocol == 2) else 1
+    if protocol == 1:
+        if client is not None or headers is not None:
+            raise ValueError("a version 1 call shows neither client nor headers")
+        return 1, _UNKNOWN_CLIENT, ()
+    if headers is None:
+        shown = {"Host": ["docker"], "User-Agent": ["Docker-Client/28.2.2 (linux)"]}
+        if body is not None:
+            shown["Content-Type"] = ["application/json"]
+        headers = shown
+    pairs = Headers(headers).pairs() if not isinstance(headers, Headers) else headers.pairs()
+    return protocol, client if client is not None else _UNKNOWN_CLIENT, pairs
 
 
 def call_pre_async(
-    adapter: Adapter, method: str, target: str, body: Any = None
+    adapter: Adapter, method: str, target: str, body: Any = None, *,
+    client: Client | None = None, headers: Any = None, protocol: int | None = None,
+    credentials: bool = False,
 ) -> defer.Deferred[HookResult]:
     """Send ``adapter`` a pre-hook call for ``method target``; fires with its ``HookResult``.
 
     ``body`` is the client's JSON body: a string as sent, or any JSON value (serialised here),
-    or None for none.
+    or None for none. The call is a version 2 one when the adapter is made with
+    ``protocol=2``, or ``client`` or ``headers`` is given, or ``protocol=2``: it then comes from
+    ``client`` (``unix_client``, ``tcp_client``, ``tls_client``; default an unknown TCP client)
+    with ``headers`` (a mapping of names to lists of values, or ``Headers``), registry
+    credentials redacted unless ``credentials``, exactly as the proxy would send it.
     """
-    request = ClientRequest(method, target, _body_text(body))
-    return adapter.handle(pre_hook_call(request)).addCallback(_result, request)
+    text = _body_text(body)
+    version, who, pairs = _call_form(adapter, client, headers, protocol, text)
+    request = ClientRequest(method, target, text, headers=pairs)
+    payload = pre_hook_call(request, version=version, client=who, credentials=credentials)
+    return adapter.handle(payload).addCallback(_result, request, None, version, credentials)
 
 
 def call_post_async(
@@ -174,13 +250,29 @@ def call_post_async(
     code: int = 200,
     response: Any = "",
     content_type: str | None = "application/json",
+    client: Client | None = None,
+    headers: Any = None,
+    response_headers: Any = None,
+    protocol: int | None = None,
+    credentials: bool = False,
 ) -> defer.Deferred[HookResult]:
     """Send ``adapter`` a post-hook call: the client's request, and the daemon's ``code``,
     ``content_type`` and ``response`` body (text as sent, or a JSON value); fires with its
-    ``HookResult``."""
-    request = ClientRequest(method, target, _body_text(body))
-    sent = ServerResponse(content_type, _body_text(response), code)
-    return adapter.handle(post_hook_call(request, sent)).addCallback(_result, request, sent)
+    ``HookResult``. ``client``, ``headers``, ``protocol`` and ``credentials`` as for
+    ``call_pre_async``; ``response_headers`` are the daemon's (default: its Content-Type)."""
+    text = _body_text(body)
+    version, who, pairs = _call_form(adapter, client, headers, protocol, text)
+    request = ClientRequest(method, target, text, headers=pairs)
+    shown: tuple[tuple[str, str], ...] = ()
+    if version == 2:
+        if response_headers is None:
+            response_headers = {} if content_type is None else {"Content-Type": [content_type]}
+        shown = Headers(response_headers).pairs()
+    elif response_headers is not None:
+        raise ValueError("a version 1 call shows no headers")
+    sent = ServerResponse(content_type, _body_text(response), code, shown)
+    payload = post_hook_call(request, sent, version=version, client=who, credentials=credentials)
+    return adapter.handle(payload).addCallback(_result, request, sent, version, credentials)
 
 
 def _now(deferred: defer.Deferred[HookResult], kind: str) -> HookResult:
@@ -197,9 +289,12 @@ def _now(deferred: defer.Deferred[HookResult], kind: str) -> HookResult:
     return outcome
 
 
-def call_pre(adapter: Adapter, method: str, target: str, body: Any = None) -> HookResult:
-    """``call_pre_async`` for hooks that answer without waiting on I/O: the result at once."""
-    return _now(call_pre_async(adapter, method, target, body), "pre")
+def call_pre(
+    adapter: Adapter, method: str, target: str, body: Any = None, **call: Any,
+) -> HookResult:
+    """``call_pre_async`` for hooks that answer without waiting on I/O: the result at once
+    (keyword arguments as for ``call_pre_async``)."""
+    return _now(call_pre_async(adapter, method, target, body, **call), "pre")
 
 
 def call_post(
@@ -207,16 +302,12 @@ def call_post(
     method: str,
     target: str,
     body: Any = None,
-    *,
-    code: int = 200,
-    response: Any = "",
-    content_type: str | None = "application/json",
+    **call: Any,
 ) -> HookResult:
-    """``call_post_async`` for hooks that answer without waiting on I/O: the result at once."""
-    deferred = call_post_async(
-        adapter, method, target, body, code=code, response=response, content_type=content_type
-    )
-    return _now(deferred, "post")
+    """``call_post_async`` for hooks that answer without waiting on I/O: the result at once
+    (keyword arguments as for ``call_post_async``: ``code``, ``response``, ``content_type``,
+    ``client``, ``headers``, ...)."""
+    return _now(call_post_async(adapter, method, target, body, **call), "post")
 
 
 # -- processes ----------------------------------------------------------------------------

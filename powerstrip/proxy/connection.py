@@ -257,7 +257,7 @@ class ClientConnection(Protocol):
         """Run the pre-hooks; their answer goes back to the machine."""
         adapters = self.factory.hooks.adapters
         exchange.call_id = adapters.new_call_id()
-        done = adapters.run_pre(exchange.plan.pre, request, exchange.call_id)
+        done = adapters.run_pre(exchange.plan.pre, request, exchange.call_id, self.client)
         done.addCallbacks(self._pre_hooks_done, self._hooks_failed,
                           callbackArgs=(exchange,), errbackArgs=(exchange,))
 
@@ -266,7 +266,7 @@ class ClientConnection(Protocol):
     ) -> None:
         """Run the post-hooks; their answer goes back to the machine."""
         done = self.factory.hooks.adapters.run_post(exchange.plan.post, request, response,
-                                                    exchange.call_id)
+                                                    exchange.call_id, self.client)
         done.addCallbacks(self._post_hooks_done, self._hooks_failed,
                           callbackArgs=(exchange,), errbackArgs=(exchange,))
 

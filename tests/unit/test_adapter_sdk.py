@@ -173,7 +173,7 @@ def test_post_hook_changes_code_type_and_body():
      "Request"),
     (json.dumps({"Type": "post-hook", "ClientRequest": CREATE.to_wire()}).encode(),
      "ServerResponse"),
-    (json.dumps({"PowerstripProtocolVersion": 2, "Type": "pre-hook",
+    (json.dumps({"PowerstripProtocolVersion": 3, "Type": "pre-hook",
                  "ClientRequest": CREATE.to_wire()}).encode(), "Version"),
 ])
 def test_malformed_call_is_400(payload, words):

@@ -56,13 +56,17 @@ class _Adapters:
 
     def __init__(self) -> None:
         self.pre: list[tuple[ClientRequest, defer.Deferred]] = []
+        self.clients: list[object] = []
 
     def new_call_id(self) -> str:
         return "call-1"
 
-    def run_pre(self, hooks: tuple, request: ClientRequest, call_id: str) -> defer.Deferred:
+    def run_pre(
+        self, hooks: tuple, request: ClientRequest, call_id: str, client: object = None,
+    ) -> defer.Deferred:
         done: defer.Deferred = defer.Deferred()
         self.pre.append((request, done))
+        self.clients.append(client)
         return done
 
 
