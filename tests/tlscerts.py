@@ -69,8 +69,9 @@ def ssl_listen(directory: Path, port: int = 0) -> str:
 
 
 def make_client(directory: Path, authority: Path, common_name: str = "client",
-                *, expired: bool = False) -> Path:
-    """Write a client certificate for ``common_name`` signed by the authority ``make_certs``
+                *, expired: bool = False, sans: tuple[str, ...] = ()) -> Path:
+    """Write a client certificate for ``common_name`` (with the DNS names ``sans`` as subject
+    alternative names) signed by the authority ``make_certs``
     wrote into ``authority`` (expired an hour ago with ``expired``) as ``cert.pem`` and
     ``key.pem``, with that authority's ``ca.pem`` beside them: the ``DOCKER_CERT_PATH``
     layout of ``docker --tlsverify``. Returns ``directory``."""
@@ -88,8 +89,11 @@ def make_client(directory: Path, authority: Path, common_name: str = "client",
         .not_valid_before(lifetime[0]).not_valid_after(lifetime[1])
         .add_extension(x509.ExtendedKeyUsage([x509.oid.ExtendedKeyUsageOID.CLIENT_AUTH]),
                        critical=False)
-        .sign(ca_key, hashes.SHA256())
     )
+    if sans:
+        cert = cert.add_extension(
+            x509.SubjectAlternativeName([x509.DNSName(name) for name in sans]), critical=False)
+    cert = cert.sign(ca_key, hashes.SHA256())
     directory.mkdir(parents=True, exist_ok=True)
     shutil.copy(authority / "ca.pem", directory / "ca.pem")
     (directory / "cert.pem").write_bytes(cert.public_bytes(pem))

@@ -24,11 +24,14 @@ the query string parameterises it:
 ``/garbage``                                   answer 200 with text that is not JSON
 ``/wrong-object``                              answer 200 with JSON lacking the expected object
 ``/hang-up``                                   close the connection without answering
+``/headers?set=PHASE:NAME:VALUE&drop=PHASE:N``  protocol 2: answer with the headers changed,
+                                               PHASE ``pre`` or ``post`` (both repeatable)
 =============================================  ================================================
 
 Every behaviour also takes ``record=NAME`` (repeatable) to log the call it received under NAME.
 ``GET /log/NAME`` returns that log as a JSON list of ``{"Path": ..., "Call": ...}`` in arrival
-order; ``DELETE /log/NAME`` empties it.
+order (with ``Raw``, the call's bytes as text, and ``CallId``, its ``Powerstrip-Call``
+header); ``DELETE /log/NAME`` empties it. Every answer speaks the version of the call.
 """
 
 from __future__ import annotations
@@ -65,12 +68,12 @@ def _is_pre(call: dict[str, Any]) -> bool:
 
 
 def _request(call: dict[str, Any], **changes: Any) -> dict[str, Any]:
-    return {"PowerstripProtocolVersion": 1,
+    return {"PowerstripProtocolVersion": call.get("PowerstripProtocolVersion", 1),
             "ModifiedClientRequest": {**call["ClientRequest"], **changes}}
 
 
 def _response(call: dict[str, Any], **changes: Any) -> dict[str, Any]:
-    return {"PowerstripProtocolVersion": 1,
+    return {"PowerstripProtocolVersion": call.get("PowerstripProtocolVersion", 1),
             "ModifiedServerResponse": {**call["ServerResponse"], **changes}}
 
 
@@ -189,6 +192,23 @@ def wrong_object(call: dict[str, Any], query: Query) -> Answer:
     return {"PowerstripProtocolVersion": 1, "ModifiedClientRequest": call["ClientRequest"]}
 
 
+def headers(call: dict[str, Any], query: Query) -> Answer:
+    """Protocol 2: answer with headers set (``set=PHASE:NAME:VALUE``) or dropped
+    (``drop=PHASE:NAME``) in the pre-hook's request or the post-hook's response."""
+    phase = "pre" if _is_pre(call) else "post"
+    shown = dict((call["ClientRequest"] if _is_pre(call) else call["ServerResponse"])
+                 .get("Headers") or {})
+    for item in query.get("set", []):
+        when, name, value = item.split(":", 2)
+        if when == phase:
+            shown[name] = [value]
+    for item in query.get("drop", []):
+        when, name = item.split(":", 1)
+        if when == phase:
+            shown.pop(name, None)
+    return _request(call, Headers=shown) if _is_pre(call) else _response(call, Headers=shown)
+
+
 BEHAVIOURS: dict[str, Callable[[dict[str, Any], Query], Answer]] = {
     "null": echo,
     "record": echo,
@@ -205,6 +225,7 @@ BEHAVIOURS: dict[str, Callable[[dict[str, Any], Query], Answer]] = {
     "slow": slow,
     "garbage": garbage,
     "wrong-object": wrong_object,
+    "headers": headers,
 }
 
 
@@ -264,7 +285,9 @@ class Handler(BaseHTTPRequestHandler):
             names.append(segments[1])
         with _LOGS_LOCK:
             for name in names:
-                _LOGS.setdefault(name, []).append({"Path": self.path, "Call": call})
+                _LOGS.setdefault(name, []).append({
+                    "Path": self.path, "Call": call, "Raw": raw.decode("utf-8", "replace"),
+                    "CallId": self.headers.get("Powerstrip-Call")})
 
         if segments[0] == "hang-up":
             self.close_connection = True
