@@ -381,6 +381,7 @@ class AdapterClient:
         """Run pre-hooks in order, each seeing what the one before returned; ``client`` is
         who sent the request, for adapters that speak version 2."""
         shown = _Shown(client)
+        sender = _sender(client)
 
         def encode(hook: Hook, value: ClientRequest) -> bytes:
             adapter = hook.adapter
@@ -395,7 +396,7 @@ class AdapterClient:
                                          credentials=adapter.credentials)
 
         return self._chain(
-            hooks, request, lambda r: f"pre-hook for {r.method} {r.request}",
+            hooks, request, lambda r: f"pre-hook for {r.method} {r.request}{sender}",
             encode, parse, call_id,
         )
 
@@ -408,7 +409,7 @@ class AdapterClient:
         client: Client = UNKNOWN,
     ) -> defer.Deferred:
         """Run post-hooks in order, each seeing the response the one before returned."""
-        what = f"post-hook for {request.method} {request.request}"
+        what = f"post-hook for {request.method} {request.request}{_sender(client)}"
         shown = _Shown(client)
 
         def encode(hook: Hook, value: ServerResponse) -> bytes:
@@ -470,6 +471,11 @@ class AdapterClient:
         for idle in list(self._idle.values()):
             for connection in list(idle):
                 connection.transport.loseConnection()
+
+
+def _sender(client: Client) -> str:
+    """How hook messages and log lines name who sent the request (nothing when unknown)."""
+    return "" if client is UNKNOWN else f" from {client.describe()}"
 
 
 class _Shown:

@@ -66,9 +66,10 @@ def pki() -> Iterator[dict[str, Path]]:
 
 
 @pytest.fixture(scope="module")
-def proxies(engine, adapter, pki) -> Iterator[tuple[str, dict[str, str]]]:  # noqa: F811
+def proxies(engine, adapter, pki) -> Iterator[tuple[str, dict[str, Any]]]:  # noqa: F811
     """One adapters file; a proxy with a unix and a plain TCP listener, and one with a TLS
-    listener verifying client certificates. Yields the log prefix and each listener's host."""
+    listener verifying client certificates. Yields the log prefix and each listener's host
+    (and the two proxies, as ``plain-log`` and ``tls-log``)."""
     log = new_log()
     directory = Path(tempfile.mkdtemp(prefix="ps-v2-"))
     directory.chmod(0o755)
@@ -85,7 +86,7 @@ def proxies(engine, adapter, pki) -> Iterator[tuple[str, dict[str, str]]]:  # no
                       logdir=directory, config=config, name="tls")
     try:
         yield log, {"unix": f"unix://{socket_path}", "tcp": plain.docker_host,
-                    "tls": tls.docker_host}
+                    "tls": tls.docker_host, "plain-log": plain, "tls-log": tls}
     finally:
         for proxy in (plain, tls):
             assert stop_process(proxy.proc) == 0, proxy.log()
@@ -216,6 +217,13 @@ def test_every_field_for_each_kind_of_client(engine, adapter, proxies, pki,  # n
         assert cred_post["ServerResponse"] == response
         assert SECRET not in two[0]["Raw"] and SECRET not in two[1]["Raw"]
 
+        # The proxy's log of hook calls names who asked.
+        proxy_log = hosts["tls-log" if transport == "tls" else "plain-log"].log()
+        named = {"unix": f"from unix user {expected_client['User']} (uid {os.getuid()})",
+                 "tcp": f"from tcp client {expected_client['Address']}",
+                 "tls": f"from tls client CN=alice ({expected_client['Address']})"}[transport]
+        assert f"adapter two pre-hook for POST {target} {named}" in proxy_log, proxy_log
+
         # The version 1 mapping gets the 2015 payload, byte for byte.
         assert one[0]["Raw"] == json.dumps({
             "PowerstripProtocolVersion": 1, "Type": "pre-hook",
@@ -334,6 +342,7 @@ def test_a_header_the_proxy_owns_cannot_be_set(engine, header_proxy, phase, head
         assert response.status == 502, response
         message = response.message()
         assert header in message and "owns" in message and f"adapter {phase}" in message
+        assert "from tcp client 127.0.0.1:" in message  # who asked, named
         if phase == "pre":
             assert call(engine.host, "GET", f"/v1.41/containers/{name}/json").status == 404
     finally:
