@@ -346,11 +346,8 @@ def serve(args: argparse.Namespace) -> int:
                 if warning:
                     log.warning("%s", warning)
     if workers > 1:
-        if tls is not None:
-            raise UsageError(f"--workers {workers}: TLS listeners (--tls, --tlsverify) cannot "
-                             "be shared by several workers; serve them with --workers 1")
         return _supervise(args, workers, listens, listen_values, upstream_value, config_path,
-                          limits, busy_poll, group_id)
+                          limits, busy_poll, group_id, tls)
 
     if "twisted.internet.reactor" not in sys.modules:
         from powerstrip.proxy.reactor import install
@@ -386,7 +383,8 @@ def serve(args: argparse.Namespace) -> int:
         try:
             for index, address in enumerate(listens):
                 if worker_fds is not None:  # the parent bound it, and set its file's group
-                    port = adopt(reactor, worker_fds[index], factory)
+                    port = adopt(reactor, worker_fds[index], factory,
+                                 tls=tls if address.kind == "tcp" else None)
                     os.close(worker_fds[index])
                 elif address.kind == "tcp" and tls is not None:
                     port = yield tls_server_endpoint(
@@ -458,7 +456,8 @@ def _worker_fds(args: argparse.Namespace) -> list[int] | None:
 
 def _supervise(args: argparse.Namespace, workers: int, listens: Sequence[Address],
                listen_values: Sequence[str], upstream_value: str, config_path: Path | None,
-               limits: Limits, busy_poll: float, group_id: int | None) -> int:
+               limits: Limits, busy_poll: float, group_id: int | None,
+               tls: ServerTLS | None) -> int:
     """Bind the listeners here and serve from ``workers`` child processes that share them."""
     from powerstrip.hooks.config import ConfigError, load_config
     from powerstrip.proxy.workers import Supervisor, bind, shareable, worker_command, worker_share
@@ -496,7 +495,11 @@ def _supervise(args: argparse.Namespace, workers: int, listens: Sequence[Address
     ]
     for value in listen_values:
         options += ["--listen", value]
-    ready_line = f"export {docker_host_line(listens[0], listeners[0].bound)}"
+    if tls is not None:
+        # Each worker does its own handshakes, with the same files (read again, as at start).
+        options += ["--tlsverify" if tls.verify else "--tls", "--tlscert", tls.cert,
+                    "--tlskey", tls.key, *(["--tlscacert", tls.ca] if tls.ca else [])]
+    ready_line = f"export {docker_host_line(listens[0], listeners[0].bound, tls)}"
     return Supervisor(listeners, worker_command(args.verbose, options), workers).run(ready_line)
 
 

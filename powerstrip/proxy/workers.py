@@ -31,8 +31,10 @@ from dataclasses import dataclass
 
 from twisted.internet import tcp, unix
 from twisted.internet.address import IPv4Address, IPv6Address, UNIXAddress
+from twisted.protocols.tls import TLSMemoryBIOFactory
 
 from powerstrip.proxy.addresses import LISTEN_BACKLOG, Address
+from powerstrip.proxy.tls import ServerTLS
 
 log = logging.getLogger("powerstrip")
 
@@ -118,8 +120,11 @@ def bind(address: Address, group_id: int | None = None, mode: int = 0o660) -> Li
     return Listener(address, sock)
 
 
-def adopt(reactor: object, fd: int, factory: object, mode: int = 0o660) -> object:
+def adopt(reactor: object, fd: int, factory: object, mode: int = 0o660,
+          tls: ServerTLS | None = None) -> object:
     """Listen on the inherited listening socket ``fd`` with ``factory``; the listening port.
+    With ``tls`` (a TCP socket) its connections speak TLS with those settings, as a
+    ``--tls``/``--tlsverify`` listener of a single process does.
 
     TCP goes through the reactor's ``adoptStreamPort``. For a unix socket that would listen
     again with Twisted's default backlog of 50, shrinking the parent's, and make the file
@@ -129,6 +134,8 @@ def adopt(reactor: object, fd: int, factory: object, mode: int = 0o660) -> objec
     with socket.socket(fileno=os.dup(fd)) as probe:
         family = probe.family
     if family != socket.AF_UNIX:
+        if tls is not None:
+            factory = TLSMemoryBIOFactory(tls.options(), False, factory)
         return reactor.adoptStreamPort(fd, family, factory)
     port = _SharedUNIXPort._fromListeningDescriptor(reactor, fd, factory)
     port.backlog = LISTEN_BACKLOG

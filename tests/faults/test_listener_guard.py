@@ -128,16 +128,6 @@ def test_tls_settings_come_from_the_environment_too(tmp_path):
     assert "--tlsverify needs --tlscacert" in refused.stderr
 
 
-def test_workers_do_not_serve_tls(tmp_path):
-    certs = make_certs(tmp_path)
-    refused = serve(tmp_path, "--workers", "2", "--listen", "tcp://127.0.0.1:0", "--tlsverify",
-                    "--tlscacert", str(certs / "ca.pem"),
-                    "--tlscert", str(certs / "server-cert.pem"),
-                    "--tlskey", str(certs / "server-key.pem"))
-    assert refused.returncode == 2
-    assert "--workers 2: TLS listeners" in refused.stderr
-
-
 def test_workers_on_every_interface_need_the_flag_too(tmp_path):
     refused = serve(tmp_path, "--workers", "2", "--listen", "tcp://0.0.0.0:0")
     assert refused.returncode == 2

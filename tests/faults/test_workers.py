@@ -272,3 +272,73 @@ def _zombie(pid: int) -> bool:
         return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z"
     except FileNotFoundError:
         return True
+
+
+def test_workers_serve_tls_and_verify_client_certificates(workers, tmp_path):
+    """``--workers 2 --tlsverify``: the workers do the handshakes with the same files; a
+    client with a certificate the authority signed gets its answer from either worker, one
+    without a certificate is refused in the handshake, and the daemon never hears of it."""
+    import ssl
+
+    from tests.tlscerts import make_certs, make_client
+
+    (tmp_path / "ca").mkdir()
+    authority = make_certs(tmp_path / "ca")
+    alice = make_client(tmp_path / "alice", authority, "alice")
+    seen: list[bytes] = []
+
+    def answer(conn: socket.socket) -> None:
+        conn.settimeout(20)
+        while data := conn.recv(65536):
+            seen.append(data)
+            conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nOK")
+        conn.close()
+
+    daemon = FakeDaemon(tmp_path / "d.sock", answer)
+    proxy = workers(daemon.host, "--tlsverify", "--tlscacert", str(authority / "ca.pem"),
+                    "--tlscert", str(authority / "server-cert.pem"),
+                    "--tlskey", str(authority / "server-key.pem"))
+    assert proxy.value.endswith(" DOCKER_TLS_VERIFY=1"), proxy.value
+    assert len(workers_of(proxy)) == 2
+    port = int(proxy.docker_host.rsplit(":", 1)[1])
+
+    def connect(cert: Path | None) -> ssl.SSLSocket:
+        context = ssl.create_default_context(cafile=str(authority / "ca.pem"))
+        if cert is not None:
+            context.load_cert_chain(str(cert / "cert.pem"), str(cert / "key.pem"))
+        raw = socket.create_connection(("127.0.0.1", port), timeout=20)
+        return context.wrap_socket(raw, server_hostname="127.0.0.1")
+
+    for _ in range(20):  # whichever worker accepts does the handshake
+        with connect(alice) as sock:
+            sock.sendall(PING)
+            head, body = read_response(sock)
+            assert head.startswith(b"HTTP/1.1 200 OK") and body == b"OK", head
+    assert len(seen) == 20
+    with pytest.raises((ssl.SSLError, ConnectionError)):
+        with connect(None) as sock:
+            sock.sendall(PING)
+            if not sock.recv(100):
+                raise ConnectionResetError("closed by the proxy")
+    assert len(seen) == 20  # the daemon heard nothing of it
+
+
+def test_the_clients_allowlist_holds_in_every_worker(workers, tmp_path):
+    """Each worker reads who its clients are from its own connections: over the shared unix
+    listener, this process's uid is refused by an allowlist that names another uid."""
+    daemon = FakeDaemon(tmp_path / "d.sock", answer_pings)
+    config = tmp_path / "adapters.yml"
+    config.write_text("version: 1\nendpoints: {}\nadapters: {}\n"
+                      f"clients:\n  allow:\n    - {{uid: {os.getuid() + 1}}}\n")
+    workers(daemon.host, config=config)
+    for _ in range(10):
+        sock = _unix(tmp_path / "p.sock")
+        sock.settimeout(20)
+        try:
+            sock.sendall(PING)
+            head, body = read_response(sock)
+        finally:
+            sock.close()
+        assert head.startswith(b"HTTP/1.1 403 "), head
+        assert f"uid {os.getuid()}".encode() in body, body
+    assert daemon.connections == 0
