@@ -3,9 +3,20 @@
 ``python -m powerstrip.adapter TARGET ...`` is the ``powerstrip-adapter`` command.
 """
 
-from powerstrip.kit.sdk import Adapter, Refuse, Request, Response, load, main
+from powerstrip.kit.sdk import (
+    Adapter,
+    Certificate,
+    Client,
+    Headers,
+    Refuse,
+    Request,
+    Response,
+    load,
+    main,
+)
 
-__all__ = ["Adapter", "Refuse", "Request", "Response", "load", "main"]
+__all__ = ["Adapter", "Certificate", "Client", "Headers", "Refuse", "Request", "Response", "load",
+           "main"]
 
 if __name__ == "__main__":
     main()
