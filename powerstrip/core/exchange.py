@@ -1004,12 +1004,6 @@ class Machine:
 
 
 
-RS = RequestState
-PS = ResponseState
-M = Machine
-
-#: For each client-side event (and those of the proxy itself), the handler in each request
-#: state.
 def _shown(headers: list[tuple[bytes, bytes]]) -> tuple[tuple[str, str], ...]:
     """Headers as hooks are shown them: latin-1 text, so they go back to the wire exactly."""
     return tuple((name.decode("latin-1"), value.decode("latin-1")) for name, value in headers)
@@ -1021,6 +1015,12 @@ def _wire_headers(headers: tuple[tuple[str, str], ...]) -> list[tuple[bytes, byt
     return [(name.encode("latin-1"), value.encode("latin-1")) for name, value in headers]
 
 
+RS = RequestState
+PS = ResponseState
+M = Machine
+
+#: For each client-side event (and those of the proxy itself), the handler in each request
+#: state.
 REQUEST_TABLE: dict[str, dict[RequestState, Callable]] = {
     "client_data": {
         RS.IDLE: M._read, RS.HOLDING: M._read, RS.PRE_HOOKS: M._read, RS.SENDING: M._read,
