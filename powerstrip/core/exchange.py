@@ -207,6 +207,13 @@ class Exchange:
     #: The response as post-hooks were shown it, and whether it answers a HEAD.
     sent_response: ServerResponse | None = None
     head_only = False
+    #: For reports (``Machine.report``): when the request's head arrived and the response's
+    #: head left, the status of an answer the proxy made or the post-hooks changed, and
+    #: whether the exchange has been reported.
+    began = 0.0
+    head_at: float | None = None
+    status: int | None = None
+    reported = False
 
     def __init__(
         self, head: RequestHead, plan: PlanLike | None = None,
@@ -246,14 +253,19 @@ class Machine:
     messages, ``pace`` and ``clock`` are for busy-polling (both None when nothing busy-polls).
     ``gate``, asked before each request, says why the client may not use the proxy (a 403,
     and the connection ends), or None to let the request in; None: every client may.
+    ``report`` hears of each exchange once, when it ends (see ``Exchange.began``).
     """
 
     def __init__(
         self, effects: Effects, hooks: HooksLike | None = None, upstream: str = "the daemon",
         pace: PaceLike | None = None, clock: Callable[[], float] | None = None,
         gate: Callable[[], str | None] | None = None,
+        report: Callable[[Exchange, int], None] | None = None,
     ) -> None:
         self.effects = effects
+        #: Told of each exchange as it ends, with the status the client got (499: none, the
+        #: client went first); None when nobody watches. Needs ``clock``.
+        self.report = report
         self.hooks = hooks
         self.gate = gate
         self.upstream = upstream
@@ -409,12 +421,14 @@ class Machine:
         self.started += 1
         if self.pace is not None:
             self.pace.request(self.clock())
+        began = self.clock() if self.report is not None else 0.0
         if self.gate is not None:
             refusal = self.gate()
             if refusal is not None:
                 # Before the daemon or any adapter hears of it; the client's next request
                 # would be refused alike, so the connection ends.
                 self.exchange = Exchange(head)
+                self.exchange.began = began
                 self._refuse(403, refusal)
                 return False
         hooks = self.hooks
@@ -424,9 +438,11 @@ class Machine:
                 plan = hooks.plan(head.method, head.target)
             except SpellingError as exc:
                 self.exchange = Exchange(head)
+                self.exchange.began = began
                 self._refuse(400, f"refused {self.exchange.describe()}: {exc}")
                 return False
         exchange = self.exchange = Exchange(head, plan, self.framing)
+        exchange.began = began
         if plan is None or not plan.pre:
             if (plan is not None and head.body_kind is not BodyKind.NONE
                     and is_json(head.header(b"content-type"))):
@@ -615,6 +631,9 @@ class Machine:
             self._refuse(status, message)
             return
         exchange.forwarded = True
+        exchange.status = status
+        if self.report is not None:
+            exchange.head_at = self.clock()
         exchange.response_raw = []
         self.response_state = ResponseState.DONE
         self._to_client(error_response(status, message, close=False))
@@ -624,6 +643,9 @@ class Machine:
 
     def _finish_exchange(self) -> None:
         """Both sides are DONE: go on to the next request."""
+        if self.report is not None:
+            exchange = self.exchange
+            self._report(exchange, exchange.status or exchange.response.status or 0)
         if self.request_cut:
             self._close()
             return
@@ -801,7 +823,10 @@ class Machine:
             else:
                 self._refuse(exc.status, str(exc))
             return
-        exchange.forwarded = True
+        if not exchange.forwarded:
+            exchange.forwarded = True
+            if self.report is not None:
+                exchange.head_at = self.clock()
         self.response_state = ResponseState.STREAMING
         self._to_client(data)
         # A 101 switches protocols whatever the reader (a framing-only one never has a head);
@@ -846,6 +871,8 @@ class Machine:
         ):
             raw, exchange.response_raw = exchange.response_raw, []
             exchange.forwarded = True
+            if self.report is not None:
+                exchange.head_at = self.clock()
             self.response_state = ResponseState.STREAMING
             for piece in raw:
                 self._to_client(piece)
@@ -902,6 +929,9 @@ class Machine:
                 (changed.body or "").encode("utf-8"), head_only=exchange.head_only,
             )
         exchange.forwarded = True
+        exchange.status = changed.code
+        if self.report is not None:
+            exchange.head_at = self.clock()
         self._to_client(out)
         self.effects.resume("hooks")
         self._response_done()
@@ -972,6 +1002,9 @@ class Machine:
         """The daemon took the connection over: from now on, bytes flow raw both ways."""
         self.request_state = RequestState.HIJACKED
         self.response_state = ResponseState.HIJACKED
+        if self.report is not None:
+            exchange = self.exchange
+            self._report(exchange, exchange.response.status or 101)
         self.exchange = None
         rest = self.reader.take_rest()
         if rest:
@@ -985,6 +1018,14 @@ class Machine:
 
     def _refuse(self, status: int, message: str) -> None:
         """Answer with a Docker-style error and close: nothing more is read from this client."""
+        exchange = self.exchange
+        if self.report is not None and exchange is not None and not exchange.reported:
+            if exchange.forwarded:  # a response half sent: the client had its status
+                status_sent = exchange.status or exchange.response.status or status
+            else:
+                status_sent = status
+                exchange.head_at = self.clock()
+            self._report(exchange, status_sent)
         self._set_closed()
         self.effects.pause("closing")
         self._to_client(error_response(status, message))
@@ -999,8 +1040,18 @@ class Machine:
         self.effects.abort()
 
     def _set_closed(self) -> None:
+        exchange = self.exchange
+        if self.report is not None and exchange is not None and not exchange.reported:
+            # Ended with the connection: the status the client had, or 499 (as nginx logs a
+            # request whose client went before any answer).
+            self._report(exchange, (exchange.status or exchange.response.status or 499)
+                         if exchange.forwarded else 499)
         self.request_state = RequestState.CLOSED
         self.response_state = ResponseState.CLOSED
+
+    def _report(self, exchange: Exchange, status: int) -> None:
+        exchange.reported = True
+        self.report(exchange, status)
 
 
 

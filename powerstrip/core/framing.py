@@ -577,6 +577,14 @@ class ResponseReader(_Callbacks):
         if self._final:
             self.complete = True
 
+    @property
+    def status(self) -> int | None:
+        """The final response's status: from its head, or for a framing-only reader from
+        llhttp, which keeps it until the next response begins; None before any."""
+        if self.head is not None:
+            return self.head.status
+        return self._parser.get_status_code() or None
+
     def restart(self) -> ResponseReader:
         """Follow the next response on the same connection (a framing-only reader, after a
         complete response that was not a HEAD's): llhttp is already between messages, unless

@@ -14,6 +14,7 @@ shutdown and its deadline — and checks after every step what the proxy promise
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import re
 from collections.abc import Iterator
@@ -280,7 +281,12 @@ class ExchangeMachine(RuleBasedStateMachine):
     def start(self, first: list[tuple[str, str, bool, int]]) -> None:
         """A connection whose client has sent its first requests (pipelined when several)."""
         self.fx = Recorder()
-        self.machine = Machine(self.fx, FakeHooks(), "unix:///daemon.sock")
+        #: (exchange, status) of every report, in order: kept, so no two are the same object.
+        self.reports: list[tuple[object, int]] = []
+        self.machine = Machine(self.fx, FakeHooks(), "unix:///daemon.sock",
+                               clock=lambda: 0.0,
+                               report=lambda exchange, status: self.reports.append(
+                                   (exchange, status)))
         self.sent: list[tuple[int, str]] = []  # (seq, kind) of every request sent whole
         self.unsent = b""  # bytes of requests the client has yet to send
         self.approved: set[int] = set()
@@ -355,7 +361,8 @@ class ExchangeMachine(RuleBasedStateMachine):
         exchange, request = self.fx.pre_calls.pop(0)
         self.approved.add(int(exchange.head.header(b"x-seq")))
         if change and request.body is not None:
-            request = ClientRequest(request.method, request.request, '{"Image": "changed"}')
+            # As the wire reads an answer: what it does not change (the headers) it keeps.
+            request = dataclasses.replace(request, body='{"Image": "changed"}')
         self.machine.pre_hooks_done(exchange, request)
 
     @rule(status=st.sampled_from([403, 502, 504]))
@@ -570,6 +577,16 @@ class ExchangeMachine(RuleBasedStateMachine):
             else:
                 assert status >= 400, (status, what)
 
+    def each_exchange_reported_once_with_the_status_sent(self) -> None:
+        """(Checked when the connection settles: parsing what the client got at every step
+        would double this test's time.)"""
+        exchanges = [id(exchange) for exchange, _ in self.reports]
+        assert len(set(exchanges)) == len(exchanges), "an exchange reported twice"
+        assert len(self.reports) <= self.machine.started
+        answers = responses_in(self.fx.client)
+        for (status, _), (_, reported) in zip(answers, self.reports, strict=False):
+            assert reported == status, (answers, [s for _, s in self.reports])
+
     def teardown(self) -> None:
         """Settle: every hook and the daemon answer; then nothing may be open and silent."""
         event(f"requests sent: {min(len(self.sent), 5)}{'+' if len(self.sent) > 5 else ''}")
@@ -600,12 +617,18 @@ class ExchangeMachine(RuleBasedStateMachine):
                 break
         self.nothing_after_close()
         self.answers_in_order()
+        self.each_exchange_reported_once_with_the_status_sent()
+        if self._ended():
+            # However it ended, every exchange that began was reported.
+            assert len(self.reports) == self.machine.started, (
+                self.machine.started, [s for _, s in self.reports])
         if self._ended() or self.hijacked_at is not None:
             return
         answers = responses_in(self.fx.client)
         if not self.unsent:
             # Everything the client sent was read and settled: each request has its answer.
             assert len(answers) == len(self.sent), (answers, self.sent)
+            assert len(self.reports) == len(answers), (answers, self.reports)
         if self.client_eof:
             assert self._ended(), "the client ended and was answered: the connection closes"
         if self.stopping:
