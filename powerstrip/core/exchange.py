@@ -212,6 +212,8 @@ class Exchange:
     #: whether the exchange has been reported.
     began = 0.0
     head_at: float | None = None
+    #: What each hook call did, when the driver keeps a full record (``observe.records``).
+    hook_records: list | None = None
     status: int | None = None
     reported = False
 

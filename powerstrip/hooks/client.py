@@ -10,6 +10,7 @@ endpoint and the cause.
 from __future__ import annotations
 
 import itertools
+import json
 import logging
 import os
 import time
@@ -37,6 +38,8 @@ from powerstrip.hooks.wire import (
     pre_hook_call,
     refusal_message,
 )
+from powerstrip.observe.observer import Observer
+from powerstrip.observe.records import HookRecord, changed_fields
 
 log = logging.getLogger(__name__)
 
@@ -240,6 +243,8 @@ class AdapterClient:
         # Unique across proxies and restarts, short enough to read in a log line.
         self._call_prefix = os.urandom(4).hex()
         self._calls = itertools.count(1)
+        #: Told of every hook call's outcome and time (None: nobody counts them).
+        self.observer: Observer | None = None
 
     def _route(self, adapter: AdapterSpec) -> _Route:
         route = self._routes.get(adapter.target)
@@ -302,7 +307,8 @@ class AdapterClient:
             idle.remove(connection)
 
     def post(
-        self, hook: Hook, payload: bytes, what: str, call_id: str | None = None
+        self, hook: Hook, payload: bytes, what: str, call_id: str | None = None,
+        outcome: list | None = None,
     ) -> defer.Deferred:
         """POST ``payload`` to the hook's adapter; the Deferred fires with the answer's body on
         a 2xx.
@@ -311,7 +317,8 @@ class AdapterClient:
         (502/504). ``what`` describes the request for messages, e.g. ``pre-hook for POST
         /containers/create``. ``call_id`` (sent as the ``Powerstrip-Call`` header) is the same
         for every hook call made for one client request, so an adapter seen twice in a chain
-        can tell what the hooks between its two calls changed.
+        can tell what the hooks between its two calls changed. ``outcome``, when given, gets
+        how the call ended (a ``stats.HOOK_OUTCOMES`` word) and its seconds appended.
         """
         # Plain callbacks rather than inlineCallbacks: a generator and its Deferred plumbing
         # per call were a third of this client's own time.
@@ -333,16 +340,19 @@ class AdapterClient:
 
         timer = self.reactor.callLater(adapter.timeout, expire)
 
-        def done(outcome: str) -> None:
+        def done(ended: str, word: str = "ok") -> None:
             if timer.active():
                 timer.cancel()
+            seconds = time.monotonic() - started
+            if outcome is not None:
+                outcome.append((word, seconds))
             log.info("adapter %s %s (endpoint \"%s\"): %s in %.1f ms", adapter.name, what,
-                     hook.endpoint, outcome, (time.monotonic() - started) * 1000)
+                     hook.endpoint, ended, seconds * 1000)
 
         def answered(result: tuple[int, bytes]) -> bytes:
             status, body = result
             if not 200 <= status < 300:
-                done(f"refused {status}")
+                done(f"refused {status}", "refused")
                 message = refusal_message(body) or f"refused with status {status}"
                 raise HookError(status, f"adapter {adapter.name} refused {what} "
                                         f"(endpoint \"{hook.endpoint}\"): {message}")
@@ -352,13 +362,13 @@ class AdapterClient:
         def failed(failure: Failure) -> None:
             exc = failure.value
             if fired:
-                done("timeout")
+                done("timeout", "timeout")
                 raise HookError(504, self._describe(
                     hook, what, f"timed out after {adapter.timeout:g} s"))
             if isinstance(exc, AnswerError):
-                done("bad answer")
+                done("bad answer", "bad_answer")
                 raise HookError(502, self._describe(hook, what, f"bad answer: {exc}"))
-            done("unreachable")
+            done("unreachable", "unreachable")
             raise HookError(502, self._describe(hook, what, f"unreachable: {_reason(exc)}"))
 
         call.addCallbacks(answered, failed)
@@ -376,10 +386,11 @@ class AdapterClient:
 
     def run_pre(
         self, hooks: Sequence[Hook], request: ClientRequest, call_id: str | None = None,
-        client: Client = UNKNOWN,
+        client: Client = UNKNOWN, records: list[HookRecord] | None = None,
     ) -> defer.Deferred:
         """Run pre-hooks in order, each seeing what the one before returned; ``client`` is
-        who sent the request, for adapters that speak version 2."""
+        who sent the request, for adapters that speak version 2. ``records``, when given,
+        gets a ``HookRecord`` of each call."""
         shown = _Shown(client)
         sender = _sender(client)
 
@@ -397,7 +408,7 @@ class AdapterClient:
 
         return self._chain(
             hooks, request, lambda r: f"pre-hook for {r.method} {r.request}{sender}",
-            encode, parse, call_id,
+            encode, parse, call_id, "pre", records,
         )
 
     def run_post(
@@ -407,6 +418,7 @@ class AdapterClient:
         response: ServerResponse,
         call_id: str | None = None,
         client: Client = UNKNOWN,
+        records: list[HookRecord] | None = None,
     ) -> defer.Deferred:
         """Run post-hooks in order, each seeing the response the one before returned."""
         what = f"post-hook for {request.method} {request.request}{_sender(client)}"
@@ -424,39 +436,67 @@ class AdapterClient:
             return parse_post_hook_answer(answer, value, version=adapter.protocol,
                                           credentials=adapter.credentials)
 
-        return self._chain(hooks, response, lambda _: what, encode, parse, call_id)
+        return self._chain(hooks, response, lambda _: what, encode, parse, call_id, "post",
+                           records)
 
     def _chain(
         self, hooks: Sequence[Hook], value: Any, describe: Callable[[Any], str],
         encode: Callable[[Hook, Any], bytes], parse: Callable[[Hook, bytes, Any], Any],
-        call_id: str | None = None,
+        call_id: str | None = None, phase: str = "pre",
+        records: list[HookRecord] | None = None,
     ) -> defer.Deferred:
         if call_id is None:
             call_id = self.new_call_id()
+        observer = self.observer
+        payloads = observer is not None and records is not None and observer.payloads
 
         def step(value: object, index: int) -> object:
             if index == len(hooks):
                 return value
             hook = hooks[index]
             what = describe(value)
+            payload = encode(hook, value)
+            # How the call ended and how long it took, from ``post``; a bad answer or a skip
+            # is decided here, after it.
+            ended: list[tuple[str, float]] = []
+
+            def seen(word: str, new: object = None, answer: bytes | None = None,
+                     message: str | None = None) -> None:
+                if observer is None:
+                    return
+                seconds = ended[0][1] if ended else 0.0
+                observer.stats.hook(hook.adapter.name, phase, word, seconds)
+                if records is not None:
+                    records.append(HookRecord(
+                        hook.adapter.name, phase, word, seconds * 1000,
+                        changed_fields(value, new) if new is not None else (), message,
+                        _document(payload) if payloads else None,
+                        _document(answer) if payloads and answer is not None else None))
 
             def parsed(answer: bytes) -> object:
                 try:
-                    return parse(hook, answer, value)
+                    new = parse(hook, answer, value)
                 except AnswerError as exc:
+                    if ended:
+                        ended[0] = ("bad_answer", ended[0][1])
                     raise HookError(502, self._describe(
                         hook, what, f"bad answer: {exc}")) from None
+                seen("ok", new, answer)
+                return new
 
             def failed(failure: Failure) -> object:
                 exc = failure.value
+                message = exc.message if isinstance(exc, HookError) else str(exc)
                 if (isinstance(exc, HookError) and exc.status in (502, 504)
                         and hook.adapter.on_error == "skip"):
                     log.warning("skipping adapter %s (on_error: skip): %s",
                                 hook.adapter.name, exc.message)
+                    seen("skipped", message=message)
                     return value
+                seen(ended[0][0] if ended else "unreachable", message=message)
                 return failure
 
-            call = self.post(hook, encode(hook, value), what, call_id)
+            call = self.post(hook, payload, what, call_id, ended)
             # The skip applies to this hook's own failures only: the next step is chained
             # after the errback, so a later hook's failure passes through untouched.
             call.addCallback(parsed)
@@ -476,6 +516,15 @@ class AdapterClient:
 def _sender(client: Client) -> str:
     """How hook messages and log lines name who sent the request (nothing when unknown)."""
     return "" if client is UNKNOWN else f" from {client.describe()}"
+
+
+def _document(data: bytes) -> dict[str, Any] | None:
+    """A payload as the trace keeps it: the JSON object, or None if it is not one."""
+    try:
+        document = json.loads(data)
+    except ValueError:
+        return None
+    return document if isinstance(document, dict) else None
 
 
 class _Shown:

@@ -7,6 +7,7 @@ its head arrives, so requests in flight finish with the configuration they began
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 from pathlib import Path
@@ -18,6 +19,7 @@ from powerstrip.hooks.client import AdapterClient
 from powerstrip.hooks.config import EMPTY, ClientPolicy, Config, ConfigError, load_config
 from powerstrip.hooks.matching import Matcher
 from powerstrip.hooks.plans import Plan, make_plan
+from powerstrip.observe.observer import Observer
 
 log = logging.getLogger(__name__)
 
@@ -57,6 +59,8 @@ class LiveConfig:
         self.reactor = reactor
         self.path = path
         self.adapters = AdapterClient(reactor, config.max_body)
+        #: Told of reloads and of the file in force (None: nobody counts).
+        self.observer: Observer | None = None
         self._stamp = _stamp(path) if path is not None else None
         self._watch: LoopingCall | None = None
         self._apply(config)
@@ -83,6 +87,18 @@ class LiveConfig:
         for line in stream_warnings(config):
             log.warning("%s", line)
 
+    def observe(self, observer: Observer) -> None:
+        """Report reloads to ``observer``, and the file in force (its path and SHA-256)."""
+        self.observer = observer
+        self.adapters.observer = observer
+        digest = ""
+        if self.path is not None:
+            try:
+                digest = hashlib.sha256(self.path.read_bytes()).hexdigest()
+            except OSError:
+                pass
+        observer.stats.config = (os.fspath(self.path) if self.path is not None else "", digest)
+
     def plan(self, method: bytes, target: bytes) -> Plan | None:
         """The hooks for a request, from the configuration in force now."""
         if self._methods is not None and method not in self._methods:
@@ -101,8 +117,13 @@ class LiveConfig:
         except ConfigError as exc:
             log.error("configuration %s not reloaded (%s), keeping the running one:\n%s",
                       self.path, why, exc)
+            if self.observer is not None:
+                self.observer.stats.config_reloads["invalid"] += 1
             return False
         self._apply(config)
+        if self.observer is not None:
+            self.observer.stats.config_reloads["ok"] += 1
+            self.observe(self.observer)
         log.info("configuration %s reloaded (%s): %d endpoints, %d adapters",
                  self.path, why, len(config.endpoints), len(config.adapters))
         return True

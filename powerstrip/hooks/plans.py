@@ -29,6 +29,12 @@ class Plan:
     config: Config
 
     @property
+    def endpoint(self) -> str:
+        """The first matched endpoint key that brought in a hook: the ``endpoint`` label of
+        the metrics (one key, from the file, so the label's values are bounded)."""
+        return (self.pre or self.post)[0].endpoint
+
+    @property
     def endpoints(self) -> str:
         """The matched endpoint keys, for messages."""
         keys = dict.fromkeys(h.endpoint for h in (*self.pre, *self.post))

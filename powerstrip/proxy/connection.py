@@ -21,11 +21,14 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from powerstrip.core.errors import error_response
-from powerstrip.core.exchange import Exchange, Machine, RequestState
+from powerstrip.core.exchange import Exchange, Machine, RequestState, ResponseState
 from powerstrip.core.identity import Client
+from powerstrip.core.paths import canonical_path
 from powerstrip.hooks.client import HookError
 from powerstrip.hooks.live import LiveConfig
 from powerstrip.hooks.wire import ClientRequest, ServerResponse
+from powerstrip.observe.observer import Observer
+from powerstrip.observe.records import RequestRecord
 from powerstrip.proxy.addresses import Address, upstream_endpoint
 from powerstrip.proxy.flow import Pauser, direct_reads, no_delay, send
 from powerstrip.proxy.limits import Limits
@@ -89,6 +92,32 @@ class ClientConnection(Protocol):
         self.quiet_since: float | None = None
         self.quiet_mark: tuple[int, bool] = (0, False)
         self._client: Client | None = None
+        #: Bytes passed on each way; ``_marks`` where the exchange being reported began.
+        self.sent_daemon = 0
+        self.sent_client = 0
+        self._marks = (0, 0)
+        self._listener: str | None = None
+
+    @property
+    def listener(self) -> str:
+        """The listener this connection came in on, as the metrics name it."""
+        listener = self._listener
+        if listener is None:
+            try:
+                address = self.transport.getHost()
+            except OSError:
+                address = None
+            name = getattr(address, "name", None)
+            if isinstance(name, bytes):
+                name = name.decode("utf-8", "replace")
+            if name is not None:
+                listener = f"unix://{name}"
+            elif hasattr(address, "port"):
+                listener = f"tcp://{address.host}:{address.port}"
+            else:
+                listener = "unknown"
+            self._listener = listener
+        return listener
 
     @property
     def client(self) -> Client:
@@ -108,7 +137,8 @@ class ClientConnection(Protocol):
         self.pace = BackToBack(window) if window else None
         self.machine = Machine(self, factory.hooks, factory.upstream_text, self.pace,
                                factory.reactor.seconds,
-                               self._refusal if factory.hooks is not None else None)
+                               self._refusal if factory.hooks is not None else None,
+                               self._report if factory.observer is not None else None)
         self.dataReceived = self.machine.client_data
         no_delay(self.transport)
         direct_reads(self.transport, self.machine.client_data)
@@ -123,10 +153,35 @@ class ClientConnection(Protocol):
     def connectionLost(self, reason: Failure = None) -> None:  # noqa: N802
         self.machine.client_gone()
         self.factory.connections.discard(self)
+        self.factory.bytes_closed[0] += self.sent_daemon
+        self.factory.bytes_closed[1] += self.sent_client
         if self.daemon is not None:
             self._drop_daemon(self.daemon)
         elif self.connecting is not None:
             self.connecting.cancel()
+
+    def _report(self, exchange: Exchange, status: int) -> None:
+        """The machine's report of an exchange that ended: counted, and recorded in full
+        when an audit log or a trace watcher wants it."""
+        observer = self.factory.observer
+        head = exchange.head
+        plan = exchange.plan
+        endpoint = plan.endpoint if plan is not None else ""
+        method = _METHODS.get(head.method, "other")
+        head_seconds = None if exchange.head_at is None else exchange.head_at - exchange.began
+        observer.stats.request(method, endpoint, status, head_seconds)
+        marks = self._marks
+        self._marks = (self.sent_daemon, self.sent_client)
+        if not observer.records:
+            return
+        target = head.target.decode("latin-1")
+        record = RequestRecord(
+            exchange.began, exchange.call_id, self.client, head.method.decode("latin-1"),
+            target, canonical_path(target) or target.partition("?")[0], endpoint,
+            exchange.hook_records or [], status, self.sent_daemon - marks[0],
+            self.sent_client - marks[1], self.factory.reactor.seconds() - exchange.began,
+            head_seconds)
+        observer.request_ended(record)
 
     def _refusal(self) -> str | None:
         """Why this client may not use the proxy under the configuration in force, or None."""
@@ -195,6 +250,7 @@ class ClientConnection(Protocol):
 
     def to_daemon(self, data: bytes) -> None:
         """Send to the daemon, connecting first when there is no connection."""
+        self.sent_daemon += len(data)
         daemon = self.daemon
         if daemon is not None and not self.pending:
             send(daemon.transport, data)
@@ -205,6 +261,7 @@ class ClientConnection(Protocol):
 
     def to_client(self, data: bytes) -> None:
         """Send to the client."""
+        self.sent_client += len(data)
         if not self.transport.disconnected:
             send(self.transport, data)
 
@@ -257,7 +314,11 @@ class ClientConnection(Protocol):
         """Run the pre-hooks; their answer goes back to the machine."""
         adapters = self.factory.hooks.adapters
         exchange.call_id = adapters.new_call_id()
-        done = adapters.run_pre(exchange.plan.pre, request, exchange.call_id, self.client)
+        observer = self.factory.observer
+        if observer is not None and observer.records:
+            exchange.hook_records = []
+        done = adapters.run_pre(exchange.plan.pre, request, exchange.call_id, self.client,
+                                exchange.hook_records)
         done.addCallbacks(self._pre_hooks_done, self._hooks_failed,
                           callbackArgs=(exchange,), errbackArgs=(exchange,))
 
@@ -265,8 +326,12 @@ class ClientConnection(Protocol):
         self, exchange: Exchange, request: ClientRequest, response: ServerResponse
     ) -> None:
         """Run the post-hooks; their answer goes back to the machine."""
+        observer = self.factory.observer
+        if exchange.hook_records is None and observer is not None and observer.records:
+            exchange.hook_records = []
         done = self.factory.hooks.adapters.run_post(exchange.plan.post, request, response,
-                                                    exchange.call_id, self.client)
+                                                    exchange.call_id, self.client,
+                                                    exchange.hook_records)
         done.addCallbacks(self._post_hooks_done, self._hooks_failed,
                           callbackArgs=(exchange,), errbackArgs=(exchange,))
 
@@ -347,8 +412,14 @@ class ClientConnection(Protocol):
     def _connect_failed(self, failure: Failure) -> None:
         self.connecting = None
         self.pending = []
+        if self.factory.observer is not None:
+            self.factory.observer.stats.upstream_errors["unreachable"] += 1
         self.machine.daemon_unreachable(failure.getErrorMessage())
 
+
+#: The methods the metrics name; any other is counted as "other", so that a client cannot make
+#: the label's values grow without bound.
+_METHODS = {m.encode(): m for m in ("GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS")}
 
 #: How often the timers look at the connections: timeouts end within this much of their time.
 TIMER_INTERVAL = 1.0
@@ -403,8 +474,16 @@ class ProxyFactory(Factory):
     noisy = False
 
     def __init__(self, reactor: object, upstream: Address, hooks: LiveConfig | None = None,
-                 limits: Limits | None = None) -> None:
+                 limits: Limits | None = None, observer: Observer | None = None) -> None:
         self.reactor = reactor
+        #: Told of every request (None: nobody watches, and nothing is counted).
+        self.observer = observer
+        #: Bytes to the daemon and to clients of the connections that have closed.
+        self.bytes_closed = [0, 0]
+        if observer is not None:
+            observer.stats.refresh = self.refresh_stats
+            if hooks is not None:
+                hooks.observe(observer)
         self.upstream = upstream
         self.hooks = hooks
         self.limits = limits = limits or Limits()
@@ -419,6 +498,30 @@ class ProxyFactory(Factory):
         #: powerstrip.proxy.reactor); with a reactor that cannot, connections do not keep track.
         self.expect_soon: Callable[[], None] = getattr(reactor, "expect_soon", _nothing)
         self.busy_poll: float = getattr(reactor, "busy_poll", 0.0)
+
+    def refresh_stats(self) -> None:
+        """Bring the gauges and byte counts up to date, from the open connections (read when
+        the metrics are scraped, so the hot path keeps no running totals)."""
+        stats = self.observer.stats
+        listeners: dict[str, int] = {}
+        hijacked = streams = 0
+        to_daemon, to_client = self.bytes_closed
+        for connection in self.connections:
+            to_daemon += connection.sent_daemon
+            to_client += connection.sent_client
+            listener = connection.listener
+            listeners[listener] = listeners.get(listener, 0) + 1
+            machine = connection.machine
+            if machine is None:
+                continue
+            if machine.request_state is RequestState.HIJACKED:
+                hijacked += 1
+            elif machine.response_state is ResponseState.STREAMING:
+                streams += 1
+        stats.connections_open.clear()
+        stats.connections_open.update(listeners)
+        stats.hijacked_open, stats.streams_open = hijacked, streams
+        stats.bytes["to_daemon"], stats.bytes["to_client"] = to_daemon, to_client
 
     def buildProtocol(self, addr: object) -> Protocol:  # noqa: N802
         limit = self.limits.max_connections

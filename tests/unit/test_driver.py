@@ -63,6 +63,7 @@ class _Adapters:
 
     def run_pre(
         self, hooks: tuple, request: ClientRequest, call_id: str, client: object = None,
+        records: object = None,
     ) -> defer.Deferred:
         done: defer.Deferred = defer.Deferred()
         self.pre.append((request, done))

@@ -117,13 +117,15 @@ def test_the_runtime_package_does_not_import_the_development_package() -> None:
 
 
 #: What each layer of the runtime package may import of Powerstrip besides itself: the
-#: protocol core only the hook calls' records (pure, importing nothing); the hook engine the
-#: core; the Twisted proxy the core and the hook engine; the author's kit those and the
+#: protocol core only the hook calls' records (pure, importing nothing); what the proxy
+#: reports (observe) the core and those records; the hook engine the core and observe; the
+#: Twisted proxy the core, observe and the hook engine; the author's kit those and the
 #: address parser its Engine API client shares with the proxy.
 LAYERS = {
     "powerstrip.core": ("powerstrip.hooks.wire",),
-    "powerstrip.hooks": ("powerstrip.core",),
-    "powerstrip.proxy": ("powerstrip.core", "powerstrip.hooks"),
+    "powerstrip.observe": ("powerstrip.core", "powerstrip.hooks.wire"),
+    "powerstrip.hooks": ("powerstrip.core", "powerstrip.observe"),
+    "powerstrip.proxy": ("powerstrip.core", "powerstrip.hooks", "powerstrip.observe"),
     "powerstrip.kit": ("powerstrip.core", "powerstrip.hooks", "powerstrip.proxy.addresses",
                        "powerstrip_dev", "powerstrip.kit"),
 }
