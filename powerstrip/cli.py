@@ -35,6 +35,8 @@ DEFAULT_LISTEN = "tcp://127.0.0.1:2375"
 DEFAULT_UPSTREAM = "unix:///var/run/docker.sock"
 DEFAULT_CONFIGS = ("./powerstrip.yml", "/etc/powerstrip/adapters.yml")
 DEFAULT_BUSY_POLL = "200"
+DEFAULT_TRACE_SIZE = 200
+DEFAULT_TRACE_BODY = 4096
 #: A spin longer than this is no longer a wait for an answer in flight, only burnt CPU.
 LONGEST_BUSY_POLL = 10_000
 SHUTDOWN_GRACE = 5.0
@@ -345,9 +347,26 @@ def serve(args: argparse.Namespace) -> int:
                                          args.insecure_allow_unauthenticated)
                 if warning:
                     log.warning("%s", warning)
+    admin_value = args.admin or os.environ.get("POWERSTRIP_ADMIN") or None
+    admin = _addresses([admin_value], "--admin")[0] if admin_value else None
+    audit_path = args.audit_log or os.environ.get("POWERSTRIP_AUDIT_LOG") or None
+    trace_size = int(_setting(args.trace_size, "POWERSTRIP_TRACE_SIZE", str(DEFAULT_TRACE_SIZE),
+                              "--trace-size", whole=True))
+    trace_body = int(_setting(args.trace_body, "POWERSTRIP_TRACE_BODY", str(DEFAULT_TRACE_BODY),
+                              "--trace-body", whole=True))
+    if admin is not None and worker_fds is None:
+        transport = listener_transport(admin, tls)
+        if admin.kind != "endpoint" and transport is not None:
+            # Refused beyond loopback as the API listeners are; on loopback it gives no power
+            # over the daemon, so there is nothing to warn of.
+            guard_listener(f"(--admin) {admin}", transport, admin.host,
+                           args.insecure_allow_unauthenticated)
     if workers > 1:
+        if admin is not None:
+            raise UsageError(f"--workers {workers}: the admin listener shows one process's "
+                             "numbers and trace; serve it with --workers 1")
         return _supervise(args, workers, listens, listen_values, upstream_value, config_path,
-                          limits, busy_poll, group_id, tls)
+                          limits, busy_poll, group_id, tls, audit_path)
 
     if "twisted.internet.reactor" not in sys.modules:
         from powerstrip.proxy.reactor import install
@@ -374,7 +393,21 @@ def serve(args: argparse.Namespace) -> int:
                 prepare_unix_socket(address.path)
 
     _enough_descriptors(limits)
-    factory = ProxyFactory(reactor, upstream, hooks, limits)
+    observer = None
+    if admin is not None or audit_path is not None:
+        from powerstrip.observe.audit import AuditLog
+        from powerstrip.observe.observer import Observer
+        from powerstrip.observe.stats import Stats
+        from powerstrip.observe.trace import Trace
+
+        stats = Stats()
+        try:
+            audit = AuditLog(audit_path, stats) if audit_path is not None else None
+        except OSError as exc:
+            raise UsageError(f"--audit-log: cannot open {audit_path}: {exc}") from None
+        trace = Trace(trace_size, trace_body) if admin is not None and trace_size else None
+        observer = Observer(stats, audit, trace)
+    factory = ProxyFactory(reactor, upstream, hooks, limits, observer)
     ports: list = []
     exit_code = [0]
 
@@ -415,8 +448,21 @@ def serve(args: argparse.Namespace) -> int:
             exit_code[0] = 1
             reactor.stop()
             return
+        if admin is not None:
+            try:
+                admin_port = yield _listen_admin(reactor, admin, tls, observer, upstream, hooks)
+            except Exception as exc:  # noqa: BLE001 - like any listener's failure
+                print(f"powerstrip: cannot listen (--admin): {exc}", file=sys.stderr, flush=True)
+                exit_code[0] = 1
+                reactor.stop()
+                return
+            ports.append(admin_port)
+            log.info("admin listener: %s (/metrics, /healthz, /readyz, /trace)",
+                     _admin_url(admin, admin_port.getHost(), tls))
         log.info("forwarding to %s", upstream)
         hooks.watch()
+        if observer is not None and observer.audit is not None:
+            _reopen_on_sighup(reactor, observer.audit)
         if args.ready_fd is not None:
             say_ready(args.ready_fd)
         else:
@@ -439,6 +485,46 @@ def serve(args: argparse.Namespace) -> int:
     return exit_code[0]
 
 
+def _listen_admin(reactor: object, admin: Address, tls: ServerTLS | None, observer: object,
+                  upstream: Address, hooks: object) -> object:
+    """Start the admin listener; a Deferred firing with its port."""
+    from twisted.internet.endpoints import serverFromString
+
+    from powerstrip.proxy.admin import admin_site
+    from powerstrip.proxy.tls import tls_server_endpoint
+
+    site = admin_site(reactor, observer, upstream, hooks)
+    if admin.kind == "unix":
+        prepare_unix_socket(admin.path)
+    if admin.kind == "tcp" and tls is not None:
+        return tls_server_endpoint(reactor, admin.port, admin.host or "127.0.0.1",
+                                   LISTEN_BACKLOG, tls).listen(site)
+    return serverFromString(reactor, server_description(admin)).listen(site)
+
+
+def _admin_url(admin: Address, bound: object, tls: ServerTLS | None) -> str:
+    """How to reach the admin listener, for the log."""
+    if admin.kind == "unix":
+        return f"unix://{admin.path}"
+    host = getattr(bound, "host", admin.host)
+    shown = f"[{host}]" if ":" in host else host
+    scheme = "https" if tls is not None and admin.kind == "tcp" else "http"
+    return f"{scheme}://{shown}:{getattr(bound, 'port', admin.port)}/"
+
+
+def _reopen_on_sighup(reactor: object, audit: object) -> None:
+    """SIGHUP reopens the audit log too (logrotate moves it, then signals), besides whatever
+    it already did (reloading the adapters file)."""
+    previous = signal.getsignal(signal.SIGHUP)
+
+    def handler(signum: int, frame: object) -> None:
+        reactor.callFromThread(audit.reopen)
+        if callable(previous):
+            previous(signum, frame)
+
+    signal.signal(signal.SIGHUP, handler)
+
+
 def _worker_fds(args: argparse.Namespace) -> list[int] | None:
     """The listening descriptors a worker inherited (``--worker-fds``), or None: not a worker."""
     if args.worker_fds is None:
@@ -457,7 +543,7 @@ def _worker_fds(args: argparse.Namespace) -> list[int] | None:
 def _supervise(args: argparse.Namespace, workers: int, listens: Sequence[Address],
                listen_values: Sequence[str], upstream_value: str, config_path: Path | None,
                limits: Limits, busy_poll: float, group_id: int | None,
-               tls: ServerTLS | None) -> int:
+               tls: ServerTLS | None, audit_path: str | None = None) -> int:
     """Bind the listeners here and serve from ``workers`` child processes that share them."""
     from powerstrip.hooks.config import ConfigError, load_config
     from powerstrip.proxy.workers import Supervisor, bind, shareable, worker_command, worker_share
@@ -495,6 +581,9 @@ def _supervise(args: argparse.Namespace, workers: int, listens: Sequence[Address
     ]
     for value in listen_values:
         options += ["--listen", value]
+    if audit_path is not None:
+        # Each worker appends its own lines to the same file (whole lines: O_APPEND).
+        options += ["--audit-log", audit_path]
     if tls is not None:
         # Each worker does its own handshakes, with the same files (read again, as at start).
         options += ["--tlsverify" if tls.verify else "--tls", "--tlscert", tls.cert,
@@ -597,6 +686,27 @@ def build_parser() -> argparse.ArgumentParser:
         help="start even a listener that lets clients in unauthenticated from beyond this "
         "host (plain TCP, or TLS without --tlsverify, on an address other than loopback), "
         "giving whoever reaches it root on this host",
+    )
+    serve_parser.add_argument(
+        "--admin", metavar="ADDR",
+        help="serve /metrics, /healthz, /readyz and the live trace /trace on this address, apart "
+        "from the Docker API (same forms and TLS options as --listen; off by default; env "
+        "POWERSTRIP_ADMIN)",
+    )
+    serve_parser.add_argument(
+        "--audit-log", metavar="PATH",
+        help="append one JSON line per request to PATH ('-': standard output); SIGHUP reopens "
+        "it (env POWERSTRIP_AUDIT_LOG)",
+    )
+    serve_parser.add_argument(
+        "--trace-size", metavar="N",
+        help="requests the live trace keeps in memory; 0 turns the trace off "
+        f"(default {DEFAULT_TRACE_SIZE}; env POWERSTRIP_TRACE_SIZE)",
+    )
+    serve_parser.add_argument(
+        "--trace-body", metavar="CHARS",
+        help="cut bodies the trace shows at this many characters "
+        f"(default {DEFAULT_TRACE_BODY}; env POWERSTRIP_TRACE_BODY)",
     )
     # How a worker started by --workers learns its listening sockets and says it listens.
     serve_parser.add_argument("--worker-fds", help=argparse.SUPPRESS)
