@@ -14,6 +14,8 @@ alternately direct and through each proxy, printing ratios to direct:
   busy-polling with busy-polling;
 - latency of GET /_ping with the client pausing 1 ms before each request, which busy-polling
   must not make slower;
+- what observing costs those requests: ``ps-admin`` serves ``--admin`` (metrics counted,
+  nobody scraping), ``ps-audit`` also writes ``--audit-log``;
 - wall time of ``docker run --rm busybox true``;
 - throughput of a 256 MiB response (container logs) and a 256 MiB request body (images/load);
 - the proxy's peak RSS (VmHWM) after those transfers;
@@ -235,10 +237,13 @@ def peak_rss_mib(pid: int) -> float:
 def start_powerstrip(
     upstream: str, workdir: Path, name: str, config: Path | None = None,
     unix_socket: Path | None = None, busy_poll: int | None = None, workers: int | None = None,
+    options: tuple[str, ...] = (),
 ) -> tuple[subprocess.Popen, str]:
     """Start a Powerstrip on a free TCP port (and on ``unix_socket`` too, when given), its
-    output in ``workdir/NAME.out`` and ``.err``; return the process and its TCP address."""
+    output in ``workdir/NAME.out`` and ``.err``; return the process and its TCP address.
+    ``options`` are more ``serve`` flags."""
     extra = ["--listen", f"unix://{unix_socket}"] if unix_socket is not None else []
+    extra += list(options)
     if busy_poll is not None:
         extra += ["--busy-poll", str(busy_poll)]
     if workers is not None:
@@ -559,6 +564,18 @@ def main() -> int:
             processes.append(base)
             targets.append(Target("base", base_host))
             unix_targets.append(Target("base-unix", f"unix://{workdir / 'base.sock'}"))
+        if "latency" in args.only:
+            # What observing costs a request no hook sees: the metrics on (--admin, nobody
+            # scraping), and the metrics with an audit line per request (--audit-log).
+            observed, observed_host = start_powerstrip(
+                host, workdir, "ps-admin", options=("--admin", "tcp://127.0.0.1:0"))
+            processes.append(observed)
+            audited, audited_host = start_powerstrip(
+                host, workdir, "ps-audit", options=("--admin", "tcp://127.0.0.1:0",
+                                                    "--audit-log", str(workdir / "audit.log")))
+            processes.append(audited)
+            unix_targets += [Target("ps-admin", observed_host),
+                             Target("ps-audit", audited_host)]
         sleeper_targets: list[Target] = []
         if "latency" in args.only and not args.no_sleeper:
             sleeper, sleeper_host = start_powerstrip(

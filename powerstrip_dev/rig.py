@@ -23,6 +23,9 @@ ROOT = Path(__file__).resolve().parent.parent
 ADAPTERS = ROOT / "adapters"
 #: The example adapters, in the order they are started.
 NAMES = ("debug", "volumes", "network", "policy")
+#: Where ``make run`` serves metrics, health and the live trace.
+DEFAULT_ADMIN = "tcp://127.0.0.1:9180"
+
 #: Where the rig serves them, and ``powerstrip.yml`` expects them.
 DEFAULT_LISTEN = {name: f"127.0.0.1:{9101 + n}" for n, name in enumerate(NAMES)}
 DEFAULT_URLS = {name: f"http://{address}/" for name, address in DEFAULT_LISTEN.items()}
@@ -120,6 +123,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     parser.add_argument("--config", default=str(ROOT / "powerstrip.yml"))
     parser.add_argument("--run-dir", default=str(ROOT / ".run"))
+    parser.add_argument("--admin", default=os.environ.get("POWERSTRIP_ADMIN", DEFAULT_ADMIN),
+                        help="the admin listener (metrics, health, the live trace); "
+                        f"default {DEFAULT_ADMIN}")
     args = parser.parse_args(argv)
     rundir = Path(args.run_dir)
 
@@ -153,8 +159,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             "  docker run --rm --privileged busybox true   # refused by the policy adapter",
             file=sys.stderr,
         )
+        if args.admin.startswith("tcp://"):
+            shown = "http://" + args.admin[len("tcp://"):]
+            print(f"powerstrip: the live trace: {shown}/trace  (metrics: {shown}/metrics)",
+                  file=sys.stderr)
         return cli.main(["serve", "--listen", args.listen, "--upstream", upstream,
-                         "--config", args.config])
+                         "--config", args.config, "--admin", args.admin])
     finally:
         stop_all(adapters.values())
         if throwaway is not None:

@@ -8,6 +8,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -43,6 +44,14 @@ def test_run_command_chains_the_example_adapters(engine) -> None:
         refused = docker(host, "run", "--rm", "--privileged", "busybox", "true")
         assert refused.returncode != 0 and b"policy" in refused.stderr.lower()
         assert "changed since call 1" in (rundir / "logs" / "debug.log").read_text()
+        # The admin listener make run turns on: the refusal is counted, the trace page is up.
+        assert "the live trace: http://127.0.0.1:9180/trace" in rig.log()
+        with urllib.request.urlopen("http://127.0.0.1:9180/metrics", timeout=10) as answer:
+            metrics = answer.read().decode()
+        assert 'powerstrip_hook_calls_total{adapter="policy",outcome="refused",phase="pre"} 1.0' \
+            in metrics, metrics
+        with urllib.request.urlopen("http://127.0.0.1:9180/trace", timeout=10) as answer:
+            assert answer.headers["Content-Type"].startswith("text/html")
     finally:
         rig.proc.send_signal(signal.SIGTERM)
         code = rig.proc.wait(20)
