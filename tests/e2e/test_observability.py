@@ -195,3 +195,38 @@ def test_ready_when_the_daemon_and_every_adapter_answer(engine, adapter, tmp_pat
         assert "nobody.sock" in json.loads(failed.value.read())["down"]["daemon"]
     finally:
         assert stop_process(proxy.proc) == 0
+
+
+def test_open_connections_streams_and_hijacks_are_gauges(engine, tmp_path) -> None:
+    from tests.e2e.conftest import end, popen_docker
+
+    proxy = start_proxy(engine.host, "--admin", "tcp://127.0.0.1:0", logdir=tmp_path,
+                        name="gauges")
+    assert wait_for(lambda: "admin listener: " in proxy.log(), 10), proxy.log()
+    admin = re.search(r"admin listener: (http://\S+?)/? ", proxy.log()).group(1).rstrip("/")
+    host = proxy.docker_host
+    name = f"ps-obs-i-{uuid.uuid4().hex[:8]}"
+    events = popen_docker(host, "events")
+    attached = popen_docker(host, "run", "--rm", "-i", "--name", name, "busybox", "cat",
+                            stdin=True)
+    try:
+        def both() -> bool:
+            samples = scrape(admin)
+            return (value(samples, "powerstrip_streams_open") >= 1
+                    and value(samples, "powerstrip_hijacked_open") >= 1)
+
+        assert wait_for(both, 30), scrape(admin)
+        # The listener as the printed DOCKER_HOST names it: tcp://127.0.0.1:PORT.
+        assert value(scrape(admin), "powerstrip_connections_open", listener=host) >= 2
+        attached.stdin.write(b"bye\n")
+        attached.stdin.close()
+        assert attached.wait(30) == 0 and attached.stdout.read() == b"bye\n"
+        end(events)
+        assert wait_for(lambda: value(scrape(admin), "powerstrip_hijacked_open") == 0
+                        and value(scrape(admin), "powerstrip_streams_open") == 0, 15), \
+            scrape(admin)
+    finally:
+        end(attached)
+        end(events)
+        call(engine.host, "DELETE", f"/v1.41/containers/{name}?force=1")
+        assert stop_process(proxy.proc) == 0, proxy.log()
