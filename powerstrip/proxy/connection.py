@@ -213,6 +213,11 @@ class ClientConnection(Protocol):
             self.transport.unregisterProducer()
         self.pauser.resume("flow")
         self.pauser.resume("daemon closing")
+        observer = self.factory.observer
+        if observer is not None and self.machine.response_state in _OWED:
+            # The daemon went while it owed an answer (a stream it ends is not counted: its
+            # response is whole by then).
+            observer.stats.upstream_errors["lost"] += 1
         self.machine.daemon_gone()
 
     def shutdown(self) -> None:
@@ -416,6 +421,9 @@ class ClientConnection(Protocol):
             self.factory.observer.stats.upstream_errors["unreachable"] += 1
         self.machine.daemon_unreachable(failure.getErrorMessage())
 
+
+#: Response states in which the daemon owes (the rest of) an answer.
+_OWED = frozenset({ResponseState.WAITING, ResponseState.STREAMING, ResponseState.COLLECTING})
 
 #: The methods the metrics name; any other is counted as "other", so that a client cannot make
 #: the label's values grow without bound.
