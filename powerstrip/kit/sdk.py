@@ -454,7 +454,9 @@ class Adapter:
             # A socket file left by an earlier run would make the bind fail.
             if os.path.exists(args.unix):
                 os.unlink(args.unix)
-            description = f"unix:{quote(args.unix)}:backlog={LISTEN_BACKLOG}"
+            # Owner and group only: whoever can post to an adapter can tell it any client it
+            # likes (Twisted would make the socket 0666, open to every local user).
+            description = f"unix:{quote(args.unix)}:backlog={LISTEN_BACKLOG}:mode=660"
         else:
             host, _, port = args.listen.rpartition(":")
             host = host.strip("[]") or "127.0.0.1"

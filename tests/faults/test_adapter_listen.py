@@ -63,3 +63,27 @@ def test_an_sdk_adapter_takes_a_burst_of_300_connections(tmp_path: Path) -> None
         assert all(head.startswith(b"HTTP/1.1 405") for head in heads), set(heads)
     finally:
         stop_process(adapter.proc)
+
+
+@pytest.mark.timeout(30)
+def test_an_sdk_adapter_on_a_unix_socket_is_not_open_to_every_local_user(tmp_path: Path) -> None:
+    """Anyone who can post to an adapter can make up the ``Client`` of a protocol 2 call: its
+    socket is the owner's and the group's only, whatever the umask."""
+    import os
+    import stat
+
+    source = tmp_path / "quiet.py"
+    source.write_text(
+        "from powerstrip.adapter import Adapter\n\napp = Adapter('quiet')\n\n"
+        "if __name__ == '__main__':\n    app.run()\n")
+    path = tmp_path / "adapter.sock"
+    old = os.umask(0)
+    try:
+        adapter = start_adapter([sys.executable, str(source), "--unix", str(path)], "quiet")
+    finally:
+        os.umask(old)
+    try:
+        mode = stat.S_IMODE(os.stat(path).st_mode)
+        assert mode & 0o007 == 0, oct(mode)
+    finally:
+        stop_process(adapter.proc)
