@@ -8,8 +8,10 @@
 Rules (see ``adapters/policy.yml`` and ``docs/policy.md``): privileged containers and exec
 sessions, the host's network or PID namespace, capability additions, bind mounts outside allowed
 host paths (``Binds``, ``Mounts``, and named volumes that are binds in disguise), and images
-outside an allowlist. A refusal is ``403 {"message": "refused by policy rule NAME: ..."}``, which
-the docker CLI prints as ``Error response from daemon: ...``.
+outside an allowlist. The rules may differ by client (``clients:`` sections naming a unix user, a
+unix group or a certificate's common name), for which the adapter is mapped with ``protocol: 2``.
+A refusal is ``403 {"message": "refused by policy rule NAME: ...; rules for CLIENT: SECTION"}``,
+which the docker CLI prints as ``Error response from daemon: ...``.
 
 The daemon reads requests more leniently than ``json.loads`` does, and the policy must judge
 what the daemon will do, not what a naive reading sees. So request bodies are read the way
@@ -33,7 +35,7 @@ from pathlib import Path
 from typing import Any, Protocol
 from urllib.parse import parse_qs
 
-from powerstrip.adapter import Adapter, Refuse, Request
+from powerstrip.adapter import Adapter, Client, Refuse, Request
 from powerstrip.core.paths import SpellingError, canonical_path, clean_path
 from powerstrip.hooks import yamlfile
 from powerstrip.hooks.matching import Matcher, parse_endpoint_key
@@ -53,15 +55,15 @@ from powerstrip.kit.gojson import (
 )
 
 __all__ = [
-    "ANY", "BOOL", "CREATE_BODY", "EXEC_BODY", "HOST_CONFIG", "MOUNT", "SERVICE_SPEC", "STRING",
-    "STRSLICE", "UPDATE_BODY", "VOLUME_BODY", "AllowedEndpoint", "GoJSONError", "GoSlice",
-    "ImageRef", "ImageRefError", "Map", "Ptr", "Rules", "RulesError", "Slice", "Struct",
-    "Violation", "allowed_path", "check_build", "check_container_update", "check_create",
-    "check_endpoint", "check_exec", "check_image_naming", "check_plugin", "check_service",
-    "check_start", "check_swarm", "check_volume_create", "clean_path", "go_decode",
-    "go_fold_equal", "host_configs", "host_network_violation", "image_allowed", "load_rules",
-    "main", "make_adapter", "normalize_capability", "parse_image_reference", "parse_rules",
-    "service_networks",
+    "ANY", "BOOL", "CREATE_BODY", "EXEC_BODY", "HOST_CONFIG", "IDENTITIES", "MOUNT",
+    "SERVICE_SPEC", "STRING", "STRSLICE", "UPDATE_BODY", "VOLUME_BODY", "AllowedEndpoint",
+    "Applied", "ClientSection", "GoJSONError", "GoSlice", "ImageRef", "ImageRefError", "Map",
+    "Ptr", "Rules", "RulesError", "Slice", "Struct", "Violation", "allowed_path", "applied_rules",
+    "check_build", "check_container_update", "check_create", "check_endpoint", "check_exec",
+    "check_image_naming", "check_plugin", "check_service", "check_start", "check_swarm",
+    "check_volume_create", "clean_path", "go_decode", "go_fold_equal", "host_configs",
+    "host_network_violation", "image_allowed", "load_rules", "main", "make_adapter",
+    "normalize_capability", "parse_image_reference", "parse_rules", "service_networks",
 ]
 
 # -- the request types dockerd 20.10 decodes ---------------------------------------------------
@@ -285,7 +287,56 @@ class Rules:
     swarm: bool = True  #: forbid initialising or joining a swarm
     plugins: bool = True  #: forbid installing, configuring and enabling managed plugins
     endpoints: tuple[AllowedEndpoint, ...] | None = None  #: the only endpoints that may be used
+    #: the per-client sections, in file order; the first that names a client gives its rules
+    clients: tuple[ClientSection, ...] = ()
     sources: dict[str, str] = field(default_factory=dict, compare=False)  #: rule -> "file:line"
+    where: str = field(default="", compare=False)  #: "file:line" of the rules, "" if made in code
+
+    def section_for(self, client: Client | None) -> ClientSection | None:
+        """The first ``clients`` section that names ``client``, or None: the default rules
+        apply. A client the transport cannot name (None on a protocol 1 call, plain TCP, TLS
+        without a verified certificate, a unix uid with no user name) is named by none."""
+        return next((section for section in self.clients if section.matches(client)), None)
+
+
+#: What a ``clients`` section may name a client by, each a key of the section.
+IDENTITIES = ("user", "group", "common_name")
+
+
+@dataclass(frozen=True)
+class ClientSection:
+    """An entry of ``clients``: whom it names (``kind``, one of IDENTITIES, and ``name``) and the
+    rules they get, which are the default rules with each rule the section sets in place of the
+    default's (``rules``, complete; its ``clients`` empty)."""
+
+    kind: str
+    name: str
+    rules: Rules
+    where: str = field(default="", compare=False)  #: "file:line" of the section
+
+    def matches(self, client: Client | None) -> bool:
+        """Whether the section names ``client``. ``user`` and ``group`` name unix clients whose
+        uid resolves to a user name (``group``: any of its groups, primary or supplementary);
+        ``common_name`` names TLS clients by their verified certificate's subject CN."""
+        if client is None:
+            return False
+        if self.kind == "common_name":
+            return client.certificate is not None and client.certificate.common_name == self.name
+        if client.transport != "unix" or client.user is None:
+            return False
+        if self.kind == "user":
+            return client.user == self.name
+        return self.name in client.groups
+
+    def describe(self) -> str:
+        """How refusals name the section: ``the clients section for user ci (policy.yml:44)``."""
+        what = "common name" if self.kind == "common_name" else self.kind
+        return f"the clients section for {what} {self.name}{_at(self.where)}"
+
+
+def _at(where: str) -> str:
+    # The file's name and the line, not its path: the message goes to the client.
+    return f" ({Path(where).name})" if where else ""
 
 
 @dataclass(frozen=True)
@@ -307,10 +358,12 @@ _RULE_NAMES = (*_SWITCHES, "cap_add", "bind_mounts", "images", "endpoints")
 def parse_rules(text: str, source: str = "<rules>") -> Rules:
     """Rules from the YAML ``text``; RulesError with ``source`` and the line for any fault.
 
-    ``version: 1`` (optional) and ``rules:``, a mapping of rule names to settings: ``forbid`` or
+    ``version: 1`` (optional), ``rules:``, a mapping of rule names to settings: ``forbid`` or
     ``allow`` for privileged, host_network, host_pid, swarm and plugins; ``forbid`` or
     ``{allow: [...]}`` for cap_add; ``{allow: [...]}`` for bind_mounts (with
-    ``resolve_symlinks``), images and endpoints (endpoint keys, ``"GET /containers/json"``).
+    ``resolve_symlinks``), images and endpoints (endpoint keys, ``"GET /containers/json"``);
+    and ``clients:`` (optional), a list of sections each naming one ``user``, ``group`` or
+    ``common_name`` and giving ``rules`` that replace the default rules of the same names.
     """
     try:
         doc = yamlfile.load(text, source)
@@ -318,24 +371,96 @@ def parse_rules(text: str, source: str = "<rules>") -> Rules:
         raise RulesError(str(exc)) from None
 
     def fail(where: yamlfile.LinedDict, key: str, message: str) -> RulesError:
-        line = where.lines.get(key)
-        return RulesError(f"{source}{f':{line}' if line else ''}: {message}")
+        return RulesError(f"{_line(source, where, key)}: {message}")
 
     if not isinstance(doc, dict):
         raise RulesError(f"{source}: a rules file is a mapping with a 'rules' key")
     for key in doc:
-        if key not in ("version", "rules"):
-            raise fail(doc, key, f"unknown key {key!r}; expected 'version' and 'rules'")
+        if key not in ("version", "rules", "clients"):
+            raise fail(doc, key, f"unknown key {key!r}; expected 'version', 'rules' and "
+                                 "'clients'")
     if doc.get("version", 1) != 1:
         raise fail(doc, "version", f"version must be 1, not {doc['version']!r}")
     rules = doc.get("rules")
     if not isinstance(rules, dict):
         raise fail(doc, "rules", "'rules' must be a mapping of rule names to settings")
+    settings, sources = _rule_settings(rules, source, fail, "")
+    clients = doc.get("clients", [])
+    if not isinstance(clients, list):
+        raise fail(doc, "clients", "'clients' must be a list of sections, each naming a user, "
+                                   "group or common_name and giving its rules")
+    sections: list[ClientSection] = []
+    named: dict[tuple[str, str], str] = {}
+    for number, entry in enumerate(clients, 1):
+        if not isinstance(entry, dict) or not entry:
+            raise fail(doc, "clients", f"clients entry {number} must be a mapping such as "
+                                       "{user: NAME, rules: {...}}")
+        section = _client_section(entry, number, settings, sources, source, fail)
+        key = (section.kind, section.name)
+        if key in named:
+            # The first section that names a client wins: this one could never apply.
+            raise fail(entry, section.kind,
+                       f"clients entry {number} names {section.kind} {section.name!r} again "
+                       f"(also at {named[key]}); only the first would ever apply")
+        named[key] = section.where
+        sections.append(section)
+    return Rules(**settings, clients=tuple(sections), sources=sources,
+                 where=_line(source, doc, "rules"))
+
+
+def _line(source: str, where: yamlfile.LinedDict, key: str) -> str:
+    line = where.lines.get(key)
+    return f"{source}:{line}" if line else source
+
+
+def _client_section(
+    entry: yamlfile.LinedDict, number: int, defaults: Mapping[str, Any],
+    default_sources: Mapping[str, str], source: str,
+    fail: Callable[[yamlfile.LinedDict, str, str], RulesError],
+) -> ClientSection:
+    """One entry of ``clients``: exactly one identity key and ``rules``."""
+    for key in entry:
+        if key not in (*IDENTITIES, "rules"):
+            raise fail(entry, key, f"unknown key {key!r} in clients entry {number}; a section "
+                                   f"names one of {', '.join(IDENTITIES)} and has 'rules'")
+    kinds = [key for key in entry if key in IDENTITIES]
+    first = next(iter(entry))
+    if not kinds:
+        raise fail(entry, first, f"clients entry {number} names nobody: give one of "
+                                 f"{', '.join(IDENTITIES)}")
+    if len(kinds) > 1:
+        raise fail(entry, kinds[1], f"clients entry {number} names both {kinds[0]} and "
+                                    f"{kinds[1]}; a section names one client, give each its own")
+    kind = kinds[0]
+    name = entry[kind]
+    if not isinstance(name, str) or not name:
+        raise fail(entry, kind, f"{kind} must be a name (a non-empty string), not {name!r}")
+    if "rules" not in entry:
+        raise fail(entry, kind, f"clients entry {number} ({kind} {name}) has no 'rules'")
+    own = entry["rules"]
+    if not isinstance(own, dict):
+        raise fail(entry, "rules", "a section's 'rules' must be a mapping of rule names to "
+                                   "settings")
+    settings, sources = _rule_settings(own, source, fail, f"clients entry {number}: ")
+    # Key by key: a rule the section sets replaces the default's whole setting (a bind_mounts
+    # allowlist with its resolve_symlinks, an images allowlist), never merges into it.
+    where = _line(source, entry, kind)
+    rules = Rules(**{**defaults, **settings}, sources={**default_sources, **sources},
+                  where=where)
+    return ClientSection(kind, name, rules, where)
+
+
+def _rule_settings(
+    rules: yamlfile.LinedDict, source: str,
+    fail: Callable[[yamlfile.LinedDict, str, str], RulesError], prefix: str,
+) -> tuple[dict[str, Any], dict[str, str]]:
+    """The Rules fields a ``rules`` mapping sets, and where each rule is."""
     settings: dict[str, Any] = {}
     sources: dict[str, str] = {}
     for name, value in rules.items():
         if name not in _RULE_NAMES:
-            raise fail(rules, name, f"unknown rule {name!r}; rules are {', '.join(_RULE_NAMES)}")
+            raise fail(rules, name, f"{prefix}unknown rule {name!r}; rules are "
+                                    f"{', '.join(_RULE_NAMES)}")
         sources[name] = f"{source}:{rules.lines.get(name)}"
         if name in _SWITCHES:
             if value not in ("forbid", "allow"):
@@ -379,7 +504,7 @@ def parse_rules(text: str, source: str = "<rules>") -> Rules:
                 settings[name] = tuple(parse_image_reference(ref) for ref in allow)
             except ImageRefError as exc:
                 raise fail(value, "allow", f"images.allow: {exc}") from None
-    return Rules(**settings, sources=sources)
+    return settings, sources
 
 
 def load_rules(path: str | os.PathLike[str]) -> Rules:
@@ -789,75 +914,118 @@ def check_endpoint(rules: Rules, method: str, target: str) -> Violation | None:
 # =================================================================================================
 
 
+@dataclass(frozen=True)
+class Applied:
+    """The rules one request is judged by: whose they are and where they come from."""
+
+    rules: Rules
+    client: Client | None
+    section: ClientSection | None
+
+    def describe(self) -> str:
+        """What a refusal adds: ``rules for unix user ci (uid 999): the clients section for
+        user ci (policy.yml:44)``, or ``...: the default rules (policy.yml:3)``."""
+        who = ("an unknown client (a protocol 1 call)" if self.client is None
+               else self.client.describe())
+        if self.section is not None:
+            return f"rules for {who}: {self.section.describe()}"
+        return f"rules for {who}: the default rules{_at(self.rules.where)}"
+
+    def enforce(self, found: Violation | None) -> None:
+        """Refuse the request (403) if ``found``, naming the rule, the client and the rules."""
+        if found is not None:
+            raise Refuse(403, f"{found.message()}; {self.describe()}")
+
+
+def applied_rules(rules: Rules, client: Client | None) -> Applied:
+    """The rules for ``client``: those of the first ``clients`` section naming it, else the
+    default rules (also for a client nobody can name, and for None, a protocol 1 call)."""
+    section = rules.section_for(client)
+    return Applied(rules if section is None else section.rules, client, section)
+
+
 def make_adapter(
     rules: Rules, name: str = "policy", engine: NetworkLookup | None = None
 ) -> Adapter:
-    """An Adapter enforcing ``rules`` on the endpoints listed in docs/policy.md; ``engine`` is
-    the daemon, asked directly which network a service's network ID is."""
-    app = Adapter(name)
+    """An Adapter enforcing ``rules`` on the endpoints listed in docs/policy.md, each request by
+    the rules for its client (``applied_rules``); ``engine`` is the daemon, asked directly which
+    network a service's network ID is. It speaks protocol 2, to learn the client; called with
+    version 1 (mapped without ``protocol: 2``) it judges every request by the default rules."""
+    app = Adapter(name, protocol=2)
 
-    def enforce(found: Violation | None) -> None:
-        if found is not None:
-            raise Refuse(403, found.message())
+    def judging(req: Request) -> Applied:
+        return applied_rules(rules, req.client)
 
     # Registered first, so it runs first: the endpoints allowlist needs the adapter hooked on
     # every request ("* *"), and whatever it refuses needs no other look.
     @app.pre("* *")
     def endpoint(req: Request) -> None:
-        enforce(check_endpoint(rules, req.method, req.target))
+        applied = judging(req)
+        applied.enforce(check_endpoint(applied.rules, req.method, req.target))
 
     @app.pre("POST /*/containers/create")
     def create(req: Request) -> None:
-        enforce(check_create(rules, req.body))
+        applied = judging(req)
+        applied.enforce(check_create(applied.rules, req.body))
 
     @app.pre("POST /*/containers/*/start")
     def start(req: Request) -> None:
-        enforce(check_start(rules, req.target, req.body))
+        applied = judging(req)
+        applied.enforce(check_start(applied.rules, req.target, req.body))
 
     @app.pre("POST /*/containers/*/exec")
     def exec_create(req: Request) -> None:
-        enforce(check_exec(rules, req.body))
+        applied = judging(req)
+        applied.enforce(check_exec(applied.rules, req.body))
 
     @app.pre("POST /*/volumes/create")
     def volume_create(req: Request) -> None:
-        enforce(check_volume_create(rules, req.body))
+        applied = judging(req)
+        applied.enforce(check_volume_create(applied.rules, req.body))
 
     @app.pre("POST /*/build")
     def build(req: Request) -> None:
-        enforce(check_build(rules, req.target))
+        applied = judging(req)
+        applied.enforce(check_build(applied.rules, req.target))
 
     @app.pre("POST /*/images/*/tag")
     def tag(req: Request) -> None:
-        enforce(check_image_naming(rules, "tag", req.target))
+        applied = judging(req)
+        applied.enforce(check_image_naming(applied.rules, "tag", req.target))
 
     @app.pre("POST /*/commit")
     def commit(req: Request) -> None:
-        enforce(check_image_naming(rules, "commit", req.target))
+        applied = judging(req)
+        applied.enforce(check_image_naming(applied.rules, "commit", req.target))
 
     @app.pre("POST /*/images/create")
     def image_import(req: Request) -> None:
-        enforce(check_image_naming(rules, "import", req.target))
+        applied = judging(req)
+        applied.enforce(check_image_naming(applied.rules, "import", req.target))
 
     @app.pre("POST /*/images/load")
     def load(req: Request) -> None:
-        enforce(check_image_naming(rules, "load", req.target))
+        applied = judging(req)
+        applied.enforce(check_image_naming(applied.rules, "load", req.target))
 
     @app.pre("POST /*/containers/*/update")
     def container_update(req: Request) -> None:
-        enforce(check_container_update(rules, req.body))
+        applied = judging(req)
+        applied.enforce(check_container_update(applied.rules, req.body))
 
     async def service(req: Request) -> None:
-        enforce(check_service(rules, req.body))
+        applied = judging(req)
+        applied.enforce(check_service(applied.rules, req.body))
         for where, target in service_networks(req.body):
-            enforce(await host_network_violation(rules, engine, where, target))
+            applied.enforce(await host_network_violation(applied.rules, engine, where, target))
 
     app.pre("POST /*/services/create")(service)
     app.pre("POST /*/services/*/update")(service)
 
     for kind in ("init", "join"):
-        app.pre(f"POST /*/swarm/{kind}")(_refusing(enforce, check_swarm, rules, kind))
+        app.pre(f"POST /*/swarm/{kind}")(_refusing(judging, check_swarm, kind))
     for key, kind in _PLUGIN_ENDPOINTS:
-        app.pre(key)(_refusing(enforce, check_plugin, rules, kind))
+        app.pre(key)(_refusing(judging, check_plugin, kind))
     return app
 
 
@@ -871,11 +1039,12 @@ _PLUGIN_ENDPOINTS = (
 
 
 def _refusing(
-    enforce: Callable[[Violation | None], None],
-    check: Callable[[Rules, str], Violation | None], rules: Rules, kind: str,
+    judging: Callable[[Request], Applied],
+    check: Callable[[Rules, str], Violation | None], kind: str,
 ) -> Callable[[Request], None]:
     def hook(req: Request) -> None:
-        enforce(check(rules, kind))
+        applied = judging(req)
+        applied.enforce(check(applied.rules, kind))
 
     hook.__qualname__ = hook.__name__ = f"{check.__name__.removeprefix('check_')}_{kind}"
     return hook
@@ -888,7 +1057,7 @@ EXAMPLE_RULES = Path(__file__).with_name("policy.yml")
 def main(argv: list[str] | None = None) -> None:
     """``policy.py --listen HOST:PORT|--unix PATH [--rules FILE] [--docker ADDR]``: load the
     rules, then serve."""
-    app = Adapter("policy")
+    app = Adapter("policy", protocol=2)
     parser = app.argument_parser()
     parser.add_argument("--rules", default=str(EXAMPLE_RULES), metavar="FILE",
                         help="the YAML rules file (default: the example rules, %(default)s)")
