@@ -6,6 +6,7 @@ the table and tests/e2e/test_policy_adapter.py replays the gaps against a real d
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 from typing import Any
@@ -19,12 +20,14 @@ from adapters.policy import (
     CREATE_BODY,
     EXEC_BODY,
     VOLUME_BODY,
+    ClientSection,
     GoJSONError,
     ImageRef,
     ImageRefError,
     Rules,
     RulesError,
     allowed_path,
+    applied_rules,
     check_build,
     check_container_update,
     check_create,
@@ -49,9 +52,9 @@ from adapters.policy import (
     parse_rules,
     service_networks,
 )
-from powerstrip.adapter import Request
+from powerstrip.adapter import Client, Request
 from powerstrip.kit.engine_api import EngineError
-from powerstrip.testing import call_pre
+from powerstrip.testing import call_pre, tcp_client, tls_client, unix_client
 
 REPO = Path(__file__).resolve().parents[2]
 RULES = Rules(
@@ -718,3 +721,223 @@ def test_the_endpoints_rule_runs_first_on_every_request() -> None:
     result = call_pre(make_adapter(rules), "POST", "/v1.41/swarm/init", "{}")
     assert result.status == 403 and "rule endpoints" in result.message
     assert call_pre(make_adapter(rules), "HEAD", "/_ping", None).status == 200
+
+
+# -- rules per client ------------------------------------------------------------------------------
+
+CI = unix_client("ci", uid=990, groups=["ci"])
+OPS = unix_client("ops", uid=991, groups=["ops", "wheel"])
+EVE = unix_client("eve", uid=992, groups=["eve"])
+
+
+def bind(path: str) -> str:
+    return create(HostConfig={"Binds": [f"{path}:/x"]})
+
+
+PRIVILEGED = create(HostConfig={"Privileged": True})
+
+
+def pre(client: Client | None, body: str, rules: Rules = SHIPPED) -> tuple[int, str | None]:
+    """A create judged by the policy for ``client`` (None: a protocol 1 call)."""
+    call = {"protocol": 1} if client is None else {"client": client}
+    result = call_pre(make_adapter(rules), "POST", "/v1.41/containers/create", body, **call)
+    return result.status, result.message
+
+
+def test_the_shipped_sections_give_ci_its_binds_and_ops_privileges() -> None:
+    assert [(s.kind, s.name) for s in SHIPPED.clients] == [("user", "ci"), ("user", "ops")]
+    assert pre(CI, bind("/srv/ci")) == (200, None)
+    assert pre(CI, bind("/srv/ci/cache")) == (200, None)
+    assert pre(OPS, PRIVILEGED) == (200, None)
+
+
+@pytest.mark.parametrize(("client", "body", "rule_name", "section"), [
+    # ci's allowlist is exactly [/srv/ci]: the default's /flocker is gone, not merged in.
+    (CI, bind("/flocker"), "bind_mounts", "the clients section for user ci (policy.yml:"),
+    (CI, PRIVILEGED, "privileged", "the clients section for user ci (policy.yml:"),
+    (OPS, bind("/srv/ci"), "bind_mounts", "the clients section for user ops (policy.yml:"),
+    (EVE, bind("/srv/ci"), "bind_mounts", "the default rules (policy.yml:3)"),
+    (EVE, PRIVILEGED, "privileged", "the default rules (policy.yml:3)"),
+])
+def test_each_client_is_refused_by_its_own_rules_and_told_whose_they_are(
+    client: Client, body: str, rule_name: str, section: str
+) -> None:
+    status, message = pre(client, body)
+    assert status == 403
+    assert message is not None
+    assert message.startswith(f"refused by policy rule {rule_name}: ")
+    assert f"; rules for {client.describe()}: {section}" in message
+
+
+def test_a_section_replaces_only_the_rules_it_sets() -> None:
+    ci = SHIPPED.clients[0].rules
+    assert ci.bind_mounts == ("/srv/ci",)
+    assert ci.privileged and ci.images == SHIPPED.images and ci.endpoints == SHIPPED.endpoints
+    assert ci.sources["bind_mounts"] != SHIPPED.sources["bind_mounts"]
+    assert ci.sources["images"] == SHIPPED.sources["images"]
+    assert not SHIPPED.clients[1].rules.privileged
+    assert SHIPPED.clients[1].rules.bind_mounts == SHIPPED.bind_mounts
+    # The rest of the default rules hold for both: ci may not add SYS_ADMIN.
+    status, message = pre(CI, create(HostConfig={"CapAdd": ["SYS_ADMIN"], "Binds": []}))
+    assert status == 403 and message and "rule cap_add" in message
+
+
+def test_replacing_bind_mounts_replaces_resolve_symlinks_too() -> None:
+    rules = parse_rules("rules:\n  bind_mounts: {allow: [/a], resolve_symlinks: false}\n"
+                        "clients:\n  - user: ci\n    rules: {bind_mounts: {allow: [/b]}}\n")
+    assert not rules.resolve_symlinks
+    assert rules.clients[0].rules.resolve_symlinks  # the section's setting, whole: the default
+
+
+@pytest.mark.parametrize("client", [
+    None,  # a protocol 1 call: the policy mapped without "protocol: 2"
+    tcp_client(),  # a plain TCP listener names nobody
+    tls_client(),  # TLS without a client certificate
+    tls_client(subject="O=ci"),  # a certificate without a common name
+    unix_client(None, uid=4321, groups=["ci"]),  # a uid no user name resolves to
+    tls_client("ci"),  # a user section does not name a certificate
+    Client("unix", "/run/powerstrip.sock"),  # credentials unknown
+])
+def test_a_client_nobody_can_name_gets_the_default_rules(client: Client | None) -> None:
+    applied = applied_rules(SHIPPED, client)
+    assert applied.section is None and applied.rules is SHIPPED
+    assert pre(client, bind("/srv/ci"))[0] == 403
+    status, message = pre(client, PRIVILEGED)
+    assert status == 403 and message is not None
+    assert message.endswith(": the default rules (policy.yml:3)")
+    if client is None:
+        assert "; rules for an unknown client (a protocol 1 call): " in message
+    else:
+        assert f"; rules for {client.describe()}: " in message
+
+
+def test_a_protocol_1_call_is_judged_by_the_default_rules() -> None:
+    assert pre(None, bind("/flocker")) == (200, None)  # the default allows /flocker
+    assert pre(None, bind("/srv/ci"))[0] == 403
+
+
+GROUPS = """\
+rules:
+  privileged: forbid
+  bind_mounts: {allow: [/data]}
+clients:
+  - common_name: deploy.example.com
+    rules: {privileged: allow}
+  - user: alice
+    rules: {bind_mounts: {allow: [/home/alice]}}
+  - group: wheel
+    rules: {bind_mounts: {allow: [/]}}
+  - group: builders
+    rules: {privileged: allow}
+"""
+
+
+@pytest.mark.parametrize(("client", "section"), [
+    (tls_client("deploy.example.com", sans=["deploy.example.com"]), 0),
+    (unix_client("alice", groups=["alice", "wheel"]), 1),  # user alice comes before wheel
+    (unix_client("bob", groups=["bob", "wheel", "builders"]), 2),  # wheel before builders
+    (unix_client("carol", groups=["builders", "staff"]), 3),  # her primary group
+    (unix_client("wheel", groups=["dave"]), None),  # a user section is not a group section
+    (tls_client("alice"), None),
+    (tls_client("other", sans=["deploy.example.com"]), None),  # the CN, not a SAN
+    (unix_client("deploy.example.com"), None),
+])
+def test_sections_name_users_groups_and_common_names_and_the_first_wins(
+    client: Client, section: int | None
+) -> None:
+    rules = parse_rules(GROUPS, "policy.yml")
+    applied = applied_rules(rules, client)
+    expected = None if section is None else rules.clients[section]
+    assert applied.section is expected, applied.describe()
+
+
+def test_group_and_common_name_sections_through_the_adapter() -> None:
+    rules = parse_rules(GROUPS, "policy.yml")
+    deploy = tls_client("deploy.example.com")
+    assert pre(deploy, PRIVILEGED, rules) == (200, None)
+    status, message = pre(deploy, bind("/etc"), rules)
+    assert status == 403 and message is not None
+    assert message.endswith("; rules for tls client CN=deploy.example.com (127.0.0.1:53422): "
+                            "the clients section for common name deploy.example.com "
+                            "(policy.yml:5)")
+    bob = unix_client("bob", uid=1002, groups=["bob", "wheel"])
+    assert pre(bob, bind("/etc"), rules) == (200, None)
+    status, message = pre(bob, PRIVILEGED, rules)
+    assert status == 403 and message is not None
+    assert message.endswith("; rules for unix user bob (uid 1002): the clients section for "
+                            "group wheel (policy.yml:9)")
+
+
+def test_every_hook_judges_by_the_clients_rules() -> None:
+    rules = parse_rules("rules: {swarm: forbid, endpoints: {allow: ['POST /swarm/init']}}\n"
+                        "clients:\n  - user: ops\n    rules: {swarm: allow}\n")
+    app = make_adapter(rules)
+    assert call_pre(app, "POST", "/v1.41/swarm/init", "{}", client=OPS).status == 200
+    refused = call_pre(app, "POST", "/v1.41/swarm/init", "{}", client=EVE)
+    assert refused.status == 403 and "rule swarm" in (refused.message or "")
+    refused = call_pre(app, "GET", "/v1.41/info", None, client=OPS)
+    assert refused.status == 403 and "the clients section for user ops" in (refused.message or "")
+    assert call_pre(app, "POST", "/v1.41/containers/c/exec", '{"Privileged":true}',
+                    client=OPS).status == 403
+
+
+def test_services_are_judged_by_the_clients_rules_with_the_engine_asked() -> None:
+    rules = parse_rules("rules: {host_network: forbid}\n"
+                        "clients:\n  - group: ops\n    rules: {host_network: allow}\n")
+    asked: list[str] = []
+
+    class Engine:
+        def request(self, method: str, path: str) -> defer.Deferred[Any]:
+            asked.append(path)
+            return defer.succeed({"Name": "host", "Driver": "host"})
+
+    app = make_adapter(rules, engine=Engine())
+    body = service(Networks=[{"Target": "abc123"}])
+    assert call_pre(app, "POST", "/v1.41/services/create", body, client=OPS).status == 200
+    refused = call_pre(app, "POST", "/v1.41/services/create", body, client=EVE)
+    assert refused.status == 403
+    assert "rule host_network" in (refused.message or "") and asked == ["/networks/abc123"]
+
+
+@pytest.mark.parametrize(("text", "message"), [
+    ("rules: {}\nclients: {user: ci}\n", "policy.yml:2: 'clients' must be a list"),
+    ("rules: {}\nclients:\n  - ci\n", "policy.yml:2: clients entry 1 must be a mapping"),
+    ("rules: {}\nclients:\n  - {}\n", "policy.yml:2: clients entry 1 must be a mapping"),
+    ("rules: {}\nclients:\n  - rules: {privileged: allow}\n",
+     "policy.yml:3: clients entry 1 names nobody: give one of user, group, common_name"),
+    ("rules: {}\nclients:\n  - user: ci\n    group: ci\n    rules: {}\n",
+     "policy.yml:4: clients entry 1 names both user and group"),
+    ("rules: {}\nclients:\n  - user: ci\n    uid: 990\n    rules: {}\n",
+     "policy.yml:4: unknown key 'uid' in clients entry 1"),
+    ("rules: {}\nclients:\n  - user: ci\n", "policy.yml:3: clients entry 1 (user ci) has no"),
+    ("rules: {}\nclients:\n  - user: 990\n    rules: {}\n",
+     "policy.yml:3: user must be a name (a non-empty string), not 990"),
+    ("rules: {}\nclients:\n  - group: ''\n    rules: {}\n", "policy.yml:3: group must be a"),
+    ("rules: {}\nclients:\n  - user: ci\n    rules: [privileged]\n",
+     "policy.yml:4: a section's 'rules' must be a mapping"),
+    ("rules: {}\nclients:\n  - user: ci\n    rules:\n      privilegd: allow\n",
+     "policy.yml:5: clients entry 1: unknown rule 'privilegd'"),
+    ("rules: {}\nclients:\n  - user: ci\n    rules:\n      privileged: yes\n",
+     "policy.yml:5: rule privileged is 'forbid' or 'allow'"),
+    ("rules: {}\nclients:\n  - user: ci\n    rules:\n      bind_mounts: {allow: [srv]}\n",
+     "policy.yml:5: bind_mounts.allow: 'srv' is not absolute"),
+    ("rules: {}\nclients:\n  - user: ci\n    rules: {}\n    user: ops\n",
+     "policy.yml:5: duplicate key 'user'"),
+    ("rules: {}\nclients:\n  - user: ci\n    rules: {}\n  - group: ci\n    rules: {}\n"
+     "  - user: ci\n    rules: {}\n",
+     "policy.yml:7: clients entry 3 names user 'ci' again (also at policy.yml:3)"),
+    ("rules: {}\nclient: []\n", "policy.yml:2: unknown key 'client'"),
+])
+def test_clients_errors_name_the_file_and_line(text: str, message: str) -> None:
+    with pytest.raises(RulesError) as caught:
+        parse_rules(text, "policy.yml")
+    assert message in str(caught.value)
+
+
+def test_a_section_without_rules_of_its_own_is_the_default_and_stops_the_search() -> None:
+    rules = parse_rules("rules: {privileged: forbid}\nclients:\n  - user: ci\n    rules: {}\n"
+                        "  - group: ops\n    rules: {privileged: allow}\n", "policy.yml")
+    applied = applied_rules(rules, unix_client("ci", groups=["ops"]))
+    assert applied.section is rules.clients[0] and applied.rules.privileged
+    assert isinstance(applied.section, ClientSection)
+    assert applied.rules == dataclasses.replace(rules, clients=())
