@@ -57,7 +57,8 @@ adapters:
   # Moving a dataset between hosts copies its data: give it time.
   volumes: {{url: "{urls["volumes"]}", timeout: 120}}
   network: {{url: "{urls["network"]}", timeout: 30}}
-  policy: {urls["policy"]}
+  # Protocol 2 tells the policy who asks, for the rules of its clients sections.
+  policy: {{url: "{urls["policy"]}", protocol: 2}}
 """
 
 

@@ -33,3 +33,5 @@ def test_the_chain_loads_and_orders_the_adapters() -> None:
     start = next(e for e in config.endpoints if e.key == "POST /*/containers/*/start")
     assert list(start.post) == ["debug", "network"]
     assert config.adapters["volumes"].timeout >= 60
+    # The policy learns who asks, for the rules of adapters/policy.yml's clients sections.
+    assert config.adapters["policy"].protocol == 2
