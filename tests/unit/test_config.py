@@ -440,7 +440,8 @@ def test_unknown_keys_at_every_level():
         (2, "unknown key 'endpoint' at the top level (expected version, endpoints, adapters, "
             "max_body, clients); did you mean 'endpoints'?"),
         (7, "unknown key 'postt' in endpoint 'GET /x' (expected pre, post); did you mean 'post'?"),
-        (11, "unknown key 'retries' in adapter 'a' (expected url, timeout, on_error, protocol, credentials)"),
+        (11, "unknown key 'retries' in adapter 'a' "
+             "(expected url, timeout, on_error, protocol, credentials)"),
     ])
 
 

@@ -92,7 +92,8 @@ def test_fields_left_out_keep_what_was_sent():
         (b'{"ModifiedClientRequest": {"Request": "containers/json"}}', "not a request path"),
         (b'{"ModifiedClientRequest": {"Request": "/a\\r\\nX: y"}}', "not a request path"),
         (b'{"ModifiedClientRequest": {"Body": {"Image": "x"}}}', "Body must be str or null"),
-        (b'{"PowerstripProtocolVersion": 2, "ModifiedClientRequest": {}}', "does not say 'protocol: 2'"),
+        (b'{"PowerstripProtocolVersion": 2, "ModifiedClientRequest": {}}',
+         "does not say 'protocol: 2'"),
     ],
 )
 def test_bad_pre_hook_answers_say_what_is_wrong(answer, complaint):
