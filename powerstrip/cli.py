@@ -46,7 +46,7 @@ SHUTDOWN_GRACE = 5.0
 #: imports it: it installs packages and starts daemons, which the proxy must never do.
 COMMANDS_GROUP = "powerstrip.commands"
 #: The subcommands defined here, which an entry point cannot replace.
-BUILTIN_COMMANDS = ("serve", "check")
+BUILTIN_COMMANDS = ("serve", "check", "trace")
 
 
 class UsageError(Exception):
@@ -592,6 +592,22 @@ def _supervise(args: argparse.Namespace, workers: int, listens: Sequence[Address
     return Supervisor(listeners, worker_command(args.verbose, options), workers).run(ready_line)
 
 
+def trace_command(args: argparse.Namespace) -> int:
+    """``powerstrip trace``: the live trace of a running proxy, one block per request."""
+    from powerstrip.observe.terminal import AdminTLS, Filters, run
+
+    url = args.admin or os.environ.get("POWERSTRIP_ADMIN") or "http://127.0.0.1:9180"
+    tls = None
+    if args.tlscacert or args.tlscert:
+        tls = AdminTLS(args.tlscacert, args.tlscert, args.tlskey or args.tlscert)
+    filters = Filters(args.endpoint or "", args.client or "", args.status or "",
+                      args.adapter or "")
+    try:
+        return run(url, once=args.once, filters=filters, tls=tls)
+    except ValueError as exc:
+        raise UsageError(str(exc)) from exc
+
+
 def check(args: argparse.Namespace) -> int:
     """Validate the configuration file; print every error with its file and line."""
     from powerstrip.hooks.config import ConfigError, load_config
@@ -716,6 +732,27 @@ def build_parser() -> argparse.ArgumentParser:
     check_parser = commands.add_parser("check", help="validate the adapters file")
     check_parser.add_argument("--config", help="adapters file (found as serve finds it)")
     check_parser.set_defaults(func=check)
+
+    trace_parser = commands.add_parser(
+        "trace", help="print the live trace of a running proxy in the terminal")
+    trace_parser.add_argument(
+        "--admin", metavar="URL",
+        help="the proxy's admin listener (default $POWERSTRIP_ADMIN, else "
+        "http://127.0.0.1:9180)")
+    trace_parser.add_argument("--once", action="store_true",
+                              help="print the requests kept so far and exit")
+    for name, what in (("endpoint", "the adapters-file key that matched"),
+                       ("client", "the client's name"),
+                       ("status", "the status, such as 403 or 4xx"),
+                       ("adapter", "the name of an adapter it called")):
+        trace_parser.add_argument(f"--{name}", metavar="TEXT",
+                                  help=f"only requests whose {what} contains TEXT")
+    trace_parser.add_argument("--tlscacert", metavar="PATH",
+                              help="verify an https:// admin listener with this CA")
+    trace_parser.add_argument("--tlscert", metavar="PATH",
+                              help="client certificate for an admin listener with --tlsverify")
+    trace_parser.add_argument("--tlskey", metavar="PATH", help="the client certificate's key")
+    trace_parser.set_defaults(func=trace_command)
 
     for name, entry in added_commands().items():
         # Only listed: loading it here would import the other package for every command.

@@ -6,9 +6,15 @@ what happened, and the audit log has one line per request saying so, with no sec
 from __future__ import annotations
 
 import json
+import queue
 import re
 import shutil
+import signal
+import subprocess
+import sys
 import tempfile
+import threading
+import time
 import urllib.error
 import urllib.request
 import uuid
@@ -230,3 +236,90 @@ def test_open_connections_streams_and_hijacks_are_gauges(engine, tmp_path) -> No
         end(events)
         call(engine.host, "DELETE", f"/v1.41/containers/{name}?force=1")
         assert stop_process(proxy.proc) == 0, proxy.log()
+
+
+def _read_lines(stream: Any, into: queue.Queue[str]) -> None:
+    try:
+        for line in iter(stream.readline, b""):
+            into.put(line.decode("utf-8", "replace"))
+    except (OSError, ValueError, AttributeError):
+        pass  # the test closed the stream under the reader
+
+
+def _wait_line(lines: queue.Queue[str], wanted: str, seconds: float) -> list[str]:
+    seen: list[str] = []
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        try:
+            line = lines.get(timeout=max(0.01, deadline - time.monotonic()))
+        except queue.Empty:
+            break
+        seen.append(line)
+        if wanted in line:
+            return seen
+    raise AssertionError(f"no line with {wanted!r} in {seen!r}")
+
+
+def test_the_trace_stream_shows_what_each_hook_saw_only_while_watched(engine, observed) -> None:
+    proxy: ProxyService = observed["proxy"]
+    admin = observed["admin"]
+    name = f"ps-obs-t-{uuid.uuid4().hex[:8]}"
+
+    def refused_create() -> dict[str, Any]:
+        result = docker(proxy.docker_host, "create", "--name", name, "-e",
+                        f"PASSWORD={SECRET}", "busybox", "true")
+        assert result.returncode != 0 and b"no containers today" in result.stderr
+        with urllib.request.urlopen(f"{admin}/trace/recent", timeout=10) as answer:
+            kept = json.loads(answer.read())
+        return [e for e in kept if e["endpoint"] == "POST /*/containers/create"][-1]
+
+    unwatched = refused_create()
+    assert [h["sent"] for h in unwatched["hooks"]] == [None, None]  # nobody watched: not kept
+
+    stream = urllib.request.urlopen(f"{admin}/trace/events", timeout=30)
+    lines: queue.Queue[str] = queue.Queue()
+    threading.Thread(target=_read_lines, args=(stream, lines), daemon=True).start()
+    try:
+        assert stream.headers["Content-Type"] == "text/event-stream"
+        # The kept requests come first: wait until the replay has reached the last one.
+        _wait_line(lines, f'"seq": {unwatched["seq"]},', 10)
+        refused_create()
+        seen = _wait_line(lines, '"POST /*/containers/create"', 20)
+    finally:
+        stream.close()
+    event = json.loads(seen[-1].removeprefix("data: "))
+    assert event["status"] == 403 and event["client"]["transport"] == "tcp"
+    fine, refuser = event["hooks"]
+    assert (fine["adapter"], fine["outcome"], refuser["outcome"]) == ("fine", "ok", "refused")
+    sent = fine["sent"]["ClientRequest"]
+    assert sent["Method"] == "POST" and sent["Request"].endswith(f"create?name={name}")
+    assert '"PASSWORD=<redacted>"' in sent["Body"] and SECRET not in json.dumps(event)
+    assert fine["answer"]["ModifiedClientRequest"]["Method"] == "POST"
+    assert "no containers today" in refuser["message"]
+
+
+def test_powerstrip_trace_prints_requests_as_they_end(engine, observed) -> None:
+    proxy: ProxyService = observed["proxy"]
+    command = [sys.executable, "-m", "powerstrip", "trace", "--admin", observed["admin"],
+               "--endpoint", "version"]
+    once = subprocess.run([*command, "--once"], capture_output=True, timeout=30)
+    assert once.returncode == 0, once.stderr
+    kept = once.stdout.decode().count("endpoint GET /*/version")
+    live = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    lines: queue.Queue[str] = queue.Queue()
+    threading.Thread(target=_read_lines, args=(live.stdout, lines), daemon=True).start()
+    try:
+        for _ in range(kept):  # the replay of what the proxy keeps
+            _wait_line(lines, "fine", 20)
+        ok(docker(proxy.docker_host, "version"))
+        block = _wait_line(lines, "fine", 20)
+    finally:
+        live.send_signal(signal.SIGINT)
+        assert live.wait(10) == 0, live.stderr.read()
+    head = next(line for line in block if "/version" in line)
+    assert re.search(r"GET /v1\.\d+/version  200  [\d.]+ ms  tcp client 127\.0\.0\.1:\d+", head), \
+        head
+    assert any("endpoint GET /*/version" in line for line in block), block
+    assert re.search(r"pre\s+fine\s+ok", block[-1]), block
+    # No other endpoint got through the filter.
+    assert not any("/_ping" in line for line in block), block
