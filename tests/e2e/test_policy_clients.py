@@ -2,11 +2,13 @@
 listener, the kernel tells Powerstrip who each is (SO_PEERCRED), and the policy adapter, mapped
 with ``protocol: 2`` and reading the shipped ``adapters/policy.yml``, judges each by its own
 rules: ``ci`` may bind ``/srv/ci`` and nothing else, ``ops`` may run privileged containers, and
-everyone else neither. Every refusal the CLI prints names the client and the rules it got."""
+everyone else neither. Every refusal the CLI prints names the client and the rules it got, and
+the audit log names the user of every request."""
 
 from __future__ import annotations
 
 import grp
+import json
 import os
 import pwd
 import shutil
@@ -71,7 +73,8 @@ def policed_listener(engine: Engine) -> Iterator[tuple[ProxyService, Path]]:
         config = directory / "adapters.yml"
         config.write_text('version: 1\nendpoints:\n  "* *": {pre: [policy]}\nadapters:\n'
                           f'  policy: {{url: "{policy.url}", protocol: 2}}\n')
-        proxy = start_proxy(engine.host, "--socket-group", GROUP, logdir=directory,
+        proxy = start_proxy(engine.host, "--socket-group", GROUP,
+                            "--audit-log", str(directory / "audit.log"), logdir=directory,
                             listen=f"unix://{directory / 'ps.sock'}", config=config,
                             name="policy-clients")
         yield proxy, directory
@@ -145,3 +148,21 @@ def test_each_user_gets_its_own_rules(policed_listener, engine: Engine, scratch:
                                                                      "privileged")):
         refused(run(policed_listener, scratch, OTHER, *options), engine, OTHER, rule,
                 "the default rules")
+
+    # The audit log: every create names its user, and each refusal the policy's message.
+    proxy, directory = policed_listener
+    lines = [json.loads(line) for line in (directory / "audit.log").read_text().splitlines()]
+    creates = [line for line in lines if line["endpoint"] == "* *"
+               and line["path"].endswith("/containers/create")]
+    by_user: dict[str, list[int]] = {}
+    for line in creates:
+        client = line["client"]
+        assert client["transport"] == "unix" and client["address"] == str(directory / "ps.sock")
+        assert client["uid"] == pwd.getpwnam(client["user"]).pw_uid
+        by_user.setdefault(client["user"], []).append(line["status"])
+        hook = line["hooks"][0]
+        assert (hook["adapter"], hook["phase"]) == ("policy", "pre")
+        if line["status"] == 403:
+            assert hook["outcome"] == "refused"
+            assert f"rules for unix user {client['user']} " in hook["message"]
+    assert by_user == {CI: [201, 403, 403], OPS: [201, 403], OTHER: [403, 403]}, by_user
