@@ -49,7 +49,15 @@ LOG_TAIL_LINES = 40
 # Runs inside the new namespaces: a fresh network namespace has its loopback down, and dockerd
 # (and containers publishing ports) expect it up. ``exec`` keeps one PID from unshare to dockerd,
 # so the Popen PID, dockerd's pidfile and the process group leader are all the same process.
-_INNER_SCRIPT = 'ip link set lo up && exec dockerd "$@"'
+# With PS_PLUGIN_DIR, the engine's own mount namespace sees that directory as
+# /run/docker/plugins, where dockerd finds plugins by name: each engine has its own plugins, and
+# a test's plugin never answers another engine.
+_INNER_SCRIPT = (
+    'ip link set lo up && '
+    'if [ -n "$PS_PLUGIN_DIR" ]; then mkdir -p /run/docker/plugins && '
+    'mount --bind "$PS_PLUGIN_DIR" /run/docker/plugins; fi && '
+    'exec dockerd "$@"'
+)
 
 
 class ThrowawayEngineError(RuntimeError):
@@ -112,8 +120,13 @@ def daemon_reachable(host: str, timeout: float = 2.0) -> bool:
 class Engine:
     """A dockerd whose state all lives under one directory; see the module docstring."""
 
-    def __init__(self, root: str | Path) -> None:
+    def __init__(self, root: str | Path, *, args: Sequence[str] = (),
+                 plugin_dir: str | Path | None = None) -> None:
+        """``args`` are added to dockerd's command line (``--authorization-plugin=NAME``);
+        ``plugin_dir`` is the directory the engine sees as ``/run/docker/plugins``."""
         self.root = Path(root).absolute()
+        self.args = tuple(args)
+        self.plugin_dir = None if plugin_dir is None else Path(plugin_dir).absolute()
         self.socket_path = self.root / "docker.sock"
         self.host = f"unix://{self.socket_path}"
         self.data_root = self.root / "data"
@@ -171,8 +184,12 @@ class Engine:
             "--pidfile", str(self.pidfile),
             "--storage-driver", "vfs",
             "--shutdown-timeout", "2",
+            *self.args,
         ]
-        env = {**os.environ, "PATH": _sbin_path()}
+        env = {**os.environ, "PATH": _sbin_path(), "PS_PLUGIN_DIR": ""}
+        if self.plugin_dir is not None:
+            self.plugin_dir.mkdir(parents=True, exist_ok=True)
+            env["PS_PLUGIN_DIR"] = str(self.plugin_dir)
         for name in ("DOCKER_HOST", "DOCKER_CONTEXT", "DOCKER_TLS_VERIFY", "DOCKER_CERT_PATH"):
             env.pop(name, None)
         with open(self.logfile, "ab") as logfile:

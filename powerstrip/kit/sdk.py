@@ -50,7 +50,6 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
-from urllib.parse import parse_qs
 
 from twisted.internet import defer
 from twisted.web import resource, server
@@ -61,176 +60,25 @@ from powerstrip.hooks.matching import Matcher, parse_endpoint_key
 from powerstrip.hooks.wire import (
     PROTOCOL_VERSIONS,
     CallError,
-    ClientRequest,
     Headers,
-    ServerResponse,
     post_hook_answer,
     pre_hook_answer,
     read_hook_call,
 )
+from powerstrip.kit.records import HookFailed, Refuse, Request, Response
 from powerstrip.proxy.addresses import LISTEN_BACKLOG
 
-__all__ = ["Adapter", "Certificate", "Client", "Headers", "Refuse", "Request", "Response"]
+#: Where dockerd looks for plugin sockets (``NAME.sock``) first.
+PLUGIN_DIR = "/run/docker/plugins"
+
+__all__ = ["Adapter", "Certificate", "Client", "Headers", "HookFailed", "Refuse", "Request",
+           "Response"]
 
 # Named for the public module adapters import this from: it heads each call's log line, and it
 # is the name an adapter author knows to set a level on.
 log = logging.getLogger("powerstrip.adapter")
 
-# None is a meaningful content type (the daemon sent none), so "not given" needs its own marker.
-_KEEP: Any = object()
-
 F = TypeVar("F", bound=Callable[..., Any])
-
-
-class Refuse(Exception):  # noqa: N818 - the name reads as what a hook does
-    """Raised by a hook to refuse the call: the adapter answers ``status`` with
-    ``{"message": message}``, and the proxy gives the client that status and message."""
-
-    def __init__(self, status: int, message: str) -> None:
-        # A 2xx would be read by the proxy as an answer, and a malformed one at that.
-        if not 300 <= status <= 599:
-            raise ValueError(f"a refusal status must be 300-599, not {status}")
-        super().__init__(status, message)
-        self.status = status
-        self.message = message
-
-    def __str__(self) -> str:
-        return f"{self.status} {self.message}"
-
-
-def _parse_json(text: str | None) -> Any:
-    if not text:
-        return None
-    try:
-        return json.loads(text)
-    except ValueError:
-        return None
-
-
-@dataclass(frozen=True)
-class Request:
-    """The client's request as a hook sees it.
-
-    ``target`` is the raw request target (path and query, as the client spelled it); ``body`` is
-    the JSON body as text, or None when the proxy shows none (no body, or one that is not JSON).
-    ``call`` is the proxy's identifier for the client request (the same in every hook call made
-    for it, pre and post), None when the caller sent none. In protocol version 2, ``headers``
-    are the request's headers (registry credentials shown as ``<redacted>`` unless the
-    adapter's mapping says ``credentials: true``) and ``client`` who sent it; in version 1 the
-    headers are empty and the client None. Instances are immutable: hooks return changed copies.
-    """
-
-    method: str
-    target: str
-    body: str | None = None
-    call: str | None = dataclasses.field(default=None, compare=False)
-    headers: Headers = dataclasses.field(default_factory=Headers)
-    client: Client | None = dataclasses.field(default=None, compare=False)
-
-    @property
-    def path(self) -> str:
-        """The target without its query string, as spelled (not percent-decoded)."""
-        return self.target.partition("?")[0]
-
-    @property
-    def query(self) -> dict[str, list[str]]:
-        """The query string's parameters, each with its list of values."""
-        return parse_qs(self.target.partition("?")[2], keep_blank_values=True)
-
-    @property
-    def json(self) -> Any:
-        """The body parsed, or None if there is none or it is not JSON.
-
-        Each access parses afresh, so the result may be changed and passed to ``with_json``.
-        """
-        return _parse_json(self.body)
-
-    def with_json(self, obj: Any) -> Request:
-        """A copy whose body is ``obj`` serialised as JSON."""
-        return dataclasses.replace(self, body=json.dumps(obj))
-
-    def replace(
-        self,
-        *,
-        method: str | None = None,
-        target: str | None = None,
-        path: str | None = None,
-        body: str | None = _KEEP,
-        headers: Headers | None = None,
-    ) -> Request:
-        """A copy with the given fields changed. ``path`` changes the path and keeps the query
-        string; ``target`` replaces both. ``headers`` (version 2) replaces them all: build it
-        from ``self.headers.set(...)``."""
-        if target is not None and path is not None:
-            raise ValueError("give target or path, not both")
-        if path is not None:
-            _, mark, query = self.target.partition("?")
-            target = path + mark + query
-        return Request(
-            method if method is not None else self.method,
-            target if target is not None else self.target,
-            self.body if body is _KEEP else body,
-            self.call,
-            self.headers if headers is None else headers,
-            self.client,
-        )
-
-    @classmethod
-    def from_wire(cls, request: ClientRequest, client: Client | None = None) -> Request:
-        """The hook-side view of a ``ClientRequest`` (and, in version 2, its sender)."""
-        return cls(request.method, request.request, request.body,
-                   headers=Headers(request.headers), client=client)
-
-    def to_wire(self) -> ClientRequest:
-        """This request as the wire module encodes it."""
-        return ClientRequest(self.method, self.target, self.body, headers=self.headers.pairs())
-
-
-@dataclass(frozen=True)
-class Response:
-    """The daemon's response as a post-hook sees it; ``body`` is text (``""`` when empty);
-    ``headers`` are its headers in protocol version 2 (empty in version 1)."""
-
-    code: int
-    content_type: str | None
-    body: str | None
-    headers: Headers = dataclasses.field(default_factory=Headers)
-
-    @property
-    def json(self) -> Any:
-        """The body parsed, or None if it is not JSON; a fresh object on every access."""
-        return _parse_json(self.body)
-
-    def with_json(self, obj: Any, content_type: str = "application/json") -> Response:
-        """A copy whose body is ``obj`` serialised as JSON, labelled ``content_type``."""
-        return dataclasses.replace(self, body=json.dumps(obj), content_type=content_type)
-
-    def replace(
-        self,
-        *,
-        code: int | None = None,
-        content_type: str | None = _KEEP,
-        body: str | None = _KEEP,
-        headers: Headers | None = None,
-    ) -> Response:
-        """A copy with the given fields changed (``content_type=None`` removes the header;
-        ``headers``, version 2, replaces them all)."""
-        return Response(
-            code if code is not None else self.code,
-            self.content_type if content_type is _KEEP else content_type,
-            self.body if body is _KEEP else body,
-            self.headers if headers is None else headers,
-        )
-
-    @classmethod
-    def from_wire(cls, response: ServerResponse) -> Response:
-        """The hook-side view of a ``ServerResponse``."""
-        return cls(response.code, response.content_type, response.body,
-                   Headers(response.headers))
-
-    def to_wire(self) -> ServerResponse:
-        """This response as the wire module encodes it."""
-        return ServerResponse(self.content_type, self.body, self.code, self.headers.pairs())
 
 
 @dataclass(frozen=True)
@@ -286,6 +134,9 @@ class Adapter:
         self._warned_version = False
         self._hooks: dict[str, list[_Hook]] = {"pre-hook": [], "post-hook": []}
         self._matchers: dict[str, Matcher[_Hook]] = {}
+        #: Docker plugin drivers served with ``--plugin`` besides the hooks: the kind named in
+        #: ``Implements`` (``VolumeDriver``, ``IpamDriver``) to the object answering its calls.
+        self.drivers: dict[str, Any] = {}
 
     # -- registration -----------------------------------------------------------------------
 
@@ -370,7 +221,7 @@ class Adapter:
                 status, outcome = 200, "answered" if hooks else "no hook"
             except Refuse as refusal:
                 status, document, outcome = refusal.status, {"message": refusal.message}, "refused"
-            except _HookFailed as failure:
+            except HookFailed as failure:
                 status, document, outcome = 500, {"message": str(failure)}, "error"
         ms = (time.monotonic() - started) * 1000
         log.info("%s %s [%s] %d %s %.1f ms", kind, what, names, status, outcome, ms)
@@ -381,16 +232,36 @@ class Adapter:
         version: int = 1,
     ) -> dict[str, Any]:
         """Run ``hooks`` in order and give the answer document, in protocol ``version``."""
+        result = await self.apply(kind, hooks, request, response)
+        if isinstance(result, Request):
+            return pre_hook_answer(result.to_wire(), version)
+        return post_hook_answer(result.to_wire(), version)
+
+    async def apply(
+        self, kind: str, hooks: Sequence[_Hook], request: Request, response: Response | None,
+    ) -> Request | Response:
+        """Run ``hooks`` (of ``matching``) in order: the request the pre-hooks leave, or the
+        response the post-hooks leave. ``Refuse`` passes through; a hook that fails raises
+        ``HookFailed`` naming it. The plugin forms of an adapter (``powerstrip.kit.plugin``)
+        run its hooks through this too."""
         if kind == "pre-hook":
             for hook in hooks:
                 result = await self._invoke(hook, request)
                 request = self._check(hook, result, Request, request)
-            return pre_hook_answer(request.to_wire(), version)
+            return request
         assert response is not None
         for hook in hooks:
             result = await self._invoke(hook, request, response)
             response = self._check(hook, result, Response, response)
-        return post_hook_answer(response.to_wire(), version)
+        return response
+
+    @property
+    def implements(self) -> list[str]:
+        """The Docker plugin kinds this adapter serves with ``--plugin``: ``authz`` when it has
+        hooks (pre-hooks decide ``AuthZReq``, post-hooks ``AuthZRes``), and each driver it was
+        given."""
+        kinds = ["authz"] if self._hooks["pre-hook"] or self._hooks["post-hook"] else []
+        return kinds + list(self.drivers)
 
     async def _invoke(self, hook: _Hook, *args: Any) -> Any:
         try:
@@ -399,7 +270,7 @@ class Adapter:
             raise
         except Exception as exc:
             log.exception("adapter %s: %s %s failed", self.name, hook.kind, hook.name)
-            raise _HookFailed(
+            raise HookFailed(
                 f"adapter {self.name}: {hook.kind} {hook.name} failed: {type(exc).__name__}: {exc}"
             ) from exc
 
@@ -412,7 +283,7 @@ class Adapter:
                 f"{type(result).__name__}, not a {kind.__name__} or None"
             )
             log.error("%s", message)
-            raise _HookFailed(message)
+            raise HookFailed(message)
         return result
 
     # -- serving ----------------------------------------------------------------------------
@@ -431,6 +302,11 @@ class Adapter:
         where = parser.add_mutually_exclusive_group(required=True)
         where.add_argument("--listen", metavar="HOST:PORT", help="a TCP address (port 0: any)")
         where.add_argument("--unix", metavar="PATH", help="a unix socket path")
+        parser.add_argument("--plugin", metavar="NAME",
+                            help="also serve as the Docker plugin NAME, on DIR/NAME.sock "
+                            "(Plugin.Activate, AuthZ from the hooks, and the adapter's drivers)")
+        parser.add_argument("--plugin-dir", metavar="DIR", default=PLUGIN_DIR,
+                            help=f"where dockerd finds plugin sockets (default {PLUGIN_DIR})")
         return parser
 
     def run(self, argv: Sequence[str] | None = None) -> None:
@@ -484,19 +360,29 @@ class Adapter:
             failed.append(str(failure.value))
             reactor.stop()
 
-        def start() -> None:
+        def listen_hooks(_: object = None) -> None:
             endpoint = endpoints.serverFromString(reactor, description)
             endpoint.listen(site).addCallbacks(listening, not_listening)
+
+        def start() -> None:
+            if not getattr(args, "plugin", None):
+                listen_hooks()
+                return
+            from powerstrip.kit.plugin import listen_plugin
+
+            def plugin_listening(path: str) -> None:
+                # Before "listening on": whoever waits for that line finds the plugin ready.
+                print(f"plugin {args.plugin} on {path}", flush=True)
+                listen_hooks()
+
+            listen_plugin(reactor, self, args.plugin, args.plugin_dir).addCallbacks(
+                plugin_listening, not_listening)
 
         reactor.callWhenRunning(start)
         reactor.run()
         if failed:
             print(f"adapter {self.name}: cannot listen: {failed[0]}", file=sys.stderr)
             raise SystemExit(1)
-
-
-class _HookFailed(Exception):
-    """A hook raised or returned something it must not; the message names the hook."""
 
 
 class _AdapterResource(resource.Resource):

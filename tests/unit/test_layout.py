@@ -126,8 +126,9 @@ LAYERS = {
     "powerstrip.observe": ("powerstrip.core", "powerstrip.hooks.wire"),
     "powerstrip.hooks": ("powerstrip.core", "powerstrip.observe"),
     "powerstrip.proxy": ("powerstrip.core", "powerstrip.hooks", "powerstrip.observe"),
+    "powerstrip.plugins": ("powerstrip.core", "powerstrip.hooks.wire"),
     "powerstrip.kit": ("powerstrip.core", "powerstrip.hooks", "powerstrip.proxy.addresses",
-                       "powerstrip_dev", "powerstrip.kit"),
+                       "powerstrip.plugins", "powerstrip_dev", "powerstrip.kit"),
 }
 
 
