@@ -8,6 +8,10 @@ are replayed from stored state (logs, archives) are compared byte for byte.
 With ``POWERSTRIP_E2E_HOOKED=1`` the proxy runs the policy adapter, with the ``endpoints`` rule of
 the shipped ``adapters/policy.yml`` alone, and then the null adapter as pre-hooks on every
 request: the allowlist shipped for the docker CLI must let every command here through.
+
+With ``POWERSTRIP_E2E_AUTHZ=1`` both targets are a dockerd of the module's own started with
+``--authorization-plugin=powerstrip-policy``, the same policy served as a Docker plugin
+(``--plugin``): every command, direct and through the proxy, passes dockerd's own authorization.
 """
 
 from __future__ import annotations
@@ -57,19 +61,43 @@ POLICY = Path(__file__).resolve().parents[2] / "adapters" / "policy.py"
 SHIPPED_RULES = POLICY.with_name("policy.yml")
 
 
+AUTHZ = os.environ.get("POWERSTRIP_E2E_AUTHZ", "") not in ("", "0")
+PLUGIN = "powerstrip-policy"
+
+
+def endpoints_rules(workdir: Path) -> Path:
+    """The shipped rules' endpoints allowlist alone, so that only the endpoints rule can
+    refuse (JSON is YAML)."""
+    doc = yamlfile.load(SHIPPED_RULES.read_text(), str(SHIPPED_RULES))
+    rules = workdir / "rules.yml"
+    rules.write_text(json.dumps({"version": 1,
+                                 "rules": {"endpoints": doc["rules"]["endpoints"]}}))
+    return rules
+
+
+def check_policy_log(log: str) -> None:
+    """The policy saw requests and refused none (every refusal would have failed its scenario;
+    this names the endpoint in one place)."""
+    assert "Traceback" not in log, log
+    assert "HEAD /_ping" in log, "the policy saw no requests"
+    refused = [line for line in log.splitlines()
+               if " refused " in line or " refused:" in line or " denied" in line]
+    assert not refused, refused
+
+
 @pytest.fixture(scope="module")
 def targets(engine: Engine, targets: dict[str, str]) -> Iterator[dict[str, str]]:
     """The session's targets; hooked, a proxy of this module's own whose every request passes
-    the shipped endpoints allowlist (the policy adapter) and then the null adapter."""
+    the shipped endpoints allowlist (the policy adapter) and then the null adapter; with
+    AuthZ, a guarded engine of the module's own, direct and through a proxy."""
+    if AUTHZ:
+        yield from _authz_targets()
+        return
     if not HOOKED:
         yield targets
         return
     workdir = Path(tempfile.mkdtemp(prefix="ps-matrix-"))
-    doc = yamlfile.load(SHIPPED_RULES.read_text(), str(SHIPPED_RULES))
-    rules = workdir / "rules.yml"
-    # JSON is YAML: the allowlist alone, so that only the endpoints rule can refuse.
-    rules.write_text(json.dumps({"version": 1,
-                                 "rules": {"endpoints": doc["rules"]["endpoints"]}}))
+    rules = endpoints_rules(workdir)
     policy = start_adapter([sys.executable, str(POLICY), "--listen", "127.0.0.1:0",
                             "--rules", str(rules)], "policy-adapter")
     null = start_null_adapter()
@@ -88,10 +116,35 @@ def targets(engine: Engine, targets: dict[str, str]) -> Iterator[dict[str, str]]
         policy.stop()
         null.stop()
         shutil.rmtree(workdir, ignore_errors=True)
-        assert "Traceback" not in log, log
-        assert "pre-hook HEAD /_ping " in log, "the policy adapter saw no requests"
-        # Every refusal would have failed its scenario; this names the endpoint in one place.
-        assert " refused " not in log, [line for line in log.splitlines() if " refused " in line]
+        check_policy_log(log)
+
+
+def _authz_targets() -> Iterator[dict[str, str]]:
+    from powerstrip.testing import short_tmpdir
+
+    workdir = Path(short_tmpdir("ps-matrix-authz-"))
+    plugins = workdir / "plugins"
+    policy = start_adapter([sys.executable, str(POLICY), "--listen", "127.0.0.1:0",
+                            "--rules", str(endpoints_rules(workdir)), "--plugin", PLUGIN,
+                            "--plugin-dir", str(plugins)], "policy-plugin")
+    guarded = Engine(workdir / "engine", plugin_dir=plugins)
+    running = None
+    try:
+        guarded.start()
+        guarded.ensure_image()  # before the plugin guards it: an import is not a CLI command
+        guarded.stop()
+        guarded.args = (f"--authorization-plugin={PLUGIN}",)
+        guarded.start()
+        running = launch_proxy(guarded.host, None)
+        yield {"direct": guarded.host, "proxy": running.host}
+    finally:
+        if running is not None:
+            stop_proxy(running)
+        guarded.stop(remove=True)
+        log = policy.log()
+        policy.stop()
+        shutil.rmtree(workdir, ignore_errors=True)
+        check_policy_log(log)
 
 
 def each(targets: dict[str, str], run: Callable[[str], T]) -> dict[str, T]:
