@@ -19,13 +19,13 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import httptools
-from twisted.internet import defer, protocol
+from twisted.internet import defer, error, protocol
 from twisted.internet.endpoints import HostnameEndpoint, UNIXClientEndpoint, wrapClientTLS
 from twisted.internet.ssl import optionsForClientTLS
 from twisted.python.failure import Failure
 
 from powerstrip.core.identity import UNKNOWN, Client
-from powerstrip.hooks.config import AdapterSpec, AdapterTarget
+from powerstrip.hooks.config import AUTHZ_RESPONSE_PATH, AdapterSpec, AdapterTarget
 from powerstrip.hooks.plans import Hook
 from powerstrip.hooks.wire import (
     AnswerError,
@@ -40,6 +40,8 @@ from powerstrip.hooks.wire import (
 )
 from powerstrip.observe.observer import Observer
 from powerstrip.observe.records import HookRecord, changed_fields
+from powerstrip.plugins import wire as plugin_wire
+from powerstrip.plugins.discovery import PluginNotFound, find_plugin
 
 log = logging.getLogger(__name__)
 
@@ -49,6 +51,18 @@ ANSWER_SLACK = 64 * 1024
 
 #: The request header naming the client request a hook call is made for (see ``post``).
 CALL_HEADER = b"Powerstrip-Call"
+
+#: Docker's first wait before calling a plugin it could not connect to again; each next wait
+#: doubles (``pkg/plugins/client.go``), within the adapter's timeout (30 s by default, Docker's).
+PLUGIN_FIRST_BACKOFF = 1.0
+
+
+class _Refused(Exception):
+    """A plugin's answer that denies (``Allow: false``), with its message."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
 
 
 class HookError(Exception):
@@ -213,7 +227,8 @@ class _Route:
     another (a unix socket's connections by its path, TCP's by scheme, host and port).
     """
 
-    def __init__(self, reactor: object, target: AdapterTarget) -> None:
+    def __init__(self, reactor: object, target: AdapterTarget,
+                 content_type: str = "application/json") -> None:
         if target.kind == "unix":
             self.key: object = ("unix", target.socket_path)
             self.endpoint = UNIXClientEndpoint(reactor, target.socket_path)
@@ -227,8 +242,9 @@ class _Route:
                 endpoint = wrapClientTLS(optionsForClientTLS(parts.hostname), endpoint)
             self.endpoint = endpoint
             host = parts.netloc.rpartition("@")[2]
+        self.target = target
         self.head = (f"POST {target.http_path} HTTP/1.1\r\nHost: {host}\r\n"
-                     "Content-Type: application/json\r\n").encode("ascii")
+                     f"Content-Type: {content_type}\r\n").encode("ascii")
 
 
 class AdapterClient:
@@ -238,6 +254,8 @@ class AdapterClient:
         self.reactor = reactor
         self.max_body = max_body
         self._routes: dict[AdapterTarget, _Route] = {}
+        #: The routes of each AuthZ plugin adapter once activated (``_plugin_routes``).
+        self._activated: dict[tuple[str, AdapterTarget], tuple[_Route, _Route]] = {}
         self._idle: dict[object, list[_Connection]] = {}
         self._factories: dict[object, _Factory] = {}
         # Unique across proxies and restarts, short enough to read in a log line.
@@ -246,11 +264,100 @@ class AdapterClient:
         #: Told of every hook call's outcome and time (None: nobody counts them).
         self.observer: Observer | None = None
 
-    def _route(self, adapter: AdapterSpec) -> _Route:
-        route = self._routes.get(adapter.target)
+    def _route(self, adapter: AdapterSpec, target: AdapterTarget | None = None) -> _Route:
+        target = target or adapter.target
+        if target.kind == "plugin":
+            target = _plugin_target(find_plugin(adapter.plugin_name or ""), target.http_path)
+        route = self._routes.get(target)
         if route is None:
-            route = self._routes[adapter.target] = _Route(self.reactor, adapter.target)
+            kind = plugin_wire.CONTENT_TYPE if adapter.plugin else "application/json"
+            route = self._routes[target] = _Route(self.reactor, target, kind)
         return route
+
+    def _plugin_routes(self, adapter: AdapterSpec) -> defer.Deferred:
+        """The routes of an AuthZ plugin adapter, (requests, responses), once it is found and
+        activated (``Plugin.Activate``, its ``Implements`` naming ``authz``), as dockerd does
+        before its first call. Kept while the plugin answers; a failure is not kept, so the
+        next request looks for the plugin again."""
+        key = (adapter.name, adapter.target)
+        ready = self._activated.get(key)
+        if ready is not None:
+            return defer.succeed(ready)
+        try:
+            pre = self._route(adapter)
+        except (PluginNotFound, ValueError) as exc:
+            return defer.fail(HookError(502, f"adapter {adapter.name} ({adapter.url}): {exc}"))
+        target = pre.target
+        post = self._route(adapter, AdapterTarget(
+            target.kind, target.url.replace(target.http_path, AUTHZ_RESPONSE_PATH),
+            target.socket_path, AUTHZ_RESPONSE_PATH))
+        activate = _Route(self.reactor, AdapterTarget(
+            target.kind, target.url.replace(target.http_path, plugin_wire.ACTIVATE),
+            target.socket_path, plugin_wire.ACTIVATE), plugin_wire.CONTENT_TYPE)
+        data = activate.head + b"Content-Length: 4\r\n\r\nnull"
+        deadline = self.reactor.seconds() + adapter.timeout
+        call = self._send_retrying(activate, data, ANSWER_SLACK, deadline)
+
+        def activated(result: tuple[int, bytes]) -> tuple[_Route, _Route]:
+            status, body = result
+            where = f"adapter {adapter.name} ({adapter.url})"
+            if status != 200:
+                raise HookError(502, f"{where}: Plugin.Activate answered {status}: "
+                                     f"{refusal_message(body)}")
+            try:
+                implements = plugin_wire.read_object(body, "Plugin.Activate").get("Implements")
+            except plugin_wire.PluginCallError as exc:
+                raise HookError(502, f"{where}: Plugin.Activate: {exc}") from None
+            if not isinstance(implements, list) or plugin_wire.AUTHZ not in implements:
+                raise HookError(502, f"{where} does not implement authz (it implements "
+                                     f"{implements!r})")
+            log.info("adapter %s: plugin activated at %s", adapter.name, target.url)
+            self._activated[key] = (pre, post)
+            return pre, post
+
+        def failed(failure: Failure) -> None:
+            if failure.check(HookError):
+                return failure
+            raise HookError(502, f"adapter {adapter.name} ({adapter.url}) cannot be activated: "
+                                 f"{_reason(failure.value)}")
+
+        return call.addCallbacks(activated, failed)
+
+    def _send_retrying(self, route: _Route, data: bytes, limit: int,
+                       deadline: float) -> defer.Deferred:
+        """``_send``, again after Docker's backoff while the plugin cannot be connected to,
+        until ``deadline`` (a plugin restarting comes back within it)."""
+        current: list[Any] = []
+
+        def cancel(_: defer.Deferred) -> None:
+            if current:
+                current[0].cancel()
+
+        result: defer.Deferred = defer.Deferred(cancel)
+
+        def attempt(wait: float) -> None:
+            sending = self._send(route, data, limit)
+            current[:] = [sending]
+
+            def failed(failure: Failure) -> None:
+                if result.called:
+                    return
+                if failure.check(error.ConnectError) and \
+                        self.reactor.seconds() + wait < deadline:
+                    log.warning("plugin at %s: cannot connect (%s); again in %g s",
+                                route.key, _reason(failure.value), wait)
+                    current[:] = [self.reactor.callLater(wait, attempt, wait * 2)]
+                    return
+                result.errback(failure)
+
+            def sent(answer: object) -> None:
+                if not result.called:
+                    result.callback(answer)
+
+            sending.addCallbacks(sent, failed)
+
+        attempt(PLUGIN_FIRST_BACKOFF)
+        return result
 
     def _send(self, route: _Route, data: bytes, limit: int) -> defer.Deferred:
         """One call on an idle connection to the route's adapter, else on a new one."""
@@ -308,7 +415,7 @@ class AdapterClient:
 
     def post(
         self, hook: Hook, payload: bytes, what: str, call_id: str | None = None,
-        outcome: list | None = None,
+        outcome: list | None = None, route: _Route | None = None,
     ) -> defer.Deferred:
         """POST ``payload`` to the hook's adapter; the Deferred fires with the answer's body on
         a 2xx.
@@ -324,12 +431,19 @@ class AdapterClient:
         # per call were a third of this client's own time.
         adapter = hook.adapter
         started = time.monotonic()
-        route = self._route(adapter)
+        route = route or self._route(adapter)
         head = route.head
         if call_id is not None:
             head += CALL_HEADER + b": " + call_id.encode("ascii") + b"\r\n"
         data = head + b"Content-Length: %d\r\n\r\n" % len(payload) + payload
-        call = self._send(route, data, len(payload) + self.max_body + ANSWER_SLACK)
+        limit = len(payload) + self.max_body + ANSWER_SLACK
+        if adapter.plugin:
+            # As dockerd calls plugins: a plugin that cannot be connected to (restarting, its
+            # socket not there yet) is tried again, within the adapter's timeout.
+            call = self._send_retrying(route, data, limit,
+                                       self.reactor.seconds() + adapter.timeout)
+        else:
+            call = self._send(route, data, limit)
         # Cancelling surfaces as whatever the connection was doing at that moment, so the
         # timer itself records that it fired.
         fired: list[bool] = []
@@ -351,6 +465,16 @@ class AdapterClient:
 
         def answered(result: tuple[int, bytes]) -> bytes:
             status, body = result
+            if adapter.plugin and status != 200:
+                # Docker's convention: a plugin that fails answers {"Err": ...}; dockerd then
+                # fails the request, and so does Powerstrip.
+                done(f"error {status}", "bad_answer")
+                try:
+                    message = plugin_wire.read_authz_answer(body).error
+                except plugin_wire.PluginCallError:
+                    message = ""
+                raise HookError(502, self._describe(
+                    hook, what, f"plugin error {status}: {message or refusal_message(body)}"))
             if not 200 <= status < 300:
                 done(f"refused {status}", "refused")
                 message = refusal_message(body) or f"refused with status {status}"
@@ -396,6 +520,8 @@ class AdapterClient:
 
         def encode(hook: Hook, value: ClientRequest) -> bytes:
             adapter = hook.adapter
+            if adapter.plugin:
+                return _authz_payload(value, client)
             if adapter.protocol == 1:
                 return pre_hook_call(value)
             return pre_hook_call(value, version=adapter.protocol, client=shown.wire(),
@@ -403,6 +529,8 @@ class AdapterClient:
 
         def parse(hook: Hook, answer: bytes, value: ClientRequest) -> ClientRequest:
             adapter = hook.adapter
+            if adapter.plugin:
+                return _authz_verdict(answer, value)
             return parse_pre_hook_answer(answer, value, version=adapter.protocol,
                                          credentials=adapter.credentials)
 
@@ -426,6 +554,8 @@ class AdapterClient:
 
         def encode(hook: Hook, value: ServerResponse) -> bytes:
             adapter = hook.adapter
+            if adapter.plugin:
+                return _authz_payload(request, client, value)
             if adapter.protocol == 1:
                 return post_hook_call(request, value)
             return post_hook_call(request, value, version=adapter.protocol,
@@ -433,6 +563,8 @@ class AdapterClient:
 
         def parse(hook: Hook, answer: bytes, value: ServerResponse) -> ServerResponse:
             adapter = hook.adapter
+            if adapter.plugin:
+                return _authz_verdict(answer, value)
             return parse_post_hook_answer(answer, value, version=adapter.protocol,
                                           credentials=adapter.credentials)
 
@@ -476,6 +608,14 @@ class AdapterClient:
             def parsed(answer: bytes) -> object:
                 try:
                     new = parse(hook, answer, value)
+                except _Refused as refusal:
+                    if ended:
+                        ended[0] = ("refused", ended[0][1])
+                    adapter = hook.adapter
+                    raise HookError(403, f"adapter {adapter.name} refused {what} (endpoint "
+                                         f"\"{hook.endpoint}\"): authorization denied by plugin "
+                                         f"{adapter.plugin_name or adapter.name}: "
+                                         f"{refusal.message}") from None
                 except AnswerError as exc:
                     if ended:
                         ended[0] = ("bad_answer", ended[0][1])
@@ -496,7 +636,12 @@ class AdapterClient:
                 seen(ended[0][0] if ended else "unreachable", message=message)
                 return failure
 
-            call = self.post(hook, payload, what, call_id, ended)
+            if hook.adapter.plugin:
+                side = 0 if phase == "pre" else 1
+                call = self._plugin_routes(hook.adapter).addCallback(
+                    lambda routes: self.post(hook, payload, what, call_id, ended, routes[side]))
+            else:
+                call = self.post(hook, payload, what, call_id, ended)
             # The skip applies to this hook's own failures only: the next step is chained
             # after the errback, so a later hook's failure passes through untouched.
             call.addCallback(parsed)
@@ -540,6 +685,38 @@ class _Shown:
         if self._wire is None:
             self._wire = client_to_wire(self.client)
         return self._wire
+
+
+def _authz_payload(request: ClientRequest, client: Client,
+                   response: ServerResponse | None = None) -> bytes:
+    """The ``AuthZReq`` (or, with ``response``, ``AuthZRes``) dockerd would send for this."""
+    body = request.body.encode("utf-8") if request.body is not None else None
+    call = plugin_wire.authz_call_for(request, client, body, response)
+    return json.dumps(call.to_wire()).encode()
+
+
+def _authz_verdict(answer: bytes, value: Any) -> Any:
+    """``value`` unchanged when the plugin allows it; ``_Refused`` when it denies."""
+    try:
+        verdict = plugin_wire.read_authz_answer(answer)
+    except plugin_wire.PluginCallError as exc:
+        raise AnswerError(str(exc)) from None
+    if verdict.error:
+        raise AnswerError(f"plugin error: {verdict.error}")
+    if not verdict.allow:
+        raise _Refused(verdict.message or "denied")
+    return value
+
+
+def _plugin_target(address: str, http_path: str) -> AdapterTarget:
+    """Where to POST ``http_path`` to a plugin at ``address`` (as discovery gives it)."""
+    scheme, _, rest = address.partition("://")
+    if scheme == "unix":
+        return AdapterTarget("unix", "http://localhost" + http_path, rest, http_path)
+    if scheme in ("tcp", "http", "https"):
+        kind = "https" if scheme == "https" else "http"
+        return AdapterTarget(kind, f"{kind}://{rest.split('/')[0]}{http_path}", None, http_path)
+    raise ValueError(f"plugin address {address!r}: unsupported scheme {scheme!r}")
 
 
 def _reason(exc: BaseException) -> str:

@@ -12,7 +12,8 @@ An original file loads verbatim::
       weave: http://weave/extension
 
 On top of that an adapter may be a mapping (``url``, ``timeout``, ``on_error``, ``protocol``,
-``credentials``), its URL may name
+``credentials``) or a Docker AuthZ plugin (``plugin: authz`` with ``name`` or ``socket``), its
+URL may name
 a unix socket, ``max_body`` bounds the bodies buffered for hooks, and ``clients`` allows only
 some clients in (``ClientPolicy``). Every problem is reported as
 ``PATH:LINE: message`` and all of them are reported at once, so one run of ``powerstrip check``
@@ -47,7 +48,15 @@ _CLIENTS_KEYS = ("allow",)
 #: What an allowlist entry may name: the field of ``Client`` it compares and the kind of value.
 _RULE_KEYS = ("user", "group", "uid", "gid", "common_name", "san")
 _ENDPOINT_KEYS = ("pre", "post")
-_ADAPTER_KEYS = ("url", "timeout", "on_error", "protocol", "credentials")
+_ADAPTER_KEYS = ("url", "timeout", "on_error", "protocol", "credentials", "plugin", "name",
+                 "socket")
+#: The kinds of Docker plugin an adapter mapping may name (``plugin: authz``).
+PLUGIN_KINDS = ("authz",)
+#: Docker retries a plugin call it cannot connect for up to 30 s; a plugin adapter waits as long.
+PLUGIN_TIMEOUT = 30.0
+#: Where a Docker AuthZ plugin answers the requests and the responses.
+AUTHZ_REQUEST_PATH = "/AuthZPlugin.AuthZReq"
+AUTHZ_RESPONSE_PATH = "/AuthZPlugin.AuthZRes"
 _URL_FORMS = "http://HOST/PATH, https://HOST/PATH, unix:///SOCKET:/PATH or http+unix://%2FSOCKET/PATH"
 
 _SIZE = re.compile(r"(\d+(?:\.\d+)?)\s*([A-Za-z]*)")
@@ -97,6 +106,11 @@ class AdapterSpec:
     line: int = 0
     protocol: int = 1
     credentials: bool = False
+    #: ``"authz"`` for a Docker AuthZ plugin called as an adapter (``plugin: authz``); its
+    #: ``target`` then has kind ``"plugin"`` (found by name when first called) or ``"unix"``.
+    plugin: str | None = None
+    #: The plugin's name, for discovery (None when the mapping gives its socket).
+    plugin_name: str | None = None
 
 
 @dataclass(frozen=True)
@@ -409,13 +423,22 @@ class _Checker:
 
         url: str | None = None
         target: AdapterTarget | None = None
-        timeout = DEFAULT_TIMEOUT
+        timeout: float | None = None
         on_error = "fail"
         protocol = 1
         credentials: ScalarNode | None = None
         ok = True
         seen_url = False
+        plugin: dict[str, tuple[Node, ScalarNode]] = {}
         for field, field_key, value in self.document.entries(spec):
+            if field in ("plugin", "name", "socket") and not is_null(value):
+                if is_str(value):
+                    plugin[field] = (field_key, value)
+                else:
+                    self.report(value, f"{field!r} of adapter {name!r} must be a string, "
+                                       f"got {describe(value)}")
+                    ok = False
+                continue
             if field not in _ADAPTER_KEYS:
                 self.unknown(field_key, field, _ADAPTER_KEYS, f"in adapter {name!r}")
                 ok = False
@@ -467,6 +490,11 @@ class _Checker:
                     ok = False
                 else:
                     on_error = value.value
+        if plugin:
+            return self.plugin_adapter(name, key, line, plugin, seen_url, timeout, on_error,
+                                       protocol != 1 or credentials is not None, ok)
+        if timeout is None:
+            timeout = DEFAULT_TIMEOUT
         if not seen_url:
             self.report(key, f"adapter {name!r} has no 'url'")
             return None
@@ -480,6 +508,60 @@ class _Checker:
             return None
         return AdapterSpec(name, url, target, timeout=timeout, on_error=on_error, line=line,
                            protocol=protocol, credentials=shown)
+
+    def plugin_adapter(
+        self, name: str, key: Node, line: int, fields: dict[str, tuple[Node, ScalarNode]],
+        seen_url: bool, timeout: float | None, on_error: str, versioned: bool, ok: bool,
+    ) -> AdapterSpec | None:
+        """An adapter that is a Docker plugin: ``plugin: authz`` and its ``name`` (found as
+        dockerd finds it) or its ``socket``."""
+        if "plugin" not in fields:
+            field = "name" if "name" in fields else "socket"
+            self.report(fields[field][0], f"adapter {name!r} gives a plugin {field} but no "
+                                          f"'plugin: authz'")
+            return None
+        kind_node = fields["plugin"][1]
+        if kind_node.value not in PLUGIN_KINDS:
+            self.report(kind_node, f"'plugin' of adapter {name!r} must be one of "
+                                   f"{', '.join(PLUGIN_KINDS)}, got {kind_node.value!r} (volume "
+                                   "and IPAM plugins are called by dockerd, not by hooks)")
+            return None
+        if seen_url:
+            self.report(key, f"adapter {name!r} is a plugin: give its 'name' or 'socket', "
+                             "not a 'url'")
+            return None
+        if versioned:
+            self.report(key, f"adapter {name!r} is a plugin: it speaks Docker's AuthZ "
+                             "protocol, so 'protocol' and 'credentials' do not apply")
+            return None
+        if ("name" in fields) == ("socket" in fields):
+            self.report(key, f"adapter {name!r} is a plugin: give its 'name' (found in "
+                             "/run/docker/plugins, /etc/docker/plugins, /usr/lib/docker/plugins) "
+                             "or its 'socket' (unix:///PATH), one of them")
+            return None
+        if not ok:
+            return None
+        timeout = PLUGIN_TIMEOUT if timeout is None else timeout
+        if "name" in fields:
+            plugin_name = fields["name"][1].value
+            if not plugin_name or "/" in plugin_name:
+                self.report(fields["name"][1], f"adapter {name!r}: {plugin_name!r} is not a "
+                                               "plugin name")
+                return None
+            target = AdapterTarget("plugin", f"plugin:{plugin_name}", None, AUTHZ_REQUEST_PATH)
+            return AdapterSpec(name, f"plugin {plugin_name}", target, timeout=timeout,
+                               on_error=on_error, line=line, plugin="authz",
+                               plugin_name=plugin_name)
+        node = fields["socket"][1]
+        path = node.value.removeprefix("unix://")
+        if not path.startswith("/"):
+            self.report(node, f"'socket' of adapter {name!r} must be unix:///PATH, an absolute "
+                              f"path, got {node.value!r}")
+            return None
+        target = AdapterTarget("unix", "http://localhost" + AUTHZ_REQUEST_PATH, path,
+                               AUTHZ_REQUEST_PATH)
+        return AdapterSpec(name, f"unix://{path}", target, timeout=timeout, on_error=on_error,
+                           line=line, plugin="authz")
 
     def target(self, name: str, node: ScalarNode) -> AdapterTarget | None:
         try:

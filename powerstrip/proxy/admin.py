@@ -141,7 +141,10 @@ class Ready(_Leaf):
         return connecting.addCallback(connected).addCallbacks(judged, failed)
 
     def _adapter(self, spec: Any) -> defer.Deferred:
-        route = self.hooks.adapters._route(spec)
+        try:
+            route = self.hooks.adapters._route(spec)
+        except (LookupError, ValueError) as exc:  # a Docker plugin not found by its name
+            return defer.succeed(f"{spec.url}: {exc}")
         connecting = route.endpoint.connect(protocol.Factory.forProtocol(protocol.Protocol))
         connecting.addTimeout(READY_TIMEOUT, self.reactor)
 

@@ -11,7 +11,8 @@ request: the allowlist shipped for the docker CLI must let every command here th
 
 With ``POWERSTRIP_E2E_AUTHZ=1`` both targets are a dockerd of the module's own started with
 ``--authorization-plugin=powerstrip-policy``, the same policy served as a Docker plugin
-(``--plugin``): every command, direct and through the proxy, passes dockerd's own authorization.
+(``--plugin``): every command, direct and through the proxy, passes dockerd's own authorization;
+and the proxy calls that plugin as an adapter (``plugin: authz``) on every request too.
 """
 
 from __future__ import annotations
@@ -135,11 +136,18 @@ def _authz_targets() -> Iterator[dict[str, str]]:
         guarded.stop()
         guarded.args = (f"--authorization-plugin={PLUGIN}",)
         guarded.start()
-        running = launch_proxy(guarded.host, None)
+        # Powerstrip calls the same plugin as an adapter, before and after the daemon.
+        config = workdir / "adapters.yml"
+        config.write_text('version: 1\nendpoints:\n  "* *": {pre: [policy], post: [policy]}\n'
+                          "adapters:\n  policy: {plugin: authz, socket: "
+                          f'"unix://{plugins / (PLUGIN + ".sock")}"}}\n')
+        running = launch_proxy(guarded.host, config)
         yield {"direct": guarded.host, "proxy": running.host}
     finally:
         if running is not None:
+            proxied = running.stderr()
             stop_proxy(running)
+            assert "plugin activated" in proxied and "adapter policy pre-hook for" in proxied
         guarded.stop(remove=True)
         log = policy.log()
         policy.stop()

@@ -441,7 +441,7 @@ def test_unknown_keys_at_every_level():
             "max_body, clients); did you mean 'endpoints'?"),
         (7, "unknown key 'postt' in endpoint 'GET /x' (expected pre, post); did you mean 'post'?"),
         (11, "unknown key 'retries' in adapter 'a' "
-             "(expected url, timeout, on_error, protocol, credentials)"),
+             "(expected url, timeout, on_error, protocol, credentials, plugin, name, socket)"),
     ])
 
 

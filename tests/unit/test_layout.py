@@ -124,7 +124,7 @@ def test_the_runtime_package_does_not_import_the_development_package() -> None:
 LAYERS = {
     "powerstrip.core": ("powerstrip.hooks.wire",),
     "powerstrip.observe": ("powerstrip.core", "powerstrip.hooks.wire"),
-    "powerstrip.hooks": ("powerstrip.core", "powerstrip.observe"),
+    "powerstrip.hooks": ("powerstrip.core", "powerstrip.observe", "powerstrip.plugins"),
     "powerstrip.proxy": ("powerstrip.core", "powerstrip.hooks", "powerstrip.observe"),
     "powerstrip.plugins": ("powerstrip.core", "powerstrip.hooks.wire"),
     "powerstrip.kit": ("powerstrip.core", "powerstrip.hooks", "powerstrip.proxy.addresses",
