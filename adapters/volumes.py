@@ -45,6 +45,7 @@ __all__ = [
     "MoveInProgress",
     "OwnerChanged",
     "State",
+    "VolumeDriver",
     "Volumes",
     "build",
     "check_name",
@@ -596,8 +597,11 @@ class Volumes:
         """Refuse 409 if any container on ``host``, running or not, has the dataset's volume:
         a stopped one would start again on a copy that is no longer the dataset. ``purpose``
         completes "it ...", e.g. "cannot move to host B"."""
+        # Its volume under either name: the hook's (flocker-NAME) or the volume driver's
+        # (NAME, with driver powerstrip-volumes), which mounts the same data.
         users = await self._call(host, name, "list the containers using it", host.control.request(
-            "GET", "/containers/json", {"all": "1", "filters": {"volume": [volume_name(name)]}}))
+            "GET", "/containers/json",
+            {"all": "1", "filters": {"volume": [volume_name(name), name]}}))
         for container in users or []:
             names = [n.lstrip("/") for n in container.get("Names") or []]
             label = names[0] if names else str(container.get("Id", "?"))[:12]
@@ -661,10 +665,106 @@ class Volumes:
                               f"(engine {host.address}): {exc.message}") from None
 
 
+class VolumeDriver:
+    """The same datasets as a Docker volume driver (``VolumeDriver.*`` calls), for
+    ``powerstrip-adapter volumes --plugin powerstrip-volumes``: ``docker volume create -d
+    powerstrip-volumes db`` and ``docker run -v db:/data`` use dataset ``db``, with the hook's
+    state, ownership, moves and refusals. Its scope is global: every host's engine sees every
+    dataset, and a mount on a host that does not own one moves it there first."""
+
+    def __init__(self, volumes: Volumes) -> None:
+        self.volumes = volumes
+
+    async def call(self, method: str, document: dict[str, Any]) -> dict[str, Any]:
+        """The answer to ``VolumeDriver.METHOD``; a failure raises (``Refuse`` with the
+        adapter's message), which the plugin server answers as ``{"Err": ...}``."""
+        handler = getattr(self, f"_{method.lower()}", None)
+        if method not in ("Create", "Remove", "Mount", "Unmount", "Path", "Get", "List",
+                          "Capabilities") or handler is None:
+            raise Refuse(404, f"VolumeDriver.{method} is not a volume driver call")
+        return await handler(document)
+
+    def _name(self, document: dict[str, Any]) -> str:
+        name = document.get("Name")
+        if not isinstance(name, str):
+            raise Refuse(400, "the call names no volume")
+        try:
+            return check_name(name)
+        except BadBind as exc:
+            raise Refuse(400, str(exc)) from None
+
+    async def _mountpoint(self, name: str) -> str:
+        """Where this host's copy of the dataset is, or "" when it has none."""
+        volumes = self.volumes
+        here = volumes._host(volumes.host_name, volumes.docker)
+        found = await volumes._call(here, name, "look up the volume", here.control.request(
+            "GET", f"/volumes/{volume_name(name)}"), missing_ok=True)
+        return (found or {}).get("Mountpoint") or ""
+
+    async def _create(self, document: dict[str, Any]) -> dict[str, Any]:
+        name = self._name(document)
+        if self.volumes.state.dataset(name) is None:
+            await self.volumes.ensure(name)  # a new dataset: made here
+        return {}
+
+    async def _remove(self, document: dict[str, Any]) -> dict[str, Any]:
+        name = self._name(document)
+        volumes = self.volumes
+        record = volumes.state.dataset(name)
+        if record is None:
+            return {}
+        engine = volumes.state.engine_of(record.host)
+        if engine is not None:
+            owner = volumes._host(record.host, engine)
+            await volumes._refuse_if_used(owner, name, "cannot be removed")
+            await volumes._call(owner, name, "remove the volume", owner.control.request(
+                "DELETE", f"/volumes/{volume_name(name)}"), missing_ok=True)
+        volumes.state.release(name, record.host)
+        log.info("dataset %s: removed from host %s", name, record.host)
+        return {}
+
+    async def _mount(self, document: dict[str, Any]) -> dict[str, Any]:
+        name = self._name(document)
+        await self.volumes.ensure(name)
+        mountpoint = await self._mountpoint(name)
+        if not mountpoint:
+            raise Refuse(502, f"dataset {name}: no volume on host {self.volumes.host_name} "
+                              "after making it present")
+        return {"Mountpoint": mountpoint}
+
+    async def _unmount(self, document: dict[str, Any]) -> dict[str, Any]:
+        self._name(document)
+        return {}
+
+    async def _path(self, document: dict[str, Any]) -> dict[str, Any]:
+        name = self._name(document)
+        record = self.volumes.state.dataset(name)
+        here = record is not None and record.host == self.volumes.host_name
+        return {"Mountpoint": await self._mountpoint(name) if here else ""}
+
+    async def _get(self, document: dict[str, Any]) -> dict[str, Any]:
+        name = self._name(document)
+        record = self.volumes.state.dataset(name)
+        if record is None:
+            raise Refuse(404, f"no such volume: {name}")
+        here = record.host == self.volumes.host_name
+        return {"Volume": {"Name": name,
+                           "Mountpoint": await self._mountpoint(name) if here else "",
+                           "Status": {"host": record.host}}}
+
+    async def _list(self, document: dict[str, Any]) -> dict[str, Any]:
+        return {"Volumes": [{"Name": record.name} for record in self.volumes.state.datasets()]}
+
+    async def _capabilities(self, document: dict[str, Any]) -> dict[str, Any]:
+        return {"Capabilities": {"Scope": "global"}}
+
+
 def build(volumes: Volumes) -> Adapter:
-    """The adapter serving ``volumes``' pre-hook on container create."""
+    """The adapter serving ``volumes``' pre-hook on container create, and, served with
+    ``--plugin``, the same datasets as a Docker volume driver."""
     app = Adapter("volumes")
     app.pre("POST /*/containers/create")(volumes.on_create)
+    app.drivers["VolumeDriver"] = VolumeDriver(volumes)
     return app
 
 

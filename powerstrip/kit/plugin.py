@@ -65,6 +65,10 @@ class PluginServer:
                 return 200, await driver.call(method, wire.read_object(payload, path))
         except wire.PluginCallError as exc:
             return 400, wire.error_answer(f"plugin {self.name}: {path}: {exc}")
+        except Refuse as refusal:
+            # A driver's refusal, in the adapter's words, as dockerd prints an Err.
+            log.info("plugin %s: %s refused: %s", self.name, path, refusal.message)
+            return 500, wire.error_answer(refusal.message)
         except Exception as exc:  # noqa: BLE001 - dockerd gets every failure as an Err
             log.exception("plugin %s: %s failed", self.name, path)
             return 500, wire.error_answer(f"plugin {self.name}: {path}: {exc}")
