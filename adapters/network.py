@@ -61,6 +61,7 @@ from powerstrip.proxy.addresses import AddressError, parse_address
 __all__ = [
     "BadCidr",
     "Conflict",
+    "IpamDriver",
     "NetworkAdapter",
     "argument_parser",
     "check_address",
@@ -238,7 +239,8 @@ def check_address(
         raise Conflict(f"{address} is the gateway of network {name}, held by the network itself")
 
 
-def rewrite_create(body: Mapping[str, Any], interface: ipaddress.IPv4Interface) -> dict[str, Any]:
+def rewrite_create(body: Mapping[str, Any], interface: ipaddress.IPv4Interface,
+                   name: str | None = None) -> dict[str, Any]:
     """The create body attached to ``interface``'s network with its address: NetworkMode set to
     the network and the network's endpoint given the address; every other field kept.
 
@@ -247,7 +249,7 @@ def rewrite_create(body: Mapping[str, Any], interface: ipaddress.IPv4Interface) 
     network, or another address on this one: the adapter refuses rather than override a choice
     the client made explicitly.
     """
-    name = network_name(interface.network)
+    name = name or network_name(interface.network)
     address = str(interface.ip)
     host_config = _object(body, "HostConfig")
     mode = go_value(host_config, "NetworkMode")
@@ -297,11 +299,22 @@ def _subnets(network: Mapping[str, Any]) -> list[ipaddress.IPv4Network]:
 
 
 def find_network(
-    networks: list[Mapping[str, Any]], subnet: ipaddress.IPv4Network
+    networks: list[Mapping[str, Any]], subnet: ipaddress.IPv4Network,
+    ipam_driver: str | None = None,
 ) -> Mapping[str, Any] | None:
     """The adapter's network for ``subnet`` among the engine's ``networks``, or None if it must
     be made. ``Conflict`` when another network's subnet overlaps ``subnet`` (the daemon would
-    refuse to create it), or a network already has the name with another subnet."""
+    refuse to create it), or a network already has the name with another subnet.
+
+    With ``ipam_driver`` (the adapter served as that IPAM driver), a network of any name whose
+    addresses that driver gives on exactly ``subnet`` is the adapter's too: ``docker network
+    create --ipam-driver powerstrip-ipam --subnet 10.2.1.0/24 weave`` makes the network that
+    ``WEAVE_CIDR=10.2.1.5/24`` joins."""
+    if ipam_driver is not None:
+        for network in networks:
+            driver = (network.get("IPAM") or {}).get("Driver")
+            if driver == ipam_driver and _subnets(network) == [subnet]:
+                return network
     name = network_name(subnet)
     mine = None
     for network in networks:
@@ -377,7 +390,8 @@ def _describe(network: str, settings: Mapping[str, Any] | None) -> str:
     return f"{address}/{settings.get('IPPrefixLen')} on {network}"
 
 
-def confirm(info: Mapping[str, Any], interface: ipaddress.IPv4Interface) -> tuple[bool, str]:
+def confirm(info: Mapping[str, Any], interface: ipaddress.IPv4Interface,
+            name: str | None = None) -> tuple[bool, str]:
     """Whether a started container (``GET /containers/{id}/json``) has the address its
     ``WEAVE_CIDR`` asked for, and the line that says so, or what it has instead.
 
@@ -385,9 +399,14 @@ def confirm(info: Mapping[str, Any], interface: ipaddress.IPv4Interface) -> tupl
     address any more; it passes if its configuration asks for the right one.
     """
     id12 = str(info.get("Id", ""))[:12]
-    name = network_name(interface.network)
     address = str(interface.ip)
     attached = (info.get("NetworkSettings") or {}).get("Networks") or {}
+    if name is None:
+        # The network its configuration gave it the address on (one made with the IPAM
+        # driver may have any name), else the adapter's own name for the subnet.
+        name = next((net for net, settings in attached.items()
+                     if ((settings or {}).get("IPAMConfig") or {}).get("IPv4Address") == address),
+                    network_name(interface.network))
     mine = attached.get(name) or {}
     if mine.get("IPAddress") == address and mine.get("IPPrefixLen") == interface.network.prefixlen:
         return True, f"container {id12} has {address} on {name}"
@@ -437,19 +456,24 @@ class NetworkAdapter:
 
     def __init__(
         self, engine: Engine, clock: Callable[[], float] = time.monotonic,
-        ttl: float = RESERVATION_TTL,
+        ttl: float = RESERVATION_TTL, ipam_name: str | None = None,
     ) -> None:
-        """``clock`` and ``ttl`` time reservations out (see ``RESERVATION_TTL``)."""
+        """``clock`` and ``ttl`` time reservations out (see ``RESERVATION_TTL``).
+        ``ipam_name``: the adapter is also served as the IPAM driver of that name; the networks
+        it makes use it, and the hook and the driver share one set of reservations."""
         self.engine = engine
         self.clock = clock
         self.ttl = ttl
         # One create at a time between reading the engine's state and reserving an address.
         self.lock = defer.DeferredLock()
         self.claims: dict[tuple[str, str], _Claim] = {}
+        self.ipam_name = ipam_name
+        self.ipam = IpamDriver(self)
         self.app = Adapter("network")
         self.app.pre("POST /*/containers/create")(self.create)
         self.app.post("POST /*/containers/create")(self.created)
         self.app.post("POST /*/containers/*/start")(self.started)
+        self.app.drivers["IpamDriver"] = self.ipam
 
     async def _engine(self, what: str, method: str, path: str, **kwargs: Any) -> Any:
         try:
@@ -472,30 +496,40 @@ class NetworkAdapter:
             return None
         try:
             check_address(interface)
-            rewritten = rewrite_create(body, interface)
+            rewrite_create(body, interface)  # its conflicts, before any engine call
         except Conflict as exc:
             raise Refuse(409, str(exc)) from None
         name = (request.query.get("name") or [""])[0]
         who = f"container {name}" if name else "an unnamed container"
         await self.lock.acquire()
         try:
-            await self._claim(interface, who)
+            network = await self._claim(interface, who)
         finally:
             self.lock.release()
+        try:
+            rewritten = rewrite_create(body, interface, network)
+        except Conflict as exc:
+            self.claims.pop((network, str(interface.ip)), None)
+            raise Refuse(409, str(exc)) from None
         return request.with_json(rewritten)
 
-    async def _claim(self, interface: ipaddress.IPv4Interface, who: str) -> None:
+    async def _claim(self, interface: ipaddress.IPv4Interface, who: str) -> str:
         """Check ``interface`` against the engine and the reservations, create its network if
-        missing, and reserve the address for the create of ``who`` (as messages name it)."""
+        missing, and reserve the address for the create of ``who`` (as messages name it).
+        Gives the network's name."""
         subnet, address = interface.network, interface.ip
-        name = network_name(subnet)
         networks = await self._engine("listing networks", "GET", "/networks")
         try:
-            network = find_network(networks or [], subnet)
+            network = find_network(networks or [], subnet, self.ipam_name)
             gateway = network_gateway(network, subnet) if network else first_host(subnet)
             check_address(interface, gateway)
         except Conflict as exc:
             raise Refuse(409, str(exc)) from None
+        name = str(network.get("Name")) if network is not None else network_name(subnet)
+        given = self.ipam.given(subnet, address)
+        if given is not None:
+            raise Refuse(409, f"{address} on network {name} is already given by the IPAM "
+                              f"driver {self.ipam_name} ({given})")
         if network is not None:
             containers = await self._engine("listing containers", "GET", "/containers/json",
                                             query={"all": "1"})
@@ -518,13 +552,14 @@ class NetworkAdapter:
                     "Name": name,
                     "Driver": "bridge",
                     "CheckDuplicate": True,
-                    "IPAM": {"Driver": "default",
+                    "IPAM": {"Driver": self.ipam_name or "default",
                              "Config": [{"Subnet": str(subnet), "Gateway": str(gateway)}]},
                     "Labels": {LABEL: "network"},
                 },
             )
             log.info("created network %s (bridge, subnet %s, gateway %s)", name, subnet, gateway)
         self.claims[(name, str(address))] = _Claim(who, self.clock() + self.ttl)
+        return name
 
     def created(self, request: Request, response: Response) -> None:
         """Post-hook on container create: the daemon has answered, so the address is either
@@ -535,7 +570,13 @@ class NetworkAdapter:
         except BadCidr:
             return None
         if interface is not None:
-            self.claims.pop((network_name(interface.network), str(interface.ip)), None)
+            for key in [k for k in self.claims if k[1] == str(interface.ip)]:
+                self.claims.pop(key, None)
+            created = response.json if response.code == 201 else None
+            if isinstance(created, dict) and created.get("Id"):
+                # The container holds the address from now on, started or not: the IPAM
+                # driver never hands it to another endpoint.
+                self.ipam.hold(interface.network, interface.ip, str(created["Id"])[:12])
         return None
 
     async def started(self, request: Request, response: Response) -> Response | None:
@@ -568,6 +609,112 @@ class NetworkAdapter:
         raise Refuse(500, message)
 
 
+class IpamDriver:
+    """The adapter's addresses as a Docker IPAM driver (``IpamDriver.*`` calls), for
+    ``--plugin powerstrip-ipam``: ``docker network create --ipam-driver powerstrip-ipam
+    --subnet 10.2.1.0/24 weave``, then ``docker run --network weave --ip 10.2.1.5`` or plain
+    ``--network weave``. One set of reservations with the ``WEAVE_CIDR`` hook: an address the
+    driver gave is refused to the hook, and one a hook's container holds (from its create, until
+    the daemon first releases it) or a create in flight claims is never given out by the driver.
+    Pools must be given (``--subnet``); IPv6 is not served."""
+
+    def __init__(self, adapter: NetworkAdapter) -> None:
+        self.adapter = adapter
+        #: Pool ID (the subnet) to the subnet, and how many networks use it.
+        self.pools: dict[str, tuple[ipaddress.IPv4Network, int]] = {}
+        #: (subnet, address) to what it was given for, while the daemon holds it.
+        self.allocated: dict[tuple[str, str], str] = {}
+        #: (subnet, address) to the container a WEAVE_CIDR create gave it.
+        self.held: dict[tuple[str, str], str] = {}
+
+    def given(self, subnet: ipaddress.IPv4Network, address: ipaddress.IPv4Address) -> str | None:
+        """What the driver gave ``address`` on ``subnet`` for, or None."""
+        return self.allocated.get((str(subnet), str(address)))
+
+    def hold(self, subnet: ipaddress.IPv4Network, address: ipaddress.IPv4Address,
+             container: str) -> None:
+        """Keep ``address`` for ``container`` (a create the hook attached)."""
+        self.held[(str(subnet), str(address))] = container
+
+    async def call(self, method: str, document: dict[str, Any]) -> dict[str, Any]:
+        """The answer to ``IpamDriver.METHOD``; a refusal raises ``Refuse``."""
+        if method == "GetCapabilities":
+            return {"RequiresMACAddress": False, "RequiresRequestReplay": False}
+        if method == "GetDefaultAddressSpaces":
+            return {"LocalDefaultAddressSpace": "powerstrip-local",
+                    "GlobalDefaultAddressSpace": "powerstrip-global"}
+        if method == "RequestPool":
+            return self._request_pool(document)
+        if method == "ReleasePool":
+            pool = str(document.get("PoolID") or "")
+            if pool in self.pools:
+                subnet, users = self.pools[pool]
+                if users > 1:
+                    self.pools[pool] = (subnet, users - 1)
+                else:
+                    del self.pools[pool]
+            return {}
+        if method == "RequestAddress":
+            return self._request_address(document)
+        if method == "ReleaseAddress":
+            key = (str(document.get("PoolID") or ""), str(document.get("Address") or ""))
+            self.allocated.pop(key, None)
+            self.held.pop(key, None)  # the container's reservation ends with its endpoint
+            log.info("ipam: released %s on %s", key[1], key[0])
+            return {}
+        raise Refuse(404, f"IpamDriver.{method} is not an IPAM driver call")
+
+    def _request_pool(self, document: dict[str, Any]) -> dict[str, Any]:
+        if document.get("V6"):
+            raise Refuse(400, "the powerstrip IPAM driver serves IPv4 pools only")
+        pool = document.get("Pool")
+        if not pool:
+            raise Refuse(400, "the powerstrip IPAM driver needs the network's subnet: "
+                              "docker network create --ipam-driver ... --subnet 10.2.1.0/24")
+        try:
+            subnet = ipaddress.IPv4Network(str(pool))
+        except ValueError as exc:
+            raise Refuse(400, f"pool {pool!r}: {exc}") from None
+        key = str(subnet)
+        _, users = self.pools.get(key, (subnet, 0))
+        self.pools[key] = (subnet, users + 1)
+        return {"PoolID": key, "Pool": key, "Data": {}}
+
+    def _request_address(self, document: dict[str, Any]) -> dict[str, Any]:
+        pool = str(document.get("PoolID") or "")
+        if pool not in self.pools:
+            raise Refuse(404, f"no pool {pool!r} here")
+        subnet = self.pools[pool][0]
+        options = document.get("Options") or {}
+        purpose = "the gateway" if options.get("RequestAddressType") == \
+            "com.docker.network.gateway" else "an endpoint"
+        asked = document.get("Address")
+        if asked:
+            try:
+                address = ipaddress.IPv4Address(str(asked))
+            except ValueError as exc:
+                raise Refuse(400, f"address {asked!r}: {exc}") from None
+            if address not in subnet or address in (subnet.network_address,
+                                                    subnet.broadcast_address):
+                raise Refuse(400, f"{address} is not a host address of {subnet}")
+            given = self.allocated.get((pool, str(address)))
+            if given is not None:
+                raise Refuse(409, f"{address} on {subnet} is already given ({given})")
+        else:
+            now = self.adapter.clock()
+            claimed = {addr for (_, addr), claim in self.adapter.claims.items()
+                       if claim.expires > now}
+            address = next((host for host in subnet.hosts()
+                            if (pool, str(host)) not in self.allocated
+                            and (pool, str(host)) not in self.held
+                            and str(host) not in claimed), None)
+            if address is None:
+                raise Refuse(409, f"no address left on {subnet}")
+        self.allocated[(pool, str(address))] = purpose
+        log.info("ipam: gave %s on %s to %s", address, subnet, purpose)
+        return {"Address": f"{address}/{subnet.prefixlen}", "Data": {}}
+
+
 def argument_parser() -> argparse.ArgumentParser:
     """The command line: the SDK's ``--listen`` / ``--unix``, and ``--docker``."""
     parser = Adapter("network").argument_parser()
@@ -587,7 +734,8 @@ def main(argv: list[str] | None = None) -> None:
         parse_address(args.docker)
     except AddressError as exc:
         parser.error(str(exc))
-    adapter = NetworkAdapter(EngineClient(args.docker, timeout=ENGINE_TIMEOUT))
+    adapter = NetworkAdapter(EngineClient(args.docker, timeout=ENGINE_TIMEOUT),
+                             ipam_name=args.plugin)
     adapter.app.serve(args)
 
 
