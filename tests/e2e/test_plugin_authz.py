@@ -8,14 +8,16 @@ from __future__ import annotations
 import json
 import shutil
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from powerstrip.testing import short_tmpdir, start_adapter
 from powerstrip_dev.engine import Engine
-from tests.e2e.conftest import docker, ok, unique
+from tests.e2e.conftest import docker, ok, popen_docker, unique
 from tests.rawhttp import Conn
 
 pytestmark = pytest.mark.timeout(240)
@@ -24,15 +26,20 @@ REPO = Path(__file__).resolve().parents[2]
 NAME = "powerstrip-policy"
 
 
+def start_policy(plugins: Path) -> Any:
+    """The policy adapter, also served as the plugin NAME in ``plugins``."""
+    return start_adapter([sys.executable, str(REPO / "adapters" / "policy.py"),
+                          "--listen", "127.0.0.1:0", "--plugin", NAME,
+                          "--plugin-dir", str(plugins),
+                          "--rules", str(REPO / "adapters" / "policy.yml")], "policy-plugin")
+
+
 @pytest.fixture(scope="module")
 def guarded() -> Iterator[dict]:
     """A dockerd whose every request the policy plugin authorizes, and the plugin."""
     root = Path(short_tmpdir("ps-authz-"))
     plugins = root / "plugins"
-    policy = start_adapter([sys.executable, str(REPO / "adapters" / "policy.py"),
-                            "--listen", "127.0.0.1:0", "--plugin", NAME,
-                            "--plugin-dir", str(plugins),
-                            "--rules", str(REPO / "adapters" / "policy.yml")], "policy-plugin")
+    policy = start_policy(plugins)
     engine = Engine(root / "engine", plugin_dir=plugins)
     try:
         assert (plugins / f"{NAME}.sock").is_socket(), policy.log()
@@ -43,9 +50,11 @@ def guarded() -> Iterator[dict]:
         engine.stop()
         engine.args = (f"--authorization-plugin={NAME}",)
         engine.start()
-        yield {"engine": engine, "policy": policy}
+        rig = {"engine": engine, "policy": policy, "plugins": plugins}
+        yield rig
     finally:
         engine.stop(remove=True)
+        policy = rig["policy"] if "rig" in locals() else policy
         log = policy.log()
         policy.stop()
         shutil.rmtree(root, ignore_errors=True)
@@ -95,3 +104,22 @@ def test_a_body_dockerd_does_not_show_the_plugin_is_refused(guarded) -> None:
     assert response.status == 403, (response.status_line, response.body)
     assert f"authorization denied by plugin {NAME}" in response.message(), response.body
     assert docker(engine.host, "inspect", name).returncode != 0
+
+
+def test_dockerd_waits_for_a_restarting_plugin(guarded) -> None:
+    """As the plugin documentation says: a call to a plugin that cannot be reached is retried
+    with a backoff for up to 30 s, so a plugin that restarts within that time loses no
+    request; and a plugin that went away is never taken as an allow."""
+    engine: Engine = guarded["engine"]
+    guarded["policy"].stop()  # its socket goes with it
+    assert not (guarded["plugins"] / f"{NAME}.sock").exists()
+    started = time.monotonic()
+    waiting = popen_docker(engine.host, "run", "--rm", "busybox", "echo", "after the restart")
+    time.sleep(2)
+    assert waiting.poll() is None  # still waiting for the plugin, not allowed without it
+    guarded["policy"] = start_policy(guarded["plugins"])
+    out, err = waiting.communicate(timeout=60)
+    assert waiting.returncode == 0, err
+    assert out == b"after the restart\n" and time.monotonic() - started >= 2
+    refused = docker(engine.host, "run", "--rm", "--privileged", "busybox", "true")
+    assert refused.returncode != 0 and b"refused by policy rule privileged" in refused.stderr
