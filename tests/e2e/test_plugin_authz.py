@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import stat
 import sys
 import time
 from collections.abc import Iterator
@@ -62,6 +63,8 @@ def guarded() -> Iterator[dict]:
 
 
 def test_what_the_rules_allow_runs(guarded) -> None:
+    # Only root, the daemon, may reach a plugin that answers for the daemon.
+    assert stat.S_IMODE((guarded["plugins"] / f"{NAME}.sock").stat().st_mode) == 0o600
     host = guarded["engine"].host
     out = ok(docker(host, "run", "--rm", "busybox", "echo", "allowed by the plugin"))
     assert out == b"allowed by the plugin\n"
