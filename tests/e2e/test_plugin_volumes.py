@@ -9,11 +9,13 @@ import shutil
 import sys
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from powerstrip.testing import short_tmpdir, start_adapter
 from powerstrip_dev.engine import Engine
+from powerstrip_dev.processes import start_proxy, stop_process
 from tests.e2e.conftest import docker, ok, unique
 
 pytestmark = pytest.mark.timeout(300)
@@ -23,10 +25,11 @@ DRIVER = "powerstrip-volumes"
 
 
 @pytest.fixture(scope="module")
-def hosts() -> Iterator[dict[str, Engine]]:
+def hosts() -> Iterator[dict[str, Any]]:
     root = Path(short_tmpdir("ps-vplug-"))
     engines: dict[str, Engine] = {}
     adapters = []
+    proxy = None
     try:
         for name in ("A", "B"):
             plugins = root / f"plugins-{name}"
@@ -38,8 +41,15 @@ def hosts() -> Iterator[dict[str, Engine]]:
                  "127.0.0.1:0", "--host-name", name, "--docker", engine.host,
                  "--state", str(root / "datasets.sqlite"), "--plugin", DRIVER,
                  "--plugin-dir", str(plugins)], f"volumes-{name}"))
-        yield engines
+        # Host A's Powerstrip, with the same adapter's hook on container create.
+        config = root / "adapters.yml"
+        config.write_text('version: 1\nendpoints:\n  "POST /*/containers/create": '
+                          f"{{pre: [volumes]}}\nadapters:\n  volumes: {adapters[0].url}\n")
+        proxy = start_proxy(engines["A"].host, logdir=root / "proxy", config=config)
+        yield {**engines, "proxy A": proxy.docker_host}
     finally:
+        if proxy is not None:
+            stop_process(proxy.proc)
         logs = [adapter.log() for adapter in adapters]
         for adapter in adapters:
             adapter.stop()
@@ -87,3 +97,15 @@ def test_a_mount_while_another_host_uses_the_dataset_is_refused(hosts) -> None:
     ok(docker(b, "run", "--rm", "-v", f"{dataset}:/data", "busybox", "true"))
     assert ok(docker(b, "volume", "rm", dataset)).strip() == dataset.encode()
     assert docker(a, "volume", "inspect", dataset).returncode != 0
+
+
+def test_the_hook_and_the_driver_share_one_state(hosts) -> None:
+    """A dataset the hook made (``-v /flocker/NAME`` through Powerstrip on A) is the driver's
+    volume NAME on B, moved there by a mount."""
+    dataset = unique("hooked")
+    ok(docker(hosts["proxy A"], "run", "--rm", "-v", f"/flocker/{dataset}:/data", "busybox",
+              "sh", "-c", "echo from the hook > /data/f"))
+    out = ok(docker(hosts["B"].host, "run", "--rm", "-v", f"{dataset}:/data", "busybox",
+                    "cat", "/data/f"))
+    assert out == b"from the hook\n"
+    assert docker(hosts["A"].host, "volume", "inspect", f"flocker-{dataset}").returncode != 0
