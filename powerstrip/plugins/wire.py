@@ -12,13 +12,13 @@ from __future__ import annotations
 
 import base64
 import binascii
-import hashlib
 import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from powerstrip.core.canonical import AmbiguousBody, body_shape, canonical_body
+from powerstrip.core.certificates import certificate_from_pem
 from powerstrip.core.identity import Certificate, Client
 from powerstrip.core.media import is_json
 from powerstrip.hooks.wire import ClientRequest, ServerResponse
@@ -193,7 +193,7 @@ def client_of(call: AuthZCall) -> Client:
     certificates (``--tlsverify``), and then names the certificate's common name as ``User``;
     a request on its unix socket or plain TCP comes with no user."""
     if call.user and call.authn_method == TLS_AUTHN:
-        certificate = (_certificate(call.peer_certificates[0]) if call.peer_certificates
+        certificate = (certificate_from_pem(call.peer_certificates[0]) if call.peer_certificates
                        else None)
         if certificate is None:
             certificate = Certificate(f"CN={call.user}", call.user, (), "")
@@ -202,27 +202,6 @@ def client_of(call: AuthZCall) -> Client:
         # An authentication plugin of dockerd's named the user: the name is all there is.
         return Client("unix", "dockerd", user=call.user)
     return Client("unix", "dockerd")
-
-
-def _certificate(pem: str) -> Certificate | None:
-    try:
-        from cryptography import x509
-        from cryptography.hazmat.primitives.serialization import Encoding
-        from cryptography.x509.oid import NameOID
-
-        cert = x509.load_pem_x509_certificate(pem.encode("ascii"))
-    except (ValueError, ImportError, UnicodeEncodeError):
-        return None
-    names = cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)
-    sans: list[str] = []
-    try:
-        extension = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName)
-    except x509.ExtensionNotFound:
-        pass
-    else:
-        sans = [str(general.value) for general in extension.value]
-    return Certificate(cert.subject.rfc4514_string(), str(names[0].value) if names else None,
-                       tuple(sans), hashlib.sha256(cert.public_bytes(Encoding.DER)).hexdigest())
 
 
 #: Methods whose requests carry a body the daemon reads.

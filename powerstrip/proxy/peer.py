@@ -9,8 +9,6 @@ arrives, and once.
 from __future__ import annotations
 
 import grp
-import hashlib
-import ipaddress
 import logging
 import os
 import pwd
@@ -20,6 +18,7 @@ import struct
 from twisted.internet.address import IPv4Address, IPv6Address, UNIXAddress
 from twisted.internet.interfaces import ISSLTransport
 
+from powerstrip.core.certificates import certificate_of
 from powerstrip.core.identity import Certificate, Client
 
 log = logging.getLogger(__name__)
@@ -87,25 +86,7 @@ def _certificate(transport: object) -> Certificate | None:
         return None
     if peer is None:
         return None
-    from cryptography import x509
-    from cryptography.hazmat.primitives.serialization import Encoding
-    from cryptography.x509.oid import NameOID
-
-    cert = peer.to_cryptography()
-    names = cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)
-    common_name = str(names[0].value) if names else None
-    sans: list[str] = []
-    try:
-        extension = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName)
-    except x509.ExtensionNotFound:
-        pass
-    else:
-        for general in extension.value:
-            value = general.value
-            sans.append(str(value) if isinstance(value, (str, ipaddress.IPv4Address,
-                                                         ipaddress.IPv6Address)) else repr(value))
-    digest = hashlib.sha256(cert.public_bytes(Encoding.DER)).hexdigest()
-    return Certificate(cert.subject.rfc4514_string(), common_name, tuple(sans), digest)
+    return certificate_of(peer.to_cryptography())
 
 
 def _host_port(peer: object) -> str:
