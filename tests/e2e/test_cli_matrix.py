@@ -22,6 +22,7 @@ import io
 import json
 import os
 import shutil
+import subprocess
 import sys
 import tarfile
 import tempfile
@@ -706,3 +707,67 @@ def test_concurrent_ps(targets, scratch):
     assert not failures, [
         (r.returncode, r.stdout, r.stderr.decode(errors="replace")) for r in failures[:3]]
 
+
+
+COMPOSE = shutil.which("docker-compose") or "/usr/bin/docker-compose"
+COMPOSE_FILE = """\
+version: "2.4"
+services:
+  web:
+    image: busybox
+    command: ["sh", "-c", "echo serving; httpd -f -p 8080 -h /etc"]
+    labels: {suite: e2e}
+  probe:
+    image: busybox
+    command: ["sh", "-c", "wget -qO- http://web:8080/hostname >/dev/null && echo reached web;
+              sleep 300"]
+    depends_on: [web]
+"""
+
+
+@pytest.mark.timeout(240)
+def test_compose_up_ps_logs_exec_down(targets, scratch, tmp_path):
+    """Debian's docker-compose (1.29, on the Engine API through docker-py): a project with a
+    network and two services, up, ps, logs, exec and down, the same way direct and through
+    the proxy."""
+    (tmp_path / "docker-compose.yml").write_text(COMPOSE_FILE)
+    project = scratch.name("compose").replace("-", "")
+
+    def compose(host: str, *args: str) -> bytes:
+        result = subprocess.run(
+            [COMPOSE, "--ansi", "never", "-p", project, *args], capture_output=True, timeout=120,
+            cwd=tmp_path, env=docker_env(host, {"COMPOSE_INTERACTIVE_NO_CLI": "1"}),
+            stdin=subprocess.DEVNULL)
+        assert result.returncode == 0, (args, result.stderr.decode(errors="replace"))
+        # Each stream whole: their order against each other is not the program's to keep.
+        return result.stdout + b"\n-- stderr --\n" + result.stderr
+
+    def lifecycle(host: str) -> list[bytes]:
+        try:
+            outputs = [compose(host, "up", "-d")]
+            assert wait_for(lambda: b"reached web" in compose(host, "logs", "probe"), 30)
+            outputs += [
+                compose(host, "ps"),
+                compose(host, "logs", "--no-color", "web"),
+                compose(host, "exec", "-T", "web", "cat", "/etc/hostname"),
+                # Apart in time: the daemon reads the two streams from two pipes, so their order
+                # is the container's only when one comes well after the other.
+                compose(host, "exec", "-T", "probe", "sh", "-c",
+                        "echo out; sleep 0.3; echo err >&2; exit 0"),
+            ]
+        finally:
+            outputs_down = compose(host, "down", "--timeout", "1")
+        assert not ok(docker(host, "ps", "-aq", "--filter",
+                             f"label=com.docker.compose.project={project}"))
+        return [*outputs, outputs_down]
+
+    out = each(targets, lifecycle)
+    assert b"serving" in out["direct"][2] and b"out" in out["direct"][4]
+    for index in (1, 2, 4):  # ps, logs, exec: the same words both ways
+        assert normalise(out["proxy"][index]) == normalise(out["direct"][index]), index
+    for index in (0, 5):  # up, down: compose acts on services in parallel, in any order
+        assert sorted(normalise(out["proxy"][index]).splitlines()) == \
+            sorted(normalise(out["direct"][index]).splitlines()), index
+    # exec of `cat /etc/hostname`: a container ID both ways (different containers).
+    hostnames = [out[label][3].split(b"\n")[0] for label in ("direct", "proxy")]
+    assert all(len(name) == 12 for name in hostnames), hostnames
