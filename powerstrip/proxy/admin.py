@@ -187,6 +187,10 @@ class TracePage(_Leaf):
         trace = self.observer.trace
         request.setHeader(b"Content-Type", b"text/event-stream")
         request.setHeader(b"Cache-Control", b"no-store")
+        # Something at once: a browser takes the stream for open only when bytes arrive, and
+        # with nothing kept and nothing happening that would be the first heartbeat. The
+        # retry field sets how soon it connects again after losing the stream.
+        request.write(b"retry: 2000\n\n")
         # The requests kept so far, then each new one as it ends.
         for event in list(trace.events):
             request.write(_event(event))

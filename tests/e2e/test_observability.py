@@ -281,6 +281,8 @@ def test_the_trace_stream_shows_what_each_hook_saw_only_while_watched(engine, ob
     threading.Thread(target=_read_lines, args=(stream, lines), daemon=True).start()
     try:
         assert stream.headers["Content-Type"] == "text/event-stream"
+        # Bytes at once, so that a browser takes the stream for open before any event.
+        _wait_line(lines, "retry: ", 2)
         # The kept requests come first: wait until the replay has reached the last one.
         _wait_line(lines, f'"seq": {unwatched["seq"]},', 10)
         refused_create()
