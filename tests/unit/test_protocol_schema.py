@@ -12,19 +12,22 @@ from typing import Any
 
 import jsonschema
 import pytest
-from hypothesis import given
+from hypothesis import assume, given
 from hypothesis import strategies as st
 
 from powerstrip.hooks.wire import (
+    OWNED_HEADERS,
     AnswerError,
     ClientRequest,
     ServerResponse,
+    canonical_header,
     parse_post_hook_answer,
     parse_pre_hook_answer,
     post_hook_answer,
     post_hook_call,
     pre_hook_answer,
     pre_hook_call,
+    read_hook_call,
 )
 from powerstrip.kit.testing import tcp_client, tls_client, unix_client
 
@@ -77,6 +80,9 @@ def test_each_call_matches_its_own_definition_only(client, credentials):
 
 def test_a_v1_call_is_no_v2_call_and_a_v2_call_needs_its_client():
     v1 = json.loads(pre_hook_call(REQUEST))
+    assert not validator("v2PreHookCall").is_valid(v1)
+    assert not validator("v2PostHookCall").is_valid(json.loads(post_hook_call(REQUEST, RESPONSE)))
+    # Not even claiming version 2: it has neither Client nor Headers.
     assert not validator("v2PreHookCall").is_valid({**v1, "PowerstripProtocolVersion": 2})
     v2 = json.loads(pre_hook_call(REQUEST, version=2, client=CLIENTS["unix"]))
     del v2["Client"]
@@ -130,10 +136,15 @@ def test_an_answer_may_leave_fields_out_and_set_headers():
 
 @pytest.mark.parametrize("answer", [
     {"ModifiedClientRequest": {"Method": "GET POST"}},
+    {"ModifiedClientRequest": {"Method": "GET\n"}},
     {"ModifiedClientRequest": {"Request": "no-slash"}},
+    {"ModifiedClientRequest": {"Request": "/info\n"}},
     {"ModifiedClientRequest": {"Body": 3}},
     {"PowerstripProtocolVersion": 2, "ModifiedClientRequest": {"Headers": {"X": "not a list"}}},
     {"PowerstripProtocolVersion": 2, "ModifiedClientRequest": {"Headers": {"X": ["a\r\nB: c"]}}},
+    {"PowerstripProtocolVersion": 2, "ModifiedClientRequest": {"Headers": {"X": ["a\n"]}}},
+    {"PowerstripProtocolVersion": 2, "ModifiedClientRequest": {"Headers": {"X\n": ["a"]}}},
+    {"PowerstripProtocolVersion": 2, "ModifiedClientRequest": {"Headers": {"X": ["\u2603"]}}},
     {"PowerstripProtocolVersion": 3, "ModifiedClientRequest": {}},
     {"PowerstripProtocolVersion": 1},
 ])
@@ -141,6 +152,33 @@ def test_answers_the_schema_refuses_the_proxy_refuses(answer):
     assert not validator("preHookAnswer").is_valid(answer)
     with pytest.raises(AnswerError):
         parse_pre_hook_answer(json.dumps(answer).encode(), REQUEST, version=2)
+
+
+header_names = st.one_of(
+    st.from_regex(r"[A-Za-z0-9!#$%&'*+.^_`|~-]{1,8}", fullmatch=True),
+    st.text(max_size=6),
+)
+header_values = st.text(st.one_of(st.characters(max_codepoint=0x17F),
+                                  st.sampled_from(["\r", "\n", "\x00", "\u2603", "\U0001F600"])),
+                        max_size=6)
+
+
+@given(st.dictionaries(header_names, st.one_of(st.lists(header_values, max_size=3),
+                                               header_values, st.integers()), max_size=4))
+def test_the_schema_takes_the_answer_headers_the_proxy_takes(headers):
+    # What the schema cannot say: a name given twice in two spellings, and the headers the
+    # proxy owns (whose values only the sent request knows).
+    names = [canonical_header(name) for name in headers]
+    assume(len(set(names)) == len(names) and not OWNED_HEADERS & set(names))
+    answer = {"PowerstripProtocolVersion": 2, "ModifiedClientRequest": {"Headers": headers}}
+    sent = ClientRequest("GET", "/v1.47/info", None)
+    try:
+        parse_pre_hook_answer(json.dumps(answer).encode(), sent, version=2)
+    except AnswerError:
+        accepted = False
+    else:
+        accepted = True
+    assert validator("v2PreHookAnswer").is_valid(answer) == accepted
 
 
 def _documented() -> list[dict[str, Any]]:
@@ -165,3 +203,23 @@ def test_every_document_in_protocol_md_validates():
             (1, "answer"), (2, "answer")} <= kinds, kinds
     for document in documents:
         jsonschema.validate(document, SCHEMA)
+        version = document.get("PowerstripProtocolVersion", 1)
+        if "Type" in document:
+            name = f"v{version}{'Pre' if document['Type'] == 'pre-hook' else 'Post'}HookCall"
+        else:
+            name = f"v{version}{'Pre' if 'ModifiedClientRequest' in document else 'Post'}HookAnswer"
+        validator(name).validate(document)
+
+
+def test_the_documented_v2_answer_is_one_the_proxy_takes():
+    documents = _documented()
+    call = next(d for d in documents
+                if d.get("PowerstripProtocolVersion") == 2 and d.get("Type") == "pre-hook")
+    answer = next(d for d in documents
+                  if d.get("PowerstripProtocolVersion") == 2 and "ModifiedClientRequest" in d)
+    sent = read_hook_call(json.dumps(call).encode()).request
+    changed = parse_pre_hook_answer(json.dumps(answer).encode(), sent, version=2)
+    # The headers the proxy owns, left out of the answer, go on as they came.
+    assert [(n, v) for n, v in changed.headers if n in OWNED_HEADERS] == \
+        [(n, v) for n, v in sent.headers if n in OWNED_HEADERS]
+    assert ("X-Checked-By", "policy") in changed.headers
