@@ -362,6 +362,10 @@ def parse_pre_hook_answer(
         raise AnswerError(f"{key}.Method is not an HTTP method: {method!r}")
     if not request.startswith("/") or any(c in request for c in " \r\n\t\x00"):
         raise AnswerError(f"{key}.Request is not a request path: {request[:80]!r}")
+    if request != sent.request and any(ord(c) > 0xFF for c in request):
+        # A request line carries bytes; the proxy shows them as Latin-1 and sends them back so.
+        raise AnswerError(f"{key}.Request has characters beyond Latin-1, which a request line "
+                          f"cannot carry; percent-encode them: {request[:80]!r}")
     if sent.respell is not None and body is not None and body != sent.body:
         try:
             body = sent.respell(body)
@@ -398,9 +402,28 @@ def parse_post_hook_answer(
                 content_type = None
             elif content_type is None or named[0] != content_type:
                 content_type = named[0]
-    if content_type is not None and any(c in content_type for c in "\r\n\x00"):
+    if content_type is not None and content_type != sent.content_type and (
+            any(c in content_type for c in "\r\n\x00") or any(ord(c) > 0xFF for c in content_type)):
         raise AnswerError(f"{key}.ContentType is not a header value: {content_type[:80]!r}")
+    if content_type != sent.content_type and content_type != _content_type_of(headers):
+        # The headers shown to the next post-hook say what is sent: one that only adds a
+        # header must not bring back the Content-Type an earlier hook changed.
+        headers = _with_content_type(headers, content_type)
     return ServerResponse(content_type, body, code, headers)
+
+
+def _content_type_of(headers: HeaderPairs) -> str | None:
+    found = [value for name, value in headers if name.lower() == "content-type"]
+    return found[0] if found else None
+
+
+def _with_content_type(headers: HeaderPairs, content_type: str | None) -> HeaderPairs:
+    """``headers`` with their Content-Type (spelled as they spell it) set to ``content_type``,
+    or without one for None."""
+    spelled = next((name for name, _ in headers if name.lower() == "content-type"),
+                   "Content-Type")
+    kept = tuple((name, value) for name, value in headers if name.lower() != "content-type")
+    return kept if content_type is None else kept + ((spelled, content_type),)
 
 
 class CallError(ValueError):

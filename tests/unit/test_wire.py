@@ -20,7 +20,7 @@ from powerstrip.hooks.wire import (
 )
 
 methods = st.sampled_from(["GET", "POST", "PUT", "DELETE", "HEAD"])
-paths = st.from_regex(r"/(v1\.\d\d/)?[a-z/]{0,30}(\?[a-z]+=[a-z0-9]{0,8})?", fullmatch=True)
+paths = st.from_regex(r"/(v1\.[0-9][0-9]/)?[a-z/]{0,30}(\?[a-z]+=[a-z0-9]{0,8})?", fullmatch=True)
 bodies = st.none() | st.text(max_size=200)
 requests = st.builds(ClientRequest, methods, paths, bodies)
 responses = st.builds(

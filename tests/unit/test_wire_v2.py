@@ -255,3 +255,36 @@ def test_headers_are_a_case_insensitive_immutable_mapping():
     assert dict(changed) == {"Content-Type": ("application/json",), "X-B": ("3",)}
     assert dict(headers) == {"Content-Type": ("application/json",), "X-A": ("1", "2")}
     assert headers.to_wire() == {"Content-Type": ["application/json"], "X-A": ["1", "2"]}
+
+
+def test_an_answer_the_wire_cannot_carry_is_a_bad_answer():
+    """A request line and a header are bytes; the proxy shows them as Latin-1. An answer with
+    characters beyond it is refused here, not left to fail when the bytes are written."""
+    sent = ClientRequest("GET", "/v1.41/info", None)
+    answer = json.dumps({"ModifiedClientRequest": {"Request": "/x?name=\u2603"}}).encode()
+    with pytest.raises(AnswerError, match="beyond Latin-1"):
+        parse_pre_hook_answer(answer, sent)
+    response = ServerResponse("application/json", "{}", 200,
+                              (("Content-Type", "application/json"),))
+    answer = json.dumps({"ModifiedServerResponse": {"ContentType": "text/\u2603"}}).encode()
+    with pytest.raises(AnswerError, match="ContentType is not a header value"):
+        parse_post_hook_answer(answer, response)
+
+
+def test_a_changed_content_type_is_what_the_next_post_hook_is_shown():
+    """Post-hook 1 changes ContentType; post-hook 2, shown the headers, only adds one: the
+    response keeps post-hook 1's Content-Type."""
+    sent = ServerResponse("application/json", "{}", 200,
+                          (("Content-Type", "application/json"), ("Api-Version", "1.41")))
+    first = parse_post_hook_answer(json.dumps(
+        {"ModifiedServerResponse": {"ContentType": "text/plain"}}).encode(), sent, version=2)
+    assert first.content_type == "text/plain"
+    assert dict(first.headers)["Content-Type"] == "text/plain"
+    from powerstrip.hooks.wire import headers_to_wire
+
+    shown = headers_to_wire(first.headers, credentials=False)
+    second = parse_post_hook_answer(json.dumps({"PowerstripProtocolVersion": 2,
+        "ModifiedServerResponse": {"Headers": {**shown, "X-Seen": ["yes"]}}}).encode(),
+        first, version=2)
+    assert second.content_type == "text/plain"
+    assert dict(second.headers)["X-Seen"] == "yes"
