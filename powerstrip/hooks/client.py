@@ -256,6 +256,8 @@ class AdapterClient:
         self._routes: dict[AdapterTarget, _Route] = {}
         #: The routes of each AuthZ plugin adapter once activated (``_plugin_routes``).
         self._activated: dict[tuple[str, AdapterTarget], tuple[_Route, _Route]] = {}
+        #: Requests waiting for an activation in progress, by adapter.
+        self._activating: dict[tuple[str, AdapterTarget], list[defer.Deferred]] = {}
         self._idle: dict[object, list[_Connection]] = {}
         self._factories: dict[object, _Factory] = {}
         # Unique across proxies and restarts, short enough to read in a log line.
@@ -283,6 +285,26 @@ class AdapterClient:
         ready = self._activated.get(key)
         if ready is not None:
             return defer.succeed(ready)
+        waiting = self._activating.get(key)
+        if waiting is not None:
+            # One activation at a time, as dockerd: the requests that come meanwhile wait for it.
+            waiter: defer.Deferred = defer.Deferred()
+            waiting.append(waiter)
+            return waiter
+        self._activating[key] = []
+
+        def settled(result: Any) -> Any:
+            for waiter in self._activating.pop(key, []):
+                if isinstance(result, Failure):
+                    waiter.errback(result)
+                else:
+                    waiter.callback(result)
+            return result
+
+        return self._activate(adapter, key).addBoth(settled)
+
+    def _activate(self, adapter: AdapterSpec,
+                  key: tuple[str, AdapterTarget]) -> defer.Deferred:
         try:
             pre = self._route(adapter)
         except (PluginNotFound, ValueError) as exc:

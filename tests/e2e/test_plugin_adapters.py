@@ -15,6 +15,7 @@ import threading
 import time
 from base64 import b64decode
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 
@@ -176,3 +177,17 @@ def test_a_plugin_that_is_not_there_fails_closed_naming_it(engine, plugin_dir) -
         assert result.returncode != 0 and "no plugin 'nobody'" in result.stderr.decode()
     finally:
         assert stop_process(proxy.proc) == 0, proxy.log()
+
+
+def test_requests_that_come_together_share_one_activation(engine, plugin_dir) -> None:
+    plugin = AuthZPlugin(plugin_dir / "together.sock")
+    proxy = proxy_with(engine, plugin_dir, "{plugin: authz, name: together}")
+    try:
+        with ThreadPoolExecutor(max_workers=8) as pool:
+            results = list(pool.map(lambda _: docker(proxy.docker_host, "version"), range(8)))
+        assert all(result.returncode == 0 for result in results), \
+            [result.stderr for result in results]
+    finally:
+        assert stop_process(proxy.proc) == 0, proxy.log()
+        plugin.stop()
+    assert [path for path, _ in plugin.calls].count("/Plugin.Activate") == 1
