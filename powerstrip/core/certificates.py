@@ -26,12 +26,28 @@ def certificate_of(cert: Any) -> Certificate:
     except x509.ExtensionNotFound:
         pass
     else:
-        for general in extension.value:
-            value = general.value
-            sans.append(str(value) if isinstance(value, (str, ipaddress.IPv4Address,
-                                                         ipaddress.IPv6Address)) else repr(value))
+        sans = [_san_text(general) for general in extension.value]
     digest = hashlib.sha256(cert.public_bytes(Encoding.DER)).hexdigest()
     return Certificate(cert.subject.rfc4514_string(), common_name, tuple(sans), digest)
+
+
+def _san_text(general: Any) -> str:
+    """A subject alternative name as text: DNS names, e-mail addresses and URIs as they are, IP
+    addresses written out, a directory name in RFC 4514, a registered ID or another name by its
+    object identifier (and, for another name, its DER value in hex)."""
+    from cryptography import x509
+
+    value = general.value
+    if isinstance(value, (str, ipaddress.IPv4Address, ipaddress.IPv6Address,
+                          ipaddress.IPv4Network, ipaddress.IPv6Network)):
+        return str(value)
+    if isinstance(general, x509.DirectoryName):
+        return value.rfc4514_string()
+    if isinstance(general, x509.RegisteredID):
+        return value.dotted_string
+    if isinstance(general, x509.OtherName):
+        return f"{general.type_id.dotted_string}:{value.hex()}"
+    return str(value)
 
 
 def certificate_from_pem(pem: str) -> Certificate | None:

@@ -135,3 +135,34 @@ def test_verdicts_round_trip(allow, message):
 def test_an_answer_without_allow_denies():
     assert not wire.read_authz_answer(b"{}").allow
     assert wire.read_authz_answer(b'{"Err": "boom"}').error == "boom"
+
+
+def test_every_kind_of_subject_alternative_name_is_text():
+    import datetime
+    import ipaddress
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID, ObjectIdentifier
+
+    from powerstrip.core.certificates import certificate_of
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "carol")])
+    now = datetime.datetime.now(datetime.UTC)
+    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name)
+            .public_key(key.public_key()).serial_number(1)
+            .not_valid_before(now).not_valid_after(now + datetime.timedelta(days=1))
+            .add_extension(x509.SubjectAlternativeName([
+                x509.DNSName("carol.example"), x509.IPAddress(ipaddress.ip_address("10.0.0.1")),
+                x509.RFC822Name("carol@example.org"),
+                x509.UniformResourceIdentifier("spiffe://example/carol"),
+                x509.DirectoryName(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "d")])),
+                x509.RegisteredID(ObjectIdentifier("1.2.3.4")),
+                x509.OtherName(ObjectIdentifier("1.3.6.1.4.1.311.20.2.3"), b"\x0c\x03abc"),
+            ]), critical=False)
+            .sign(key, hashes.SHA256()))
+    assert certificate_of(cert).sans == (
+        "carol.example", "10.0.0.1", "carol@example.org", "spiffe://example/carol", "CN=d",
+        "1.2.3.4", "1.3.6.1.4.1.311.20.2.3:0c03616263")
