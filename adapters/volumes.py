@@ -18,7 +18,10 @@ Engine API of both hosts, and the old host's copy is removed; then the create go
 from __future__ import annotations
 
 import copy
+import inspect
+import json
 import logging
+import math
 import re
 import sqlite3
 import sys
@@ -36,6 +39,7 @@ from twisted.internet import defer
 from powerstrip.adapter import Adapter, Refuse, Request
 from powerstrip.core.paths import clean_path
 from powerstrip.kit.engine_api import EngineClient, EngineError
+from powerstrip.kit.etcd import StoreUnavailable
 from powerstrip.kit.gojson import go_fold_equal, go_keys, go_value
 from powerstrip.proxy.addresses import AddressError, parse_address
 
@@ -400,6 +404,179 @@ class State:
             )
 
 
+class EtcdState:
+    """The same records as ``State``, in etcd (``--state etcd://HOST:PORT[,...]``), for hosts
+    that share no file: every method is a coroutine, every change one transaction guarded by
+    the revisions it read, and a move's lease an etcd lease, so a host that dies mid-move
+    releases the dataset after ``lease_seconds`` without anyone cleaning up after it.
+
+    Keys, under ``/powerstrip/volumes/``: ``hosts/NAME`` (the engine address),
+    ``datasets/NAME`` (``{"host": ...}``) and ``moves/NAME`` (``{"to", "token"}``, on the
+    lease). A store that does not answer raises ``StoreUnavailable`` naming it.
+    """
+
+    PREFIX = "/powerstrip/volumes/"
+
+    def __init__(self, url: str, lease_seconds: int = int(LEASE_SECONDS),
+                 clock: Callable[[], float] = time.time) -> None:
+        from powerstrip.kit.etcd import Etcd
+
+        self.url = url
+        self.etcd = Etcd(url)
+        self.lease_seconds = lease_seconds
+        self.clock = clock
+        self._leases: dict[str, int] = {}
+
+    def _key(self, kind: str, name: str) -> str:
+        return f"{self.PREFIX}{kind}/{name}"
+
+    async def register_host(self, name: str, engine: str) -> str | None:
+        """As ``State.register_host``."""
+        previous = await self.etcd.get(self._key("hosts", name))
+        await self.etcd.put(self._key("hosts", name), engine)
+        old = previous.value if previous else None
+        return old if old != engine else None
+
+    async def engine_of(self, host: str) -> str | None:
+        """As ``State.engine_of``."""
+        entry = await self.etcd.get(self._key("hosts", host))
+        return entry.value if entry else None
+
+    async def hosts(self) -> dict[str, str]:
+        """As ``State.hosts``."""
+        start = len(self._key("hosts", ""))
+        return {e.key[start:]: e.value for e in await self.etcd.prefix(self._key("hosts", ""))}
+
+    async def _read(self, name: str) -> tuple[Any, Any]:
+        dataset = await self.etcd.get(self._key("datasets", name))
+        move = await self.etcd.get(self._key("moves", name))
+        return dataset, move
+
+    @staticmethod
+    def _record(name: str, dataset: Any, move: Any) -> Dataset:
+        host = json.loads(dataset.value)["host"]
+        if move is None:
+            return Dataset(name, host)
+        # etcd expires the lease; while the key exists the move holds.
+        return Dataset(name, host, json.loads(move.value)["to"], math.inf)
+
+    async def dataset(self, name: str) -> Dataset | None:
+        """As ``State.dataset``."""
+        dataset, move = await self._read(name)
+        return None if dataset is None else self._record(name, dataset, move)
+
+    async def datasets(self) -> list[Dataset]:
+        """As ``State.datasets``."""
+        start = len(self._key("datasets", ""))
+        moves = {e.key[len(self._key("moves", "")):]: e
+                 for e in await self.etcd.prefix(self._key("moves", ""))}
+        return [self._record(e.key[start:], e, moves.get(e.key[start:]))
+                for e in await self.etcd.prefix(self._key("datasets", ""))]
+
+    async def claim(self, name: str, host: str) -> tuple[Dataset, bool]:
+        """As ``State.claim``: the first host to claim a dataset nobody has, wins."""
+        from powerstrip.kit import etcd
+
+        key = self._key("datasets", name)
+        won = await self.etcd.txn([etcd.created(key, 0)],
+                                  [etcd.put(key, json.dumps({"host": host}))])
+        record = await self.dataset(name)
+        assert record is not None
+        return record, won
+
+    async def release(self, name: str, host: str) -> bool:
+        """As ``State.release``: only its owner's, and not while a move holds it."""
+        from powerstrip.kit import etcd
+
+        dataset, move = await self._read(name)
+        if dataset is None or move is not None or json.loads(dataset.value)["host"] != host:
+            return False
+        return await self.etcd.txn(
+            [etcd.modified(dataset.key, dataset.mod_revision),
+             etcd.created(self._key("moves", name), 0)],
+            [etcd.delete(dataset.key)])
+
+    async def begin_move(self, name: str, owner: str, to: str) -> str:
+        """As ``State.begin_move``, the lease an etcd lease of ``lease_seconds``."""
+        from powerstrip.kit import etcd
+
+        dataset, move = await self._read(name)
+        if dataset is None or json.loads(dataset.value)["host"] != owner:
+            raise OwnerChanged(name)
+        if move is not None and json.loads(move.value)["to"] != to:
+            raise MoveInProgress(name, json.loads(move.value)["to"])
+        lease = await self.etcd.grant(self.lease_seconds)
+        token = uuid.uuid4().hex
+        key = self._key("moves", name)
+        held = await self.etcd.txn(
+            [etcd.modified(dataset.key, dataset.mod_revision),
+             etcd.modified(key, move.mod_revision) if move else etcd.created(key, 0)],
+            [etcd.put(key, json.dumps({"to": to, "token": token}), lease)])
+        if not held:
+            await self.etcd.revoke(lease)
+            raise OwnerChanged(name)  # changed meanwhile: the caller looks again
+        if move is not None and move.lease:
+            await self._revoke(move.lease)  # a stale lease of this host's, taken over
+        self._leases[token] = lease
+        return token
+
+    async def renew(self, name: str, token: str) -> bool:
+        """As ``State.renew``."""
+        move = await self.etcd.get(self._key("moves", name))
+        lease = self._leases.get(token)
+        if move is None or lease is None or json.loads(move.value)["token"] != token:
+            return False
+        return await self.etcd.keepalive(lease)
+
+    async def finish_move(self, name: str, token: str, owner: str, to: str) -> bool:
+        """As ``State.finish_move``."""
+        from powerstrip.kit import etcd
+
+        dataset, move = await self._read(name)
+        if (dataset is None or move is None or json.loads(move.value)["token"] != token
+                or json.loads(dataset.value)["host"] != owner):
+            return False
+        done = await self.etcd.txn(
+            [etcd.modified(dataset.key, dataset.mod_revision),
+             etcd.modified(move.key, move.mod_revision)],
+            [etcd.put(dataset.key, json.dumps({"host": to})), etcd.delete(move.key)])
+        if done:
+            await self._revoke(self._leases.pop(token, 0))
+        return done
+
+    async def abandon_move(self, name: str, token: str) -> None:
+        """As ``State.abandon_move``."""
+        from powerstrip.kit import etcd
+
+        move = await self.etcd.get(self._key("moves", name))
+        if move is not None and json.loads(move.value)["token"] == token:
+            await self.etcd.txn([etcd.modified(move.key, move.mod_revision)],
+                                [etcd.delete(move.key)])
+        await self._revoke(self._leases.pop(token, 0))
+
+    async def _revoke(self, lease: int) -> None:
+        if not lease:
+            return
+        try:
+            await self.etcd.revoke(lease)
+        except Exception as exc:  # noqa: BLE001 - it expires by itself
+            log.warning("etcd lease %x not revoked (it expires by itself): %s", lease, exc)
+
+
+async def _settled(value: Any) -> Any:
+    """A state method's result: SQLite's ``State`` answers at once, ``EtcdState`` later."""
+    if inspect.isawaitable(value):
+        return await value
+    return value
+
+
+def open_state(where: str) -> State | EtcdState:
+    """The state ``--state`` names: ``etcd://HOST:PORT[,...]``, ``sqlite:PATH`` or a PATH."""
+    if where.startswith("etcd://"):
+        return EtcdState(where)
+    return State(where.removeprefix("sqlite:"))
+
+
 # -- the adapter ------------------------------------------------------------------------------
 
 
@@ -441,6 +618,14 @@ class Volumes:
         self._connect = connect
         self._clients: dict[tuple[str, float], Any] = {}
         self._locks: dict[str, defer.DeferredLock] = {}
+        #: Whether this host's engine address is in the state (``ready``).
+        self.registered = False
+
+    async def ready(self) -> None:
+        """Register this host's engine in the state, once."""
+        if not self.registered:
+            await _settled(self.state.register_host(self.host_name, self.docker))
+            self.registered = True
 
     # -- the hook -------------------------------------------------------------------------
 
@@ -463,7 +648,11 @@ class Volumes:
         lock = self._locks.setdefault(name, defer.DeferredLock())
         await lock.acquire()
         try:
+            await self.ready()
             await self._ensure(name)
+        except StoreUnavailable as exc:
+            # Nothing moved: a copy under way was discarded, and the lease expires in the store.
+            raise Refuse(503, f"dataset {name}: {exc}") from None
         finally:
             lock.release()
             if not lock.locked and not lock.waiting:
@@ -471,7 +660,7 @@ class Volumes:
 
     async def _ensure(self, name: str) -> None:
         for _ in range(ATTEMPTS):
-            record, created = self.state.claim(name, self.host_name)
+            record, created = await _settled(self.state.claim(name, self.host_name))
             if record.host == self.host_name:
                 moving = record.moving(self.state.clock())
                 if moving is not None and moving != self.host_name:
@@ -494,7 +683,7 @@ class Volumes:
         except Refuse:
             if claimed:
                 # No volume, so no dataset: another host asking for it must not try to move it.
-                self.state.release(name, self.host_name)
+                await _settled(self.state.release(name, self.host_name))
             raise
         if claimed:
             log.info("dataset %s: created on host %s", name, self.host_name)
@@ -503,14 +692,14 @@ class Volumes:
 
     async def _move(self, record: Dataset) -> None:
         name, volume = record.name, volume_name(record.name)
-        engine = self.state.engine_of(record.host)
+        engine = await _settled(self.state.engine_of(record.host))
         if engine is None:
             raise Refuse(502, f"dataset {name} is on host {record.host}, which has not "
                               "registered an engine address")
         source = self._host(record.host, engine)
         here = self._host(self.host_name, self.docker)
         try:
-            token = self.state.begin_move(name, record.host, self.host_name)
+            token = await _settled(self.state.begin_move(name, record.host, self.host_name))
         except MoveInProgress as exc:
             raise Refuse(409, f"{exc}; try again once the move is done") from None
         started = time.monotonic()
@@ -526,7 +715,8 @@ class Volumes:
             await self._create_volume(here, name)
             try:
                 size = await self._copy(source, here, name, token)
-                finished = self.state.finish_move(name, token, record.host, self.host_name)
+                finished = await _settled(
+                    self.state.finish_move(name, token, record.host, self.host_name))
                 if not finished:
                     raise Refuse(409, f"dataset {name} changed hands while it was being moved "
                                       f"from host {record.host}; try again")
@@ -536,7 +726,7 @@ class Volumes:
                 raise
         finally:
             if not finished:
-                self.state.abandon_move(name, token)
+                await _settled(self.state.abandon_move(name, token))
         log.info("dataset %s: moved from host %s to host %s, %d bytes in %.2f s",
                  name, record.host, self.host_name, size, time.monotonic() - started)
         try:
@@ -558,7 +748,7 @@ class Volumes:
                                         source.transfer.download(
                                             f"/containers/{reader}/archive", spool,
                                             {"path": MOUNT_POINT}))
-                if not self.state.renew(name, token):
+                if not await _settled(self.state.renew(name, token)):
                     raise OwnerChanged(name)
                 spool.seek(0)
                 writer = await self._transfer_container(here, name, made, read_only=False)
@@ -682,7 +872,10 @@ class VolumeDriver:
         if method not in ("Create", "Remove", "Mount", "Unmount", "Path", "Get", "List",
                           "Capabilities") or handler is None:
             raise Refuse(404, f"VolumeDriver.{method} is not a volume driver call")
-        return await handler(document)
+        try:
+            return await handler(document)
+        except StoreUnavailable as exc:
+            raise Refuse(503, str(exc)) from None
 
     def _name(self, document: dict[str, Any]) -> str:
         name = document.get("Name")
@@ -703,23 +896,23 @@ class VolumeDriver:
 
     async def _create(self, document: dict[str, Any]) -> dict[str, Any]:
         name = self._name(document)
-        if self.volumes.state.dataset(name) is None:
+        if await _settled(self.volumes.state.dataset(name)) is None:
             await self.volumes.ensure(name)  # a new dataset: made here
         return {}
 
     async def _remove(self, document: dict[str, Any]) -> dict[str, Any]:
         name = self._name(document)
         volumes = self.volumes
-        record = volumes.state.dataset(name)
+        record = await _settled(volumes.state.dataset(name))
         if record is None:
             return {}
-        engine = volumes.state.engine_of(record.host)
+        engine = await _settled(volumes.state.engine_of(record.host))
         if engine is not None:
             owner = volumes._host(record.host, engine)
             await volumes._refuse_if_used(owner, name, "cannot be removed")
             await volumes._call(owner, name, "remove the volume", owner.control.request(
                 "DELETE", f"/volumes/{volume_name(name)}"), missing_ok=True)
-        volumes.state.release(name, record.host)
+        await _settled(volumes.state.release(name, record.host))
         log.info("dataset %s: removed from host %s", name, record.host)
         return {}
 
@@ -738,13 +931,13 @@ class VolumeDriver:
 
     async def _path(self, document: dict[str, Any]) -> dict[str, Any]:
         name = self._name(document)
-        record = self.volumes.state.dataset(name)
+        record = await _settled(self.volumes.state.dataset(name))
         here = record is not None and record.host == self.volumes.host_name
         return {"Mountpoint": await self._mountpoint(name) if here else ""}
 
     async def _get(self, document: dict[str, Any]) -> dict[str, Any]:
         name = self._name(document)
-        record = self.volumes.state.dataset(name)
+        record = await _settled(self.volumes.state.dataset(name))
         if record is None:
             raise Refuse(404, f"no such volume: {name}")
         here = record.host == self.volumes.host_name
@@ -753,7 +946,8 @@ class VolumeDriver:
                            "Status": {"host": record.host}}}
 
     async def _list(self, document: dict[str, Any]) -> dict[str, Any]:
-        return {"Volumes": [{"Name": record.name} for record in self.volumes.state.datasets()]}
+        records = await _settled(self.volumes.state.datasets())
+        return {"Volumes": [{"Name": record.name} for record in records]}
 
     async def _capabilities(self, document: dict[str, Any]) -> dict[str, Any]:
         return {"Capabilities": {"Scope": "global"}}
@@ -777,8 +971,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--docker", required=True, metavar="ADDRESS",
                         help="this host's Docker Engine, reached directly (not through "
                              "Powerstrip): unix:///path or tcp://HOST:PORT")
-    parser.add_argument("--state", required=True, metavar="PATH",
-                        help="the SQLite state file all hosts' adapters share")
+    parser.add_argument("--state", required=True, metavar="STORE",
+                        help="where all hosts' adapters keep ownership and moves: "
+                             "etcd://HOST:PORT[,HOST:PORT...] (hosts that share only a network), "
+                             "or sqlite:PATH / a PATH (one file the hosts share)")
     parser.add_argument("--helper-image", default="busybox",
                         help="the image of the containers that carry data during a move "
                              "(present on every host; never run)")
@@ -793,15 +989,32 @@ def main(argv: list[str] | None = None) -> None:
     except (AddressError, ValueError) as exc:
         parser.error(str(exc))
     try:
-        state = State(args.state)
-        replaced = state.register_host(args.host_name, args.docker)
-    except sqlite3.Error as exc:
-        print(f"adapter volumes: cannot use the state file {args.state}: {exc}", file=sys.stderr)
-        raise SystemExit(1) from None
-    if replaced is not None:
-        print(f"adapter volumes: host {args.host_name} was registered with engine {replaced}; "
-              f"now {args.docker}", file=sys.stderr)
+        state = open_state(args.state)
+    except ValueError as exc:
+        parser.error(str(exc))
     volumes = Volumes(state, args.host_name, args.docker, args.helper_image, args.prefix)
+    if isinstance(state, State):
+        try:
+            replaced = state.register_host(args.host_name, args.docker)
+        except sqlite3.Error as exc:
+            print(f"adapter volumes: cannot use the state file {args.state}: {exc}",
+                  file=sys.stderr)
+            raise SystemExit(1) from None
+        volumes.registered = True
+        if replaced is not None:
+            print(f"adapter volumes: host {args.host_name} was registered with engine "
+                  f"{replaced}; now {args.docker}", file=sys.stderr)
+    else:
+        from twisted.internet import reactor
+
+        def register() -> None:
+            # At once, so that other hosts can reach this one's data; a store not up yet is
+            # tried again on the first request.
+            defer.ensureDeferred(volumes.ready()).addErrback(
+                lambda failure: log.warning("host %s not registered yet: %s", args.host_name,
+                                            failure.getErrorMessage()))
+
+        reactor.callWhenRunning(register)
     build(volumes).serve(args)
 
 

@@ -1,7 +1,8 @@
 """The volumes adapter as a Docker volume driver: two engines, each with the adapter served as
 the plugin ``powerstrip-volumes`` in its own plugin directory, one state between them. A dataset
 written through engine A is read through engine B with ``-v db:/data``, having moved; a mount on
-B while a container on A uses it is refused with the adapter's message."""
+B while a container on A uses it is refused with the adapter's message. Once with a SQLite file
+for the state, once with etcd."""
 
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ import pytest
 
 from powerstrip.testing import short_tmpdir, start_adapter
 from powerstrip_dev.engine import Engine
+from powerstrip_dev.etcd import EtcdServer
 from powerstrip_dev.processes import start_proxy, stop_process
 from tests.e2e.conftest import docker, ok, unique
 
@@ -24,12 +26,21 @@ REPO = Path(__file__).resolve().parents[2]
 DRIVER = "powerstrip-volumes"
 
 
-@pytest.fixture(scope="module")
-def hosts() -> Iterator[dict[str, Any]]:
+@pytest.fixture(scope="module", params=["sqlite", "etcd"])
+def hosts(request) -> Iterator[dict[str, Any]]:
+    """Hosts A and B, their adapters sharing one SQLite file, or one etcd (the store of hosts
+    that share only a network)."""
     root = Path(short_tmpdir("ps-vplug-"))
     engines: dict[str, Engine] = {}
     adapters = []
     proxy = None
+    etcd = None
+    if request.param == "etcd":
+        etcd = EtcdServer(root / "etcd")
+        etcd.start()
+        store = etcd.url
+    else:
+        store = str(root / "datasets.sqlite")
     try:
         for name in ("A", "B"):
             plugins = root / f"plugins-{name}"
@@ -39,7 +50,7 @@ def hosts() -> Iterator[dict[str, Any]]:
             adapters.append(start_adapter(
                 [sys.executable, str(REPO / "adapters" / "volumes.py"), "--listen",
                  "127.0.0.1:0", "--host-name", name, "--docker", engine.host,
-                 "--state", str(root / "datasets.sqlite"), "--plugin", DRIVER,
+                 "--state", store, "--plugin", DRIVER,
                  "--plugin-dir", str(plugins)], f"volumes-{name}"))
         # Host A's Powerstrip, with the same adapter's hook on container create.
         config = root / "adapters.yml"
@@ -55,6 +66,8 @@ def hosts() -> Iterator[dict[str, Any]]:
             adapter.stop()
         for engine in engines.values():
             engine.stop(remove=True)
+        if etcd is not None:
+            etcd.stop()
         shutil.rmtree(root, ignore_errors=True)
         for log in logs:
             assert "Traceback" not in log, log

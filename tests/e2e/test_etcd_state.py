@@ -1,0 +1,74 @@
+"""The volumes adapter's state in a real etcd (Debian's etcd-server, installed by the
+bootstrap): two hosts claiming one dataset at once (one wins), a host killed mid-move (its lease
+expires and the dataset can be taken again), and the store stopped (a 503 naming it)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from powerstrip_dev.etcd import EtcdServer
+
+pytestmark = pytest.mark.timeout(120)
+
+SCENARIOS = Path(__file__).with_name("etcd_scenarios.py")
+
+
+@pytest.fixture(scope="module")
+def etcd() -> Iterator[EtcdServer]:
+    server = EtcdServer(tempfile.mkdtemp(prefix="ps-etcd-"))
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+def scenario(name: str, url: str) -> dict[str, Any]:
+    done = subprocess.run([sys.executable, str(SCENARIOS), name, url], capture_output=True,
+                          timeout=60, text=True)
+    assert done.returncode == 0, done.stderr
+    return json.loads(done.stdout)
+
+
+def test_two_hosts_claiming_one_dataset_at_once(etcd) -> None:
+    result = scenario("race", etcd.url)
+    assert sorted(result["won"]) == [False, True], result
+    assert result["seen"] == [result["owner"]] * 2
+
+
+def test_a_host_killed_mid_move_leaves_the_dataset_to_be_taken_again(etcd) -> None:
+    result = scenario("lease", etcd.url)
+    assert result["during"] == "B"
+    assert result["refused"] == "dataset leased is being moved to host B"
+    assert result["after"] is None  # the lease expired in etcd
+    assert result["finished"] and result["owner"] == "C" and result["moving"] is None
+
+
+def test_records_hosts_and_releases(etcd) -> None:
+    result = scenario("records", etcd.url)
+    assert result["first"] is None and result["again"] == "unix:///a.sock"
+    assert result["engine"] == "unix:///a2.sock" and result["hosts"]["A"] == "unix:///a2.sock"
+    assert result["kept"] is False and result["gone"] is True
+    assert "one" in result["datasets"] and "two" not in result["datasets"]
+
+
+def test_a_store_that_is_away_is_a_503_naming_it(etcd) -> None:
+    etcd.stop()
+    try:
+        result = scenario("down", etcd.url)
+    finally:
+        etcd.start()
+    for status, message in result.values():
+        assert status == 503, result
+        assert f"etcd at {etcd.url} unreachable" in message, message
+    assert result["ensure"][1].startswith("dataset web: ")
+    # And back: the store answers again.
+    assert scenario("records", etcd.url)["engine"] == "unix:///a2.sock"
