@@ -43,6 +43,7 @@ from __future__ import annotations
 
 import argparse
 import ipaddress
+import json
 import logging
 import re
 import time
@@ -55,12 +56,14 @@ from twisted.internet import defer
 
 from powerstrip.adapter import Adapter, Refuse, Request, Response
 from powerstrip.kit.engine_api import EngineClient, EngineError
+from powerstrip.kit.etcd import StoreUnavailable
 from powerstrip.kit.gojson import go_fold_equal, go_keys, go_value
 from powerstrip.proxy.addresses import AddressError, parse_address
 
 __all__ = [
     "BadCidr",
     "Conflict",
+    "EtcdReservations",
     "IpamDriver",
     "NetworkAdapter",
     "argument_parser",
@@ -73,6 +76,7 @@ __all__ = [
     "network_gateway",
     "network_name",
     "parse_cidr",
+    "Reservations",
     "requested_interface",
     "rewrite_create",
     "subnet_of_name",
@@ -457,6 +461,7 @@ class NetworkAdapter:
     def __init__(
         self, engine: Engine, clock: Callable[[], float] = time.monotonic,
         ttl: float = RESERVATION_TTL, ipam_name: str | None = None,
+        reservations: Reservations | None = None,
     ) -> None:
         """``clock`` and ``ttl`` time reservations out (see ``RESERVATION_TTL``).
         ``ipam_name``: the adapter is also served as the IPAM driver of that name; the networks
@@ -468,7 +473,7 @@ class NetworkAdapter:
         self.lock = defer.DeferredLock()
         self.claims: dict[tuple[str, str], _Claim] = {}
         self.ipam_name = ipam_name
-        self.ipam = IpamDriver(self)
+        self.ipam = IpamDriver(self, reservations)
         self.app = Adapter("network")
         self.app.pre("POST /*/containers/create")(self.create)
         self.app.post("POST /*/containers/create")(self.created)
@@ -526,13 +531,13 @@ class NetworkAdapter:
         except Conflict as exc:
             raise Refuse(409, str(exc)) from None
         name = str(network.get("Name")) if network is not None else network_name(subnet)
-        given = self.ipam.given(subnet, address)
-        if given is not None:
-            raise Refuse(409, f"{address} on network {name} is already given by the IPAM "
-                              f"driver {self.ipam_name} ({given})")
+        containers = None
         if network is not None:
             containers = await self._engine("listing containers", "GET", "/containers/json",
                                             query={"all": "1"})
+        if self.ipam_name is not None:
+            await self._check_reservations(subnet, address, name, containers or [])
+        if network is not None:
             holder = holder_of(containers or [], network, address)
             if holder is not None:
                 state = holder.get("State") or "not running"
@@ -561,7 +566,29 @@ class NetworkAdapter:
         self.claims[(name, str(address))] = _Claim(who, self.clock() + self.ttl)
         return name
 
-    def created(self, request: Request, response: Response) -> None:
+    async def _check_reservations(self, subnet: ipaddress.IPv4Network,
+                                  address: ipaddress.IPv4Address, name: str,
+                                  containers: list[Mapping[str, Any]]) -> None:
+        """Refuse an address the IPAM driver gave, or that a container holds; a hold of a
+        container that no longer exists here (removed before it ever started, so never
+        released by the daemon) is dropped."""
+        try:
+            found = await self.ipam.reservations.get(str(subnet), str(address))
+            if found is None:
+                return
+            kind, who = found
+            if kind == "held" and not any(str(c.get("Id", "")).startswith(who)
+                                          for c in containers):
+                await self.ipam.reservations.drop(str(subnet), str(address))
+                return
+        except StoreUnavailable as exc:
+            raise Refuse(503, f"{address} on network {name}: {exc}") from None
+        if kind == "given":
+            raise Refuse(409, f"{address} on network {name} is already given by the IPAM "
+                              f"driver {self.ipam_name} ({who})")
+        raise Refuse(409, f"{address} on network {name} is already held by container {who}")
+
+    async def created(self, request: Request, response: Response) -> None:
         """Post-hook on container create: the daemon has answered, so the address is either
         held by the new container or free again; either way its reservation ends."""
         body = request.json
@@ -573,10 +600,16 @@ class NetworkAdapter:
             for key in [k for k in self.claims if k[1] == str(interface.ip)]:
                 self.claims.pop(key, None)
             created = response.json if response.code == 201 else None
-            if isinstance(created, dict) and created.get("Id"):
+            # Held only where the IPAM driver serves: the daemon's release of the endpoint,
+            # which ends the hold, reaches no one else.
+            if self.ipam_name is not None and isinstance(created, dict) and created.get("Id"):
                 # The container holds the address from now on, started or not: the IPAM
                 # driver never hands it to another endpoint.
-                self.ipam.hold(interface.network, interface.ip, str(created["Id"])[:12])
+                try:
+                    await self.ipam.hold(interface.network, interface.ip,
+                                         str(created["Id"])[:12])
+                except StoreUnavailable as exc:
+                    log.warning("%s not recorded as held: %s", interface.ip, exc)
         return None
 
     async def started(self, request: Request, response: Response) -> Response | None:
@@ -609,6 +642,84 @@ class NetworkAdapter:
         raise Refuse(500, message)
 
 
+class Reservations:
+    """The addresses given out (by the IPAM driver, to an endpoint) or held (by a container a
+    ``WEAVE_CIDR`` create attached, until its endpoint is first released), by subnet and
+    address: in this process's memory. ``EtcdReservations`` keeps the same in etcd, for hosts
+    that share the subnets."""
+
+    def __init__(self) -> None:
+        self.entries: dict[tuple[str, str], tuple[str, str]] = {}
+
+    async def get(self, subnet: str, address: str) -> tuple[str, str] | None:
+        """``(kind, who)`` of an address, ``kind`` being ``given`` or ``held``; None if free."""
+        return self.entries.get((subnet, address))
+
+    async def take(self, subnet: str, address: str, kind: str, who: str) -> bool:
+        """Record the address as ``kind`` for ``who`` if it is free, or held and now given
+        (the holder's own endpoint); whether it did."""
+        found = self.entries.get((subnet, address))
+        if found is not None and not (found[0] == "held" and kind == "given"):
+            return False
+        self.entries[(subnet, address)] = (kind, who)
+        return True
+
+    async def drop(self, subnet: str, address: str) -> None:
+        """Free the address."""
+        self.entries.pop((subnet, address), None)
+
+    async def used(self, subnet: str) -> set[str]:
+        """The addresses of ``subnet`` given or held."""
+        return {address for (net, address) in self.entries if net == subnet}
+
+
+class EtcdReservations(Reservations):
+    """``Reservations`` in etcd (``--state etcd://HOST:PORT[,...]``): keys
+    ``/powerstrip/network/addresses/SUBNET/ADDRESS`` holding ``{"kind", "who"}``, each taken
+    in a transaction on the revision read, so two hosts never take one address."""
+
+    PREFIX = "/powerstrip/network/addresses/"
+
+    def __init__(self, url: str) -> None:
+        from powerstrip.kit.etcd import Etcd
+
+        super().__init__()
+        self.etcd = Etcd(url)
+
+    def _key(self, subnet: str, address: str = "") -> str:
+        return f"{self.PREFIX}{subnet.replace('/', '_')}/{address}"
+
+    async def get(self, subnet: str, address: str) -> tuple[str, str] | None:
+        entry = await self.etcd.get(self._key(subnet, address))
+        if entry is None:
+            return None
+        value = json.loads(entry.value)
+        return value["kind"], value["who"]
+
+    async def take(self, subnet: str, address: str, kind: str, who: str) -> bool:
+        from powerstrip.kit import etcd
+
+        key = self._key(subnet, address)
+        entry = await self.etcd.get(key)
+        if entry is None:
+            guard = etcd.created(key, 0)
+        elif json.loads(entry.value)["kind"] == "held" and kind == "given":
+            guard = etcd.modified(key, entry.mod_revision)
+        else:
+            return False
+        return await self.etcd.txn([guard], [etcd.put(key, json.dumps({"kind": kind,
+                                                                       "who": who}))])
+
+    async def drop(self, subnet: str, address: str) -> None:
+        from powerstrip.kit import etcd
+
+        await self.etcd.txn([], [etcd.delete(self._key(subnet, address))])
+
+    async def used(self, subnet: str) -> set[str]:
+        start = len(self._key(subnet))
+        return {entry.key[start:] for entry in await self.etcd.prefix(self._key(subnet))}
+
+
 class IpamDriver:
     """The adapter's addresses as a Docker IPAM driver (``IpamDriver.*`` calls), for
     ``--plugin powerstrip-ipam``: ``docker network create --ipam-driver powerstrip-ipam
@@ -618,26 +729,36 @@ class IpamDriver:
     the daemon first releases it) or a create in flight claims is never given out by the driver.
     Pools must be given (``--subnet``); IPv6 is not served."""
 
-    def __init__(self, adapter: NetworkAdapter) -> None:
+    def __init__(self, adapter: NetworkAdapter, reservations: Reservations | None = None) -> None:
         self.adapter = adapter
+        self.reservations = reservations or Reservations()
         #: Pool ID (the subnet) to the subnet, and how many networks use it.
         self.pools: dict[str, tuple[ipaddress.IPv4Network, int]] = {}
-        #: (subnet, address) to what it was given for, while the daemon holds it.
-        self.allocated: dict[tuple[str, str], str] = {}
-        #: (subnet, address) to the container a WEAVE_CIDR create gave it.
-        self.held: dict[tuple[str, str], str] = {}
 
-    def given(self, subnet: ipaddress.IPv4Network, address: ipaddress.IPv4Address) -> str | None:
-        """What the driver gave ``address`` on ``subnet`` for, or None."""
-        return self.allocated.get((str(subnet), str(address)))
+    async def given(self, subnet: ipaddress.IPv4Network,
+                    address: ipaddress.IPv4Address) -> str | None:
+        """What ``address`` on ``subnet`` is given or held for, or None."""
+        found = await self.reservations.get(str(subnet), str(address))
+        if found is None:
+            return None
+        kind, who = found
+        return who if kind == "given" else f"held by container {who}"
 
-    def hold(self, subnet: ipaddress.IPv4Network, address: ipaddress.IPv4Address,
-             container: str) -> None:
+    async def hold(self, subnet: ipaddress.IPv4Network, address: ipaddress.IPv4Address,
+                   container: str) -> None:
         """Keep ``address`` for ``container`` (a create the hook attached)."""
-        self.held[(str(subnet), str(address))] = container
+        await self.reservations.take(str(subnet), str(address), "held", container)
 
     async def call(self, method: str, document: dict[str, Any]) -> dict[str, Any]:
         """The answer to ``IpamDriver.METHOD``; a refusal raises ``Refuse``."""
+        from powerstrip.kit.etcd import StoreUnavailable
+
+        try:
+            return await self._call(method, document)
+        except StoreUnavailable as exc:
+            raise Refuse(503, str(exc)) from None
+
+    async def _call(self, method: str, document: dict[str, Any]) -> dict[str, Any]:
         if method == "GetCapabilities":
             return {"RequiresMACAddress": False, "RequiresRequestReplay": False}
         if method == "GetDefaultAddressSpaces":
@@ -655,12 +776,12 @@ class IpamDriver:
                     del self.pools[pool]
             return {}
         if method == "RequestAddress":
-            return self._request_address(document)
+            return await self._request_address(document)
         if method == "ReleaseAddress":
-            key = (str(document.get("PoolID") or ""), str(document.get("Address") or ""))
-            self.allocated.pop(key, None)
-            self.held.pop(key, None)  # the container's reservation ends with its endpoint
-            log.info("ipam: released %s on %s", key[1], key[0])
+            pool, address = str(document.get("PoolID") or ""), str(document.get("Address") or "")
+            # The address is free again; a container's hold ends with its endpoint.
+            await self.reservations.drop(pool, address.partition("/")[0])
+            log.info("ipam: released %s on %s", address, pool)
             return {}
         raise Refuse(404, f"IpamDriver.{method} is not an IPAM driver call")
 
@@ -680,10 +801,13 @@ class IpamDriver:
         self.pools[key] = (subnet, users + 1)
         return {"PoolID": key, "Pool": key, "Data": {}}
 
-    def _request_address(self, document: dict[str, Any]) -> dict[str, Any]:
+    async def _request_address(self, document: dict[str, Any]) -> dict[str, Any]:
         pool = str(document.get("PoolID") or "")
         if pool not in self.pools:
-            raise Refuse(404, f"no pool {pool!r} here")
+            try:  # a pool of an earlier run of the adapter: dockerd does not ask for it again
+                self.pools[pool] = (ipaddress.IPv4Network(pool), 1)
+            except ValueError:
+                raise Refuse(404, f"no pool {pool!r} here") from None
         subnet = self.pools[pool][0]
         options = document.get("Options") or {}
         purpose = "the gateway" if options.get("RequestAddressType") == \
@@ -697,20 +821,24 @@ class IpamDriver:
             if address not in subnet or address in (subnet.network_address,
                                                     subnet.broadcast_address):
                 raise Refuse(400, f"{address} is not a host address of {subnet}")
-            given = self.allocated.get((pool, str(address)))
-            if given is not None:
-                raise Refuse(409, f"{address} on {subnet} is already given ({given})")
+            if not await self.reservations.take(pool, str(address), "given", purpose):
+                found = await self.reservations.get(pool, str(address))
+                raise Refuse(409, f"{address} on {subnet} is already given "
+                                  f"({found[1] if found else 'just now'})")
         else:
             now = self.adapter.clock()
             claimed = {addr for (_, addr), claim in self.adapter.claims.items()
                        if claim.expires > now}
-            address = next((host for host in subnet.hosts()
-                            if (pool, str(host)) not in self.allocated
-                            and (pool, str(host)) not in self.held
-                            and str(host) not in claimed), None)
+            used = await self.reservations.used(pool)
+            address = None
+            for host in subnet.hosts():
+                if str(host) in used or str(host) in claimed:
+                    continue
+                if await self.reservations.take(pool, str(host), "given", purpose):
+                    address = host
+                    break
             if address is None:
                 raise Refuse(409, f"no address left on {subnet}")
-        self.allocated[(pool, str(address))] = purpose
         log.info("ipam: gave %s on %s to %s", address, subnet, purpose)
         return {"Address": f"{address}/{subnet.prefixlen}", "Data": {}}
 
@@ -723,6 +851,11 @@ def argument_parser() -> argparse.ArgumentParser:
         help="the Docker Engine to manage networks on, reached directly, not through Powerstrip "
              "(unix:///path, tcp://HOST:PORT; default %(default)s)",
     )
+    parser.add_argument(
+        "--state", metavar="STORE", default=None,
+        help="where the addresses the IPAM driver gives and the hook's containers hold are "
+             "kept: etcd://HOST:PORT[,HOST:PORT...] for hosts that share subnets; default "
+             "this process's memory")
     return parser
 
 
@@ -734,8 +867,14 @@ def main(argv: list[str] | None = None) -> None:
         parse_address(args.docker)
     except AddressError as exc:
         parser.error(str(exc))
+    reservations = None
+    if args.state:
+        try:
+            reservations = EtcdReservations(args.state)
+        except ValueError as exc:
+            parser.error(str(exc))
     adapter = NetworkAdapter(EngineClient(args.docker, timeout=ENGINE_TIMEOUT),
-                             ipam_name=args.plugin)
+                             ipam_name=args.plugin, reservations=reservations)
     adapter.app.serve(args)
 
 

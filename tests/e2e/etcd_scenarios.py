@@ -13,7 +13,8 @@ from twisted.internet import defer, task
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "adapters"))
 
-import volumes  # noqa: E402 - the example adapter, by its path
+import network  # noqa: E402 - the example adapters, by their paths
+import volumes  # noqa: E402
 
 
 def _async(coroutine: Any) -> defer.Deferred:
@@ -82,6 +83,37 @@ async def records(url: str) -> dict[str, Any]:
     return {"first": first, "again": again, "engine": await state.engine_of("A"),
             "hosts": await state.hosts(), "kept": kept, "gone": gone,
             "datasets": [d.name for d in await state.datasets()]}
+
+
+async def addresses(url: str) -> dict[str, Any]:
+    """Two hosts' IPAM drivers on one subnet, their reservations in etcd: dynamic addresses
+    asked at once are all different, a static one given on A is refused on B, a hold on B
+    becomes A's endpoint only by being given, and a release frees it."""
+    drivers = []
+    for _ in range(2):
+        adapter = network.NetworkAdapter(None, ipam_name="powerstrip-ipam",
+                                         reservations=network.EtcdReservations(url))
+        await adapter.ipam.call("RequestPool", {"Pool": "10.7.0.0/24"})
+        drivers.append(adapter.ipam)
+    a, b = drivers
+    asked = [_async(driver.call("RequestAddress", {"PoolID": "10.7.0.0/24"}))
+             for driver in (a, b, a, b, a, b)]
+    dynamic = [answer["Address"] for answer in await defer.gatherResults(asked)]
+    await a.call("RequestAddress", {"PoolID": "10.7.0.0/24", "Address": "10.7.0.50"})
+    try:
+        await b.call("RequestAddress", {"PoolID": "10.7.0.0/24", "Address": "10.7.0.50"})
+        refused = None
+    except network.Refuse as refusal:
+        refused = [refusal.status, refusal.message]
+    await b.hold(__import__("ipaddress").IPv4Network("10.7.0.0/24"),
+                 __import__("ipaddress").IPv4Address("10.7.0.60"), "c0ffee")
+    skipped = [(await a.call("RequestAddress", {"PoolID": "10.7.0.0/24"}))["Address"]
+               for _ in range(60)]
+    own = await a.call("RequestAddress", {"PoolID": "10.7.0.0/24", "Address": "10.7.0.60"})
+    await a.call("ReleaseAddress", {"PoolID": "10.7.0.0/24", "Address": "10.7.0.50"})
+    again = await b.call("RequestAddress", {"PoolID": "10.7.0.0/24", "Address": "10.7.0.50"})
+    return {"dynamic": dynamic, "refused": refused, "skipped": skipped, "own": own["Address"],
+            "again": again["Address"]}
 
 
 def main(reactor: Any, scenario: str, url: str) -> defer.Deferred:

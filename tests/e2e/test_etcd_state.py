@@ -1,6 +1,7 @@
-"""The volumes adapter's state in a real etcd (Debian's etcd-server, installed by the
-bootstrap): two hosts claiming one dataset at once (one wins), a host killed mid-move (its lease
-expires and the dataset can be taken again), and the store stopped (a 503 naming it)."""
+"""The adapters' state in a real etcd (Debian's etcd-server, installed by the bootstrap): two
+hosts claiming one dataset at once (one wins), a host killed mid-move (its lease expires and the
+dataset can be taken again), the store stopped (a 503 naming it), and two hosts' IPAM drivers
+sharing one set of address reservations."""
 
 from __future__ import annotations
 
@@ -72,3 +73,14 @@ def test_a_store_that_is_away_is_a_503_naming_it(etcd) -> None:
     assert result["ensure"][1].startswith("dataset web: ")
     # And back: the store answers again.
     assert scenario("records", etcd.url)["engine"] == "unix:///a2.sock"
+
+
+def test_two_hosts_ipam_drivers_never_give_one_address_twice(etcd) -> None:
+    result = scenario("addresses", etcd.url)
+    assert len(set(result["dynamic"])) == 6, result["dynamic"]
+    assert result["refused"][0] == 409 and "10.7.0.50 on 10.7.0.0/24 is already given" in \
+        result["refused"][1]
+    assert "10.7.0.60/24" not in result["skipped"]  # held by a container of the hook's
+    assert not set(result["skipped"]) & set(result["dynamic"])
+    assert result["own"] == "10.7.0.60/24"  # its holder's endpoint takes it
+    assert result["again"] == "10.7.0.50/24"  # released on A, given on B
