@@ -735,15 +735,6 @@ class IpamDriver:
         #: Pool ID (the subnet) to the subnet, and how many networks use it.
         self.pools: dict[str, tuple[ipaddress.IPv4Network, int]] = {}
 
-    async def given(self, subnet: ipaddress.IPv4Network,
-                    address: ipaddress.IPv4Address) -> str | None:
-        """What ``address`` on ``subnet`` is given or held for, or None."""
-        found = await self.reservations.get(str(subnet), str(address))
-        if found is None:
-            return None
-        kind, who = found
-        return who if kind == "given" else f"held by container {who}"
-
     async def hold(self, subnet: ipaddress.IPv4Network, address: ipaddress.IPv4Address,
                    container: str) -> None:
         """Keep ``address`` for ``container`` (a create the hook attached)."""
