@@ -52,8 +52,14 @@ LOG_TAIL_LINES = 40
 # With PS_PLUGIN_DIR, the engine's own mount namespace sees that directory as
 # /run/docker/plugins, where dockerd finds plugins by name: each engine has its own plugins, and
 # a test's plugin never answers another engine.
+# With PS_HOSTNAME (an engine in a named network namespace, playing a host), the engine gets that
+# host name (Swarm names its node after it) and a private /var/run/docker: libnetwork keeps its
+# overlay sandboxes there whatever --exec-root says, and two engines sharing it break each
+# other's overlay networks.
 _INNER_SCRIPT = (
     'ip link set lo up && '
+    'if [ -n "$PS_HOSTNAME" ]; then hostname "$PS_HOSTNAME" && mkdir -p /var/run/docker && '
+    'mount -t tmpfs tmpfs /var/run/docker; fi && '
     'if [ -n "$PS_PLUGIN_DIR" ]; then mkdir -p /run/docker/plugins && '
     'mount --bind "$PS_PLUGIN_DIR" /run/docker/plugins; fi && '
     'exec dockerd "$@"'
@@ -121,10 +127,18 @@ class Engine:
     """A dockerd whose state all lives under one directory; see the module docstring."""
 
     def __init__(self, root: str | Path, *, args: Sequence[str] = (),
-                 plugin_dir: str | Path | None = None) -> None:
+                 plugin_dir: str | Path | None = None, netns: str | None = None,
+                 hostname: str | None = None) -> None:
         """``args`` are added to dockerd's command line (``--authorization-plugin=NAME``);
-        ``plugin_dir`` is the directory the engine sees as ``/run/docker/plugins``."""
+        ``plugin_dir`` is the directory the engine sees as ``/run/docker/plugins``.
+
+        ``netns`` names a network namespace (``/run/netns/NAME``, from ``ip netns add``) to run
+        the engine in, in place of a new one of its own; ``hostname`` is the host name it
+        sees. Together they make an engine one host of a rig of several
+        (``powerstrip_dev.fabric``)."""
         self.root = Path(root).absolute()
+        self.netns = netns
+        self.hostname = hostname
         self.args = tuple(args)
         self.plugin_dir = None if plugin_dir is None else Path(plugin_dir).absolute()
         self.socket_path = self.root / "docker.sock"
@@ -175,8 +189,16 @@ class Engine:
         unshare = shutil.which("unshare", path=_sbin_path())
         if unshare is None or shutil.which("dockerd", path=_sbin_path()) is None:
             raise ThrowawayEngineError("unshare or dockerd not found; run ensure_packages() first")
+        if self.netns is None:
+            namespaces = [unshare, "--net", "--mount"]
+        else:
+            # `ip netns exec` would remount /sys, where dockerd then misses the devices cgroup.
+            nsenter = shutil.which("nsenter", path=_sbin_path()) or "nsenter"
+            namespaces = [nsenter, f"--net=/run/netns/{self.netns}", unshare, "--mount"]
+        if self.hostname is not None:
+            namespaces.append("--uts")
         command = [
-            unshare, "--net", "--mount", "--propagation", "slave",
+            *namespaces, "--propagation", "slave",
             "sh", "-c", _INNER_SCRIPT, "sh",
             "--host", self.host,
             "--data-root", str(self.data_root),
@@ -186,7 +208,8 @@ class Engine:
             "--shutdown-timeout", "2",
             *self.args,
         ]
-        env = {**os.environ, "PATH": _sbin_path(), "PS_PLUGIN_DIR": ""}
+        env = {**os.environ, "PATH": _sbin_path(), "PS_PLUGIN_DIR": "",
+               "PS_HOSTNAME": self.hostname or ""}
         if self.plugin_dir is not None:
             self.plugin_dir.mkdir(parents=True, exist_ok=True)
             env["PS_PLUGIN_DIR"] = str(self.plugin_dir)

@@ -11,6 +11,8 @@ import time
 import urllib.request
 from pathlib import Path
 
+from powerstrip_dev.fabric import nsenter
+
 
 class EtcdError(RuntimeError):
     """The etcd server could not be started; the message says why (its log's tail)."""
@@ -25,11 +27,17 @@ def _free_port() -> int:
 class EtcdServer:
     """``etcd`` serving its client API (and the v3 JSON gateway) on ``url``."""
 
-    def __init__(self, root: str | Path, host: str = "127.0.0.1") -> None:
+    def __init__(self, root: str | Path, host: str = "127.0.0.1",
+                 netns: str | None = None) -> None:
+        """``netns``: a network namespace (``ip netns add``) to serve in, at ``host`` on
+        etcd's own ports; without it, free loopback ports of this machine."""
         self.root = Path(root)
         self.host = host
-        self.client_port = _free_port()
-        self.peer_port = _free_port()
+        self.netns = netns
+        if netns is None:
+            self.client_port, self.peer_port = _free_port(), _free_port()
+        else:
+            self.client_port, self.peer_port = 2379, 2380
         self.proc: subprocess.Popen[bytes] | None = None
 
     @property
@@ -46,8 +54,9 @@ class EtcdServer:
         binary = shutil.which("etcd") or "/usr/bin/etcd"
         self.root.mkdir(parents=True, exist_ok=True)
         log = open(self.root / "etcd.log", "ab")  # noqa: SIM115 - the process writes it
+        prefix = [] if self.netns is None else nsenter(self.netns, [])
         self.proc = subprocess.Popen(
-            [binary, "--name", "default", "--data-dir", str(self.root / "data"),
+            [*prefix, binary, "--name", "default", "--data-dir", str(self.root / "data"),
              "--listen-client-urls", self.http, "--advertise-client-urls", self.http,
              "--listen-peer-urls", f"http://{self.host}:{self.peer_port}",
              "--initial-advertise-peer-urls", f"http://{self.host}:{self.peer_port}",

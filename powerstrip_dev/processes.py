@@ -105,13 +105,15 @@ def start_service(
     timeout: float = 15.0,
     cwd: Path | None = None,
     env: Mapping[str, str] | None = None,
+    wrap: Sequence[str] = (),
 ) -> Service:
     """Start ``argv`` with output in ``logdir/NAME.out`` and ``.err`` and wait for its
-    announcement line starting with ``prefix``."""
+    announcement line starting with ``prefix``. ``wrap`` goes in front of ``argv``: a command
+    that runs it elsewhere, such as ``nsenter --net=...`` (``powerstrip_dev.fabric``)."""
     logdir.mkdir(parents=True, exist_ok=True)
     stdout_path, stderr_path = logdir / f"{name}.out", logdir / f"{name}.err"
     with open(stdout_path, "wb") as out, open(stderr_path, "wb") as err:
-        proc = subprocess.Popen(list(argv), stdin=subprocess.DEVNULL, stdout=out, stderr=err,
+        proc = subprocess.Popen([*wrap, *argv], stdin=subprocess.DEVNULL, stdout=out, stderr=err,
                                 env=child_env(env), cwd=cwd)
     value = wait_for_line(proc, stdout_path, prefix, timeout, name, stderr_path)
     return Service(name, value, proc, stdout_path, stderr_path)
@@ -150,6 +152,7 @@ def start_proxy(
     timeout: float = PROXY_START_TIMEOUT,
     cwd: Path | None = None,
     env: Mapping[str, str] | None = None,
+    wrap: Sequence[str] = (),
 ) -> ProxyService:
     """Start ``python -m powerstrip serve --listen LISTEN --upstream UPSTREAM [--config CONFIG]
     EXTRA...`` and return once it has printed its ``export DOCKER_HOST=`` line; its output goes
@@ -159,7 +162,7 @@ def start_proxy(
     The default listener is port 0, whose bound port the caller learns from that line, so no
     port is ever raced for. Only ``config`` names an adapters file: ``POWERSTRIP_CONFIG`` is
     emptied (``env`` may set it again) and the proxy runs in ``cwd``, by default ``logdir``,
-    where no ``./powerstrip.yml`` is found.
+    where no ``./powerstrip.yml`` is found. ``wrap`` is as for ``start_service``.
     """
     argv = python("-m", "powerstrip", "serve", "--listen", listen, "--upstream", upstream)
     if config is not None:
@@ -167,7 +170,8 @@ def start_proxy(
     argv += extra
     logdir.mkdir(parents=True, exist_ok=True)
     service = start_service(name, argv, logdir, prefix=PROXY_LINE, timeout=timeout,
-                            cwd=cwd or logdir, env={"POWERSTRIP_CONFIG": "", **(env or {})})
+                            cwd=cwd or logdir, env={"POWERSTRIP_CONFIG": "", **(env or {})},
+                            wrap=wrap)
     return ProxyService(**vars(service))
 
 
