@@ -75,6 +75,7 @@ __all__ = [
     "main",
     "network_gateway",
     "network_name",
+    "overlay_name",
     "parse_cidr",
     "Reservations",
     "requested_interface",
@@ -208,6 +209,12 @@ def network_name(subnet: ipaddress.IPv4Network) -> str:
     return f"{NETWORK_PREFIX}{subnet.network_address}-{subnet.prefixlen}"
 
 
+def overlay_name(subnet: ipaddress.IPv4Network) -> str:
+    """The name of the overlay network the adapter makes for ``subnet`` on a swarm:
+    ``weave-10-2-1-0-24`` (Swarm takes only names that are DNS labels, so no dots)."""
+    return f"{NETWORK_PREFIX}{str(subnet.network_address).replace('.', '-')}-{subnet.prefixlen}"
+
+
 def subnet_of_name(name: str) -> ipaddress.IPv4Network | None:
     """The subnet a ``network_name`` stands for, or None if ``name`` is not one."""
     match = _NAME.fullmatch(name)
@@ -304,7 +311,7 @@ def _subnets(network: Mapping[str, Any]) -> list[ipaddress.IPv4Network]:
 
 def find_network(
     networks: list[Mapping[str, Any]], subnet: ipaddress.IPv4Network,
-    ipam_driver: str | None = None,
+    ipam_driver: str | None = None, name: str | None = None,
 ) -> Mapping[str, Any] | None:
     """The adapter's network for ``subnet`` among the engine's ``networks``, or None if it must
     be made. ``Conflict`` when another network's subnet overlaps ``subnet`` (the daemon would
@@ -313,13 +320,16 @@ def find_network(
     With ``ipam_driver`` (the adapter served as that IPAM driver), a network of any name whose
     addresses that driver gives on exactly ``subnet`` is the adapter's too: ``docker network
     create --ipam-driver powerstrip-ipam --subnet 10.2.1.0/24 weave`` makes the network that
-    ``WEAVE_CIDR=10.2.1.5/24`` joins."""
+    ``WEAVE_CIDR=10.2.1.5/24`` joins.
+
+    ``name``: the network's name, when not ``network_name(subnet)`` (``overlay_name`` on a
+    swarm)."""
     if ipam_driver is not None:
         for network in networks:
             driver = (network.get("IPAM") or {}).get("Driver")
             if driver == ipam_driver and _subnets(network) == [subnet]:
                 return network
-    name = network_name(subnet)
+    name = name or network_name(subnet)
     mine = None
     for network in networks:
         theirs = _subnets(network)
@@ -461,12 +471,15 @@ class NetworkAdapter:
     def __init__(
         self, engine: Engine, clock: Callable[[], float] = time.monotonic,
         ttl: float = RESERVATION_TTL, ipam_name: str | None = None,
-        reservations: Reservations | None = None,
+        reservations: Reservations | None = None, manager: Engine | None = None,
     ) -> None:
         """``clock`` and ``ttl`` time reservations out (see ``RESERVATION_TTL``).
         ``ipam_name``: the adapter is also served as the IPAM driver of that name; the networks
-        it makes use it, and the hook and the driver share one set of reservations."""
+        it makes use it, and the hook and the driver share one set of reservations.
+        ``manager``: a swarm manager's engine, where the adapter finds and makes its overlay
+        networks while its own engine is a swarm worker (which can do neither)."""
         self.engine = engine
+        self.manager = manager
         self.clock = clock
         self.ttl = ttl
         # One create at a time between reading the engine's state and reserving an address.
@@ -481,8 +494,12 @@ class NetworkAdapter:
         self.app.drivers["IpamDriver"] = self.ipam
 
     async def _engine(self, what: str, method: str, path: str, **kwargs: Any) -> Any:
+        return await self._engine_of(self.engine, what, method, path, **kwargs)
+
+    async def _engine_of(self, engine: Engine, what: str, method: str, path: str,
+                         **kwargs: Any) -> Any:
         try:
-            return await self.engine.request(method, path, **kwargs)
+            return await engine.request(method, path, **kwargs)
         except EngineError as exc:
             status = exc.status if 300 <= exc.status <= 599 else 502
             raise Refuse(status, f"{what}: {exc.message}") from exc
@@ -518,19 +535,50 @@ class NetworkAdapter:
             raise Refuse(409, str(exc)) from None
         return request.with_json(rewritten)
 
+    async def _swarm(self) -> tuple[bool, Engine | None]:
+        """Whether this engine is in a swarm, and then the engine to find and make overlay
+        networks on: this one on a manager, ``manager`` on a worker (None without it)."""
+        info = await self._engine("reading the engine's swarm state", "GET", "/info")
+        swarm = (info or {}).get("Swarm") or {}
+        if swarm.get("LocalNodeState") != "active":
+            return False, None
+        return True, self.engine if swarm.get("ControlAvailable") else self.manager
+
     async def _claim(self, interface: ipaddress.IPv4Interface, who: str) -> str:
         """Check ``interface`` against the engine and the reservations, create its network if
         missing, and reserve the address for the create of ``who`` (as messages name it).
-        Gives the network's name."""
+        Gives the network's name.
+
+        On a swarm the network is an attachable overlay network, so that containers on every
+        host of the swarm share the subnet; it is found and made on a manager."""
         subnet, address = interface.network, interface.ip
+        in_swarm, control = await self._swarm()
         networks = await self._engine("listing networks", "GET", "/networks")
+        ipam_name, wanted = self.ipam_name, network_name(subnet)
+        if in_swarm:
+            wanted = overlay_name(subnet)
+            if control is None:
+                raise Refuse(502, f"network {wanted} for {interface}: this engine is a swarm "
+                                  "worker, which can neither see nor make overlay networks; "
+                                  "start the network adapter with --manager ADDRESS (a "
+                                  "manager's engine)")
+            # A worker lists only the overlay networks its containers use: the manager's list
+            # has them all, and this engine's own has its local networks to stay clear of.
+            if control is not self.engine:
+                theirs = await self._engine_of(control, "listing the manager's networks",
+                                               "GET", "/networks")
+                known = {n.get("Id") for n in networks or []}
+                networks = [*(networks or []),
+                            *(n for n in theirs or [] if n.get("Id") not in known)]
+            # Remote IPAM drivers on overlay networks are Swarm's to allocate, not ours.
+            ipam_name = None
         try:
-            network = find_network(networks or [], subnet, self.ipam_name)
+            network = find_network(networks or [], subnet, ipam_name, wanted)
             gateway = network_gateway(network, subnet) if network else first_host(subnet)
             check_address(interface, gateway)
         except Conflict as exc:
             raise Refuse(409, str(exc)) from None
-        name = str(network.get("Name")) if network is not None else network_name(subnet)
+        name = str(network.get("Name")) if network is not None else wanted
         containers = None
         if network is not None:
             containers = await self._engine("listing containers", "GET", "/containers/json",
@@ -551,18 +599,23 @@ class NetworkAdapter:
             raise Refuse(409, f"{address} on network {name} is being taken by "
                               f"{claim.container}, whose create is in flight")
         if network is None:
-            await self._engine(
-                f"creating network {name} for {interface}", "POST", "/networks/create",
-                body={
-                    "Name": name,
-                    "Driver": "bridge",
-                    "CheckDuplicate": True,
-                    "IPAM": {"Driver": self.ipam_name or "default",
-                             "Config": [{"Subnet": str(subnet), "Gateway": str(gateway)}]},
-                    "Labels": {LABEL: "network"},
-                },
-            )
-            log.info("created network %s (bridge, subnet %s, gateway %s)", name, subnet, gateway)
+            body: dict[str, Any] = {
+                "Name": name,
+                "Driver": "bridge",
+                "CheckDuplicate": True,
+                "IPAM": {"Driver": ipam_name or "default",
+                         "Config": [{"Subnet": str(subnet), "Gateway": str(gateway)}]},
+                "Labels": {LABEL: "network"},
+            }
+            where = self.engine
+            if in_swarm and control is not None:
+                # Attachable: plain containers (not only services' tasks) may join it.
+                body.update(Driver="overlay", Attachable=True)
+                where = control
+            await self._engine_of(where, f"creating network {name} for {interface}", "POST",
+                                  "/networks/create", body=body)
+            log.info("created network %s (%s, subnet %s, gateway %s)", name, body["Driver"],
+                     subnet, gateway)
         self.claims[(name, str(address))] = _Claim(who, self.clock() + self.ttl)
         return name
 
@@ -847,6 +900,11 @@ def argument_parser() -> argparse.ArgumentParser:
         help="where the addresses the IPAM driver gives and the hook's containers hold are "
              "kept: etcd://HOST:PORT[,HOST:PORT...] for hosts that share subnets; default "
              "this process's memory")
+    parser.add_argument(
+        "--manager", metavar="ADDR", default=None,
+        help="a swarm manager's Docker Engine (unix:///path, tcp://HOST:PORT), reached directly: "
+             "while this engine is a swarm worker, the adapter finds and makes its overlay "
+             "networks there")
     return parser
 
 
@@ -864,8 +922,15 @@ def main(argv: list[str] | None = None) -> None:
             reservations = EtcdReservations(args.state)
         except ValueError as exc:
             parser.error(str(exc))
+    manager = None
+    if args.manager:
+        try:
+            parse_address(args.manager)
+        except AddressError as exc:
+            parser.error(str(exc))
+        manager = EngineClient(args.manager, timeout=ENGINE_TIMEOUT)
     adapter = NetworkAdapter(EngineClient(args.docker, timeout=ENGINE_TIMEOUT),
-                             ipam_name=args.plugin, reservations=reservations)
+                             ipam_name=args.plugin, reservations=reservations, manager=manager)
     adapter.app.serve(args)
 
 

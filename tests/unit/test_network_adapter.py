@@ -297,9 +297,9 @@ def test_rewrite_sees_a_mode_under_another_spelling():
 # -- the engine's networks and containers ------------------------------------------------------
 
 
-def network(name, subnet, gateway="", ident=None):
+def network(name, subnet, gateway="", ident=None, driver="bridge"):
     config = [{"Subnet": subnet, "Gateway": gateway}] if subnet else []
-    return {"Name": name, "Id": ident or f"id-{name}", "Driver": "bridge",
+    return {"Name": name, "Id": ident or f"id-{name}", "Driver": driver,
             "IPAM": {"Driver": "default", "Config": config}, "Labels": {}}
 
 
@@ -420,6 +420,7 @@ class FakeEngine:
         self.created: list[dict[str, Any]] = []
         self.failure: EngineError | None = None
         self.hold: defer.Deferred[None] | None = None
+        self.swarm: dict[str, Any] = {"LocalNodeState": "inactive"}
 
     def request(self, method, path, query=None, body=None):
         self.calls.append((method, path))
@@ -434,13 +435,16 @@ class FakeEngine:
     def _answer(self, method, path, query, body):
         if (method, path) == ("GET", "/networks"):
             return copy.deepcopy(self.networks)
+        if (method, path) == ("GET", "/info"):
+            return {"Swarm": copy.deepcopy(self.swarm)}
         if (method, path) == ("GET", "/containers/json"):
             assert query == {"all": "1"}
             return copy.deepcopy(self.containers)
         if (method, path) == ("POST", "/networks/create"):
             self.created.append(body)
             ipam = body["IPAM"]["Config"][0]
-            self.networks.append(network(body["Name"], ipam["Subnet"], ipam["Gateway"]))
+            self.networks.append(network(body["Name"], ipam["Subnet"], ipam["Gateway"],
+                                         driver=body["Driver"]))
             return {"Id": f"id-{body['Name']}", "Warning": ""}
         if method == "GET" and path.startswith("/containers/") and path.endswith("/json"):
             ident = path.split("/")[2]
@@ -586,7 +590,7 @@ def test_concurrent_creates_for_one_address_are_serialised():
     first = pre(adapter, create_call(CLI_BODY, "one"))
     second = pre(adapter, create_call(CLI_BODY, "two"))
     # The second waits for the lock: it has not even listed the networks.
-    assert engine.calls == [("GET", "/networks")]
+    assert engine.calls == [("GET", "/info"), ("GET", "/networks")]
     hold.callback(None)
     status, _ = fired(first)
     assert status == 200
@@ -621,7 +625,8 @@ def test_an_unreachable_engine_is_502_naming_the_step():
     adapter, engine = make()
     engine.failure = EngineError(502, "Docker Engine at unix:///x.sock unreachable: refused")
     message = refused(adapter, create_call(CLI_BODY), 502)
-    assert message == "listing networks: Docker Engine at unix:///x.sock unreachable: refused"
+    assert message == (
+        "reading the engine's swarm state: Docker Engine at unix:///x.sock unreachable: refused")
 
 
 def test_the_lock_is_released_when_a_create_fails():
@@ -712,3 +717,65 @@ def test_a_bad_docker_address_is_a_usage_error(capsys):
         net.main(["--listen", "127.0.0.1:0", "--docker", "unix://relative"])
     assert caught.value.code == 2
     assert "absolute path" in capsys.readouterr().err
+
+
+# -- on a swarm ---------------------------------------------------------------------------------
+
+OVERLAY = "weave-10-2-1-0-24"
+
+
+def test_overlay_names_are_dns_labels():
+    assert net.overlay_name(IFACE.network) == OVERLAY
+    assert net.overlay_name(ipaddress.IPv4Network("192.168.0.0/16")) == "weave-192-168-0-0-16"
+
+
+def test_on_a_manager_the_network_is_an_attachable_overlay_network():
+    adapter, engine = make()
+    engine.swarm = {"LocalNodeState": "active", "ControlAvailable": True}
+    answer = accepted(adapter, create_call(CLI_BODY))
+    assert json.loads(answer.body) == net.rewrite_create(CLI_BODY, IFACE, OVERLAY)
+    [body] = engine.created
+    assert body["Name"] == OVERLAY
+    assert body["Driver"] == "overlay" and body["Attachable"] is True
+    assert body["IPAM"]["Config"] == [{"Subnet": "10.2.1.0/24", "Gateway": "10.2.1.1"}]
+
+
+def test_a_worker_finds_the_network_on_the_manager_without_making_it_again():
+    manager = FakeEngine()
+    manager.networks = [BRIDGE, network(OVERLAY, "10.2.1.0/24", "10.2.1.1", driver="overlay")]
+    worker = FakeEngine()
+    worker.swarm = {"LocalNodeState": "active", "ControlAvailable": False}
+    adapter = net.NetworkAdapter(worker, clock=Clock(), ttl=10.0, manager=manager)
+    answer = accepted(adapter, create_call(CLI_BODY))
+    assert json.loads(answer.body) == net.rewrite_create(CLI_BODY, IFACE, OVERLAY)
+    assert worker.created == [] and manager.created == []
+    # The address is still checked against the containers of this host.
+    assert ("GET", "/containers/json") in worker.calls
+
+
+def test_a_worker_makes_a_missing_network_on_the_manager():
+    manager = FakeEngine()
+    worker = FakeEngine()
+    worker.swarm = {"LocalNodeState": "active", "ControlAvailable": False}
+    adapter = net.NetworkAdapter(worker, clock=Clock(), ttl=10.0, manager=manager)
+    accepted(adapter, create_call(CLI_BODY))
+    assert worker.created == []
+    [body] = manager.created
+    assert body["Name"] == OVERLAY and body["Driver"] == "overlay"
+
+
+def test_a_worker_without_a_manager_refuses_and_says_what_to_do():
+    adapter, engine = make()
+    engine.swarm = {"LocalNodeState": "active", "ControlAvailable": False}
+    message = refused(adapter, create_call(CLI_BODY), 502)
+    assert "swarm worker" in message and "--manager" in message
+    assert engine.created == []
+
+
+def test_a_local_bridge_on_the_subnet_conflicts_with_the_overlay_network():
+    adapter, engine = make()
+    engine.networks = [BRIDGE, network(NAME, "10.2.1.0/24", "10.2.1.1")]
+    engine.swarm = {"LocalNodeState": "active", "ControlAvailable": True}
+    message = refused(adapter, create_call(CLI_BODY))
+    assert NAME in message and "overlaps" in message
+    assert engine.created == []
