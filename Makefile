@@ -8,7 +8,8 @@ run:
 test:
 	scripts/test
 
-# Two throwaway engines as two hosts: a container's data and address follow it from A to B.
+# Hosts sharing only a network, a swarm, compose and etcd: data and addresses follow their
+# containers from host A to host B (powerstrip demo --local: the one-machine story).
 demo:
 	scripts/bootstrap && .venv/bin/python -m powerstrip demo
 

@@ -1,4 +1,8 @@
-"""``powerstrip demo``: a container and its data moving between two hosts, end to end.
+"""``powerstrip demo --local``: a container and its data moving between two engines on one machine.
+
+``powerstrip demo`` without ``--local`` runs the story at cluster size (``powerstrip_dev.cluster``):
+hosts that share only a network, Swarm and Compose, state in etcd. The local story is the short
+one, with nothing but two engines:
 
 Two throwaway Docker Engines play host A and host B, each with its own Powerstrip and its own
 example adapters (volumes and network, with debug and policy in the chain); the volumes adapters
@@ -190,7 +194,14 @@ def main(argv: Sequence[str] | None = None) -> int:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--keep", action="store_true",
                         help="keep the working directory (logs, state) afterwards")
+    parser.add_argument("--local", action="store_true",
+                        help="the one-machine story: two engines sharing a state file, no "
+                             "network between them (without it: the cluster story)")
     args = parser.parse_args(argv)
+    if not args.local:
+        from powerstrip_dev import cluster
+
+        return cluster.main(["--keep"] if args.keep else [])
 
     engine.ensure_packages()
     # Short: the engines' unix sockets live under it.

@@ -107,9 +107,11 @@ def test_run_command_starts_a_throwaway_engine_when_no_daemon_answers() -> None:
 
 
 @pytest.mark.timeout(300)
-def test_demo_tells_the_story_end_to_end() -> None:
-    """``powerstrip demo``: two engines, the data and the address follow the container."""
-    result = subprocess.run([sys.executable, "-m", "powerstrip", "demo"], capture_output=True,
+def test_local_demo_tells_the_story_end_to_end() -> None:
+    """``powerstrip demo --local``: two engines, the data and the address follow the
+    container. (The cluster story is tests/e2e/test_cluster_demo.py.)"""
+    result = subprocess.run([sys.executable, "-m", "powerstrip", "demo", "--local"],
+                            capture_output=True,
                             text=True, timeout=280, cwd=REPO)
     output = result.stdout + result.stderr
     assert result.returncode == 0, output
