@@ -46,6 +46,7 @@ import ipaddress
 import json
 import logging
 import re
+import sqlite3
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -64,6 +65,8 @@ __all__ = [
     "BadCidr",
     "Conflict",
     "EtcdReservations",
+    "SqliteReservations",
+    "open_reservations",
     "IpamDriver",
     "NetworkAdapter",
     "argument_parser",
@@ -726,6 +729,61 @@ class Reservations:
         return {address for (net, address) in self.entries if net == subnet}
 
 
+class SqliteReservations(Reservations):
+    """``Reservations`` in one SQLite file (``--state sqlite:PATH``), for adapters on hosts
+    that share a file system, or one adapter that keeps its reservations across restarts. Each
+    take is one ``BEGIN IMMEDIATE`` transaction, so two processes never take one address."""
+
+    def __init__(self, path: str) -> None:
+        super().__init__()
+        self.path = path
+        # Autocommit: transactions are begun explicitly, IMMEDIATE, as in the volumes adapter.
+        self.db = sqlite3.connect(path, timeout=10.0, isolation_level=None)
+        self.db.execute("CREATE TABLE IF NOT EXISTS addresses (subnet TEXT NOT NULL, "
+                        "address TEXT NOT NULL, kind TEXT NOT NULL, who TEXT NOT NULL, "
+                        "PRIMARY KEY (subnet, address))")
+
+    async def get(self, subnet: str, address: str) -> tuple[str, str] | None:
+        row = self.db.execute("SELECT kind, who FROM addresses WHERE subnet = ? AND address = ?",
+                              (subnet, address)).fetchone()
+        return None if row is None else (row[0], row[1])
+
+    async def take(self, subnet: str, address: str, kind: str, who: str) -> bool:
+        self.db.execute("BEGIN IMMEDIATE")
+        try:
+            row = self.db.execute("SELECT kind FROM addresses WHERE subnet = ? AND address = ?",
+                                  (subnet, address)).fetchone()
+            taken = row is None or (row[0] == "held" and kind == "given")
+            if taken:
+                self.db.execute("INSERT OR REPLACE INTO addresses VALUES (?, ?, ?, ?)",
+                                (subnet, address, kind, who))
+        except BaseException:
+            self.db.execute("ROLLBACK")
+            raise
+        self.db.execute("COMMIT")
+        return taken
+
+    async def drop(self, subnet: str, address: str) -> None:
+        self.db.execute("DELETE FROM addresses WHERE subnet = ? AND address = ?",
+                        (subnet, address))
+
+    async def used(self, subnet: str) -> set[str]:
+        return {row[0] for row in self.db.execute(
+            "SELECT address FROM addresses WHERE subnet = ?", (subnet,))}
+
+
+def open_reservations(where: str | None) -> Reservations:
+    """The reservations ``--state`` names: ``etcd://HOST:PORT[,...]``, ``sqlite:PATH``, or
+    this process's memory (None). ``ValueError`` for anything else."""
+    if where is None:
+        return Reservations()
+    if where.startswith("etcd://"):
+        return EtcdReservations(where)
+    if where.startswith("sqlite:") and where != "sqlite:":
+        return SqliteReservations(where.removeprefix("sqlite:"))
+    raise ValueError(f"--state {where!r}: give etcd://HOST:PORT[,HOST:PORT...] or sqlite:PATH")
+
+
 class EtcdReservations(Reservations):
     """``Reservations`` in etcd (``--state etcd://HOST:PORT[,...]``): keys
     ``/powerstrip/network/addresses/SUBNET/ADDRESS`` holding ``{"kind", "who"}``, each taken
@@ -898,8 +956,8 @@ def argument_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--state", metavar="STORE", default=None,
         help="where the addresses the IPAM driver gives and the hook's containers hold are "
-             "kept: etcd://HOST:PORT[,HOST:PORT...] for hosts that share subnets; default "
-             "this process's memory")
+             "kept: etcd://HOST:PORT[,HOST:PORT...] for hosts that share subnets, sqlite:PATH "
+             "for one file; default this process's memory")
     parser.add_argument(
         "--manager", metavar="ADDR", default=None,
         help="a swarm manager's Docker Engine (unix:///path, tcp://HOST:PORT), reached directly: "
@@ -916,12 +974,10 @@ def main(argv: list[str] | None = None) -> None:
         parse_address(args.docker)
     except AddressError as exc:
         parser.error(str(exc))
-    reservations = None
-    if args.state:
-        try:
-            reservations = EtcdReservations(args.state)
-        except ValueError as exc:
-            parser.error(str(exc))
+    try:
+        reservations = open_reservations(args.state)
+    except (ValueError, OSError) as exc:
+        parser.error(str(exc))
     manager = None
     if args.manager:
         try:

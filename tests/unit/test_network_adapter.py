@@ -779,3 +779,42 @@ def test_a_local_bridge_on_the_subnet_conflicts_with_the_overlay_network():
     message = refused(adapter, create_call(CLI_BODY))
     assert NAME in message and "overlaps" in message
     assert engine.created == []
+
+
+# -- where reservations are kept ----------------------------------------------------------------
+
+
+@pytest.mark.parametrize("kind", ["memory", "sqlite"])
+def test_reservations_take_once_and_let_a_hold_become_given(kind, tmp_path):
+    store = (net.Reservations() if kind == "memory"
+             else net.open_reservations(f"sqlite:{tmp_path / 'addresses.db'}"))
+    subnet = "10.2.1.0/24"
+    assert fired(defer.ensureDeferred(store.take(subnet, "10.2.1.5", "held", "c1"))) is True
+    assert fired(defer.ensureDeferred(store.take(subnet, "10.2.1.5", "held", "c2"))) is False
+    assert fired(defer.ensureDeferred(store.get(subnet, "10.2.1.5"))) == ("held", "c1")
+    # The holder's own endpoint is given the address it holds.
+    assert fired(defer.ensureDeferred(store.take(subnet, "10.2.1.5", "given", "ep"))) is True
+    assert fired(defer.ensureDeferred(store.take(subnet, "10.2.1.5", "given", "ep2"))) is False
+    assert fired(defer.ensureDeferred(store.used(subnet))) == {"10.2.1.5"}
+    fired(defer.ensureDeferred(store.drop(subnet, "10.2.1.5")))
+    assert fired(defer.ensureDeferred(store.get(subnet, "10.2.1.5"))) is None
+
+
+def test_two_processes_sharing_a_sqlite_file_never_take_one_address_twice(tmp_path):
+    path = f"sqlite:{tmp_path / 'addresses.db'}"
+    one, two = net.open_reservations(path), net.open_reservations(path)
+    assert fired(defer.ensureDeferred(one.take("10.2.1.0/24", "10.2.1.9", "given", "a")))
+    assert not fired(defer.ensureDeferred(two.take("10.2.1.0/24", "10.2.1.9", "given", "b")))
+    assert fired(defer.ensureDeferred(two.get("10.2.1.0/24", "10.2.1.9"))) == ("given", "a")
+
+
+@pytest.mark.parametrize("where", ["sqlite:", "/tmp/x.db", "redis://h:1", "file:x"])
+def test_a_state_that_names_no_store_is_refused(where):
+    with pytest.raises(ValueError, match="etcd://"):
+        net.open_reservations(where)
+
+
+def test_state_names_each_store():
+    assert type(net.open_reservations(None)) is net.Reservations
+    assert isinstance(net.open_reservations("etcd://127.0.0.1:2379,127.0.0.2:2379"),
+                      net.EtcdReservations)
