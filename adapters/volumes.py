@@ -45,6 +45,7 @@ from powerstrip.proxy.addresses import AddressError, parse_address
 
 __all__ = [
     "BadBind",
+    "BeingCreated",
     "Dataset",
     "MoveInProgress",
     "OwnerChanged",
@@ -87,6 +88,10 @@ TRANSFER_TIMEOUT = 900.0
 #: How long a move holds a dataset against other hosts. Renewed between download and upload; a
 #: lease left by a crashed adapter expires after this, or is taken over by the same host.
 LEASE_SECONDS = 1000.0
+#: How long a new dataset's record says its volume is being made, so that other hosts asking
+#: meanwhile are refused instead of moving what is not there yet. Lifted as soon as the volume
+#: exists; the limit only matters when the creating adapter dies mid-create.
+CREATE_SECONDS = 30
 #: Times a request re-reads ownership that changed under it before giving up.
 ATTEMPTS = 3
 
@@ -227,9 +232,12 @@ CREATE TABLE IF NOT EXISTS datasets (
     moved REAL,
     moving_to TEXT,
     lease TEXT,
-    lease_until REAL
+    lease_until REAL,
+    creating_until REAL
 );
 """
+#: Columns added since the first state files, with their types: added to an older file on open.
+_ADDED_COLUMNS = {"datasets": {"creating_until": "REAL"}}
 
 
 class OwnerChanged(Exception):  # noqa: N818 - a condition, read as such
@@ -244,20 +252,35 @@ class MoveInProgress(Exception):  # noqa: N818
         self.to = to
 
 
+class BeingCreated(Exception):  # noqa: N818
+    """The dataset's owner, ``host``, is still making its volume: there is nothing to move."""
+
+    def __init__(self, name: str, host: str) -> None:
+        super().__init__(f"dataset {name} is being created on host {host} at this moment")
+        self.host = host
+
+
 @dataclass(frozen=True)
 class Dataset:
-    """A dataset's record: the host that owns it and, during a move, where it is going."""
+    """A dataset's record: the host that owns it, during a move where it is going, and while
+    its owner makes its volume, until when that may take."""
 
     name: str
     host: str
     moving_to: str | None = None
     lease_until: float | None = None
+    creating_until: float | None = None
 
     def moving(self, now: float) -> str | None:
         """The host a move under way is taking the dataset to, None if none is."""
         if self.moving_to is not None and self.lease_until is not None and self.lease_until > now:
             return self.moving_to
         return None
+
+    def creating(self, now: float) -> bool:
+        """Whether its owner is making its volume at ``now`` (so far, the dataset is not there
+        to be moved)."""
+        return self.creating_until is not None and self.creating_until > now
 
 
 class State:
@@ -276,6 +299,17 @@ class State:
         self.db = sqlite3.connect(self.path, timeout=10.0, isolation_level=None)
         self.db.row_factory = sqlite3.Row
         self.db.executescript(_SCHEMA)
+        self._migrate()
+
+    def _migrate(self) -> None:
+        """Add the columns a file made by an older adapter lacks. In one transaction, so that
+        adapters opening the same old file at once add each column once."""
+        with self._transaction() as db:
+            for table, columns in _ADDED_COLUMNS.items():
+                have = {row["name"] for row in db.execute(f"PRAGMA table_info({table})")}
+                for column, kind in columns.items():
+                    if column not in have:
+                        db.execute(f"ALTER TABLE {table} ADD COLUMN {column} {kind}")
 
     def close(self) -> None:
         """Close the file."""
@@ -319,7 +353,8 @@ class State:
 
     @staticmethod
     def _dataset(row: sqlite3.Row) -> Dataset:
-        return Dataset(row["name"], row["host"], row["moving_to"], row["lease_until"])
+        return Dataset(row["name"], row["host"], row["moving_to"], row["lease_until"],
+                       row["creating_until"])
 
     def dataset(self, name: str) -> Dataset | None:
         """The record of dataset ``name``, None if no host has it."""
@@ -331,17 +366,27 @@ class State:
         rows = self.db.execute("SELECT * FROM datasets ORDER BY name")
         return [self._dataset(row) for row in rows]
 
-    def claim(self, name: str, host: str) -> tuple[Dataset, bool]:
+    def claim(self, name: str, host: str, creating: bool = False) -> tuple[Dataset, bool]:
         """Make ``host`` the owner of dataset ``name`` if no host owns it yet. Gives the record
-        as it then stands and whether this call created it."""
+        as it then stands and whether this call created it. With ``creating``, a record this
+        call creates also says, until ``finish_create`` or for ``CREATE_SECONDS``, that
+        ``host`` is making the dataset's volume (``Dataset.creating``)."""
+        now = self.clock()
         with self._transaction() as db:
             cursor = db.execute(
-                "INSERT INTO datasets (name, host, created) VALUES (?, ?, ?) "
+                "INSERT INTO datasets (name, host, created, creating_until) VALUES (?, ?, ?, ?) "
                 "ON CONFLICT (name) DO NOTHING",
-                (name, host, self.clock()),
+                (name, host, now, now + CREATE_SECONDS if creating else None),
             )
             row = db.execute("SELECT * FROM datasets WHERE name = ?", (name,)).fetchone()
         return self._dataset(row), cursor.rowcount == 1
+
+    def finish_create(self, name: str, host: str) -> None:
+        """Record that dataset ``name``'s volume now exists on ``host``, its owner: other hosts
+        may move it from now on."""
+        with self._transaction() as db:
+            db.execute("UPDATE datasets SET creating_until = NULL WHERE name = ? AND host = ?",
+                       (name, host))
 
     def release(self, name: str, host: str) -> bool:
         """Forget dataset ``name`` if ``host`` owns it and no move holds it (undoing a claim
@@ -356,15 +401,18 @@ class State:
 
     def begin_move(self, name: str, owner: str, to: str) -> str:
         """Hold dataset ``name``, owned by ``owner``, for a move to ``to``; gives the lease's
-        token. ``OwnerChanged`` if ``owner`` no longer owns it; ``MoveInProgress`` if another
-        host holds it. A lease held for ``to`` itself is stale (one adapter runs per host and
-        it serialises its own moves), so it is taken over."""
+        token. ``OwnerChanged`` if ``owner`` no longer owns it; ``BeingCreated`` while its
+        owner is still making its volume; ``MoveInProgress`` if another host holds it. A lease
+        held for ``to`` itself is stale (one adapter runs per host and it serialises its own
+        moves), so it is taken over."""
         token = uuid.uuid4().hex
         now = self.clock()
         with self._transaction() as db:
             row = db.execute("SELECT * FROM datasets WHERE name = ?", (name,)).fetchone()
             if row is None or row["host"] != owner:
                 raise OwnerChanged(name)
+            if self._dataset(row).creating(now):
+                raise BeingCreated(name, owner)
             moving = self._dataset(row).moving(now)
             if moving is not None and moving != to:
                 raise MoveInProgress(name, moving)
@@ -411,19 +459,24 @@ class EtcdState:
     releases the dataset after ``lease_seconds`` without anyone cleaning up after it.
 
     Keys, under ``/powerstrip/volumes/``: ``hosts/NAME`` (the engine address),
-    ``datasets/NAME`` (``{"host": ...}``) and ``moves/NAME`` (``{"to", "token"}``, on the
-    lease). A store that does not answer raises ``StoreUnavailable`` naming it.
+    ``datasets/NAME`` (``{"host": ...}``), ``moves/NAME`` (``{"to", "token"}``, on the
+    move's lease) and, while a new dataset's volume is being made, ``creating/NAME``
+    (``{"host": ...}``, put with the dataset's record, on a lease of ``create_seconds`` so that
+    a host that dies mid-create holds off the others only that long). A store that does not
+    answer raises ``StoreUnavailable`` naming it.
     """
 
     PREFIX = "/powerstrip/volumes/"
 
     def __init__(self, url: str, lease_seconds: int = int(LEASE_SECONDS),
-                 clock: Callable[[], float] = time.time) -> None:
+                 clock: Callable[[], float] = time.time,
+                 create_seconds: int = CREATE_SECONDS) -> None:
         from powerstrip.kit.etcd import Etcd
 
         self.url = url
         self.etcd = Etcd(url)
         self.lease_seconds = lease_seconds
+        self.create_seconds = create_seconds
         self.clock = clock
         self._leases: dict[str, int] = {}
 
@@ -447,62 +500,106 @@ class EtcdState:
         start = len(self._key("hosts", ""))
         return {e.key[start:]: e.value for e in await self.etcd.prefix(self._key("hosts", ""))}
 
-    async def _read(self, name: str) -> tuple[Any, Any]:
+    async def _read(self, name: str) -> tuple[Any, Any, Any]:
+        # The record first: its creating key is put with it, so a record read, then no creating
+        # key, is of a dataset whose volume was made (or whose maker died making it).
         dataset = await self.etcd.get(self._key("datasets", name))
         move = await self.etcd.get(self._key("moves", name))
-        return dataset, move
+        creating = await self.etcd.get(self._key("creating", name))
+        return dataset, move, creating
 
     @staticmethod
-    def _record(name: str, dataset: Any, move: Any) -> Dataset:
+    def _record(name: str, dataset: Any, move: Any, creating: Any = None) -> Dataset:
         host = json.loads(dataset.value)["host"]
+        # etcd expires the leases; while a key exists, what it says holds.
+        until = (math.inf if creating is not None and json.loads(creating.value)["host"] == host
+                 else None)
         if move is None:
-            return Dataset(name, host)
-        # etcd expires the lease; while the key exists the move holds.
-        return Dataset(name, host, json.loads(move.value)["to"], math.inf)
+            return Dataset(name, host, creating_until=until)
+        return Dataset(name, host, json.loads(move.value)["to"], math.inf, until)
 
     async def dataset(self, name: str) -> Dataset | None:
         """As ``State.dataset``."""
-        dataset, move = await self._read(name)
-        return None if dataset is None else self._record(name, dataset, move)
+        dataset, move, creating = await self._read(name)
+        return None if dataset is None else self._record(name, dataset, move, creating)
 
     async def datasets(self) -> list[Dataset]:
         """As ``State.datasets``."""
         start = len(self._key("datasets", ""))
-        moves = {e.key[len(self._key("moves", "")):]: e
-                 for e in await self.etcd.prefix(self._key("moves", ""))}
-        return [self._record(e.key[start:], e, moves.get(e.key[start:]))
-                for e in await self.etcd.prefix(self._key("datasets", ""))]
+        found = await self.etcd.prefix(self._key("datasets", ""))
+        moves = await self._by_name("moves")
+        creating = await self._by_name("creating")
+        return [self._record(e.key[start:], e, moves.get(e.key[start:]),
+                             creating.get(e.key[start:])) for e in found]
 
-    async def claim(self, name: str, host: str) -> tuple[Dataset, bool]:
-        """As ``State.claim``: the first host to claim a dataset nobody has, wins."""
+    async def _by_name(self, kind: str) -> dict[str, Any]:
+        start = len(self._key(kind, ""))
+        return {e.key[start:]: e for e in await self.etcd.prefix(self._key(kind, ""))}
+
+    async def claim(self, name: str, host: str, creating: bool = False) -> tuple[Dataset, bool]:
+        """As ``State.claim``: the first host to claim a dataset nobody has, wins. With
+        ``creating``, the creating key is put in the same transaction, on a lease of
+        ``create_seconds``."""
         from powerstrip.kit import etcd
 
-        key = self._key("datasets", name)
-        won = await self.etcd.txn([etcd.created(key, 0)],
-                                  [etcd.put(key, json.dumps({"host": host}))])
         record = await self.dataset(name)
-        assert record is not None
+        if record is not None:
+            return record, False  # no lease granted for the usual case, a dataset that exists
+        key = self._key("datasets", name)
+        value = json.dumps({"host": host})
+        lease = await self.etcd.grant(self.create_seconds) if creating else 0
+        puts = [etcd.put(key, value)]
+        if creating:
+            puts.append(etcd.put(self._key("creating", name), value, lease))
+        try:
+            won = await self.etcd.txn([etcd.created(key, 0)], puts)
+        except BaseException:
+            await self._revoke(lease)
+            raise
+        if not won:
+            await self._revoke(lease)
+        record = await self.dataset(name)
+        if record is None:
+            # Released between the transaction and the read: as if claimed and gone at once.
+            raise OwnerChanged(name)
         return record, won
 
-    async def release(self, name: str, host: str) -> bool:
-        """As ``State.release``: only its owner's, and not while a move holds it."""
+    async def finish_create(self, name: str, host: str) -> None:
+        """As ``State.finish_create``: the creating key is deleted and its lease revoked."""
         from powerstrip.kit import etcd
 
-        dataset, move = await self._read(name)
+        creating = await self.etcd.get(self._key("creating", name))
+        if creating is None or json.loads(creating.value)["host"] != host:
+            return
+        await self.etcd.txn([etcd.modified(creating.key, creating.mod_revision)],
+                            [etcd.delete(creating.key)])
+        await self._revoke(creating.lease)
+
+    async def release(self, name: str, host: str) -> bool:
+        """As ``State.release``: only its owner's, and not while a move holds it; a creating
+        key goes with the record."""
+        from powerstrip.kit import etcd
+
+        dataset, move, creating = await self._read(name)
         if dataset is None or move is not None or json.loads(dataset.value)["host"] != host:
             return False
-        return await self.etcd.txn(
+        done = await self.etcd.txn(
             [etcd.modified(dataset.key, dataset.mod_revision),
              etcd.created(self._key("moves", name), 0)],
-            [etcd.delete(dataset.key)])
+            [etcd.delete(dataset.key), etcd.delete(self._key("creating", name))])
+        if done and creating is not None:
+            await self._revoke(creating.lease)
+        return done
 
     async def begin_move(self, name: str, owner: str, to: str) -> str:
         """As ``State.begin_move``, the lease an etcd lease of ``lease_seconds``."""
         from powerstrip.kit import etcd
 
-        dataset, move = await self._read(name)
+        dataset, move, creating = await self._read(name)
         if dataset is None or json.loads(dataset.value)["host"] != owner:
             raise OwnerChanged(name)
+        if self._record(name, dataset, move, creating).creating(self.clock()):
+            raise BeingCreated(name, owner)
         if move is not None and json.loads(move.value)["to"] != to:
             raise MoveInProgress(name, json.loads(move.value)["to"])
         lease = await self.etcd.grant(self.lease_seconds)
@@ -532,7 +629,7 @@ class EtcdState:
         """As ``State.finish_move``."""
         from powerstrip.kit import etcd
 
-        dataset, move = await self._read(name)
+        dataset, move, _ = await self._read(name)
         if (dataset is None or move is None or json.loads(move.value)["token"] != token
                 or json.loads(dataset.value)["host"] != owner):
             return False
@@ -561,6 +658,10 @@ class EtcdState:
             await self.etcd.revoke(lease)
         except Exception as exc:  # noqa: BLE001 - it expires by itself
             log.warning("etcd lease %x not revoked (it expires by itself): %s", lease, exc)
+
+
+def _being_created(exc: BeingCreated) -> str:
+    return f"{exc}; try again once it is made"
 
 
 async def _settled(value: Any) -> Any:
@@ -660,14 +761,20 @@ class Volumes:
 
     async def _ensure(self, name: str) -> None:
         for _ in range(ATTEMPTS):
-            record, created = await _settled(self.state.claim(name, self.host_name))
+            try:
+                record, created = await _settled(
+                    self.state.claim(name, self.host_name, creating=True))
+            except OwnerChanged:
+                continue  # claimed and released by another host meanwhile: look again
             if record.host == self.host_name:
                 moving = record.moving(self.state.clock())
                 if moving is not None and moving != self.host_name:
                     raise Refuse(409, f"dataset {name} is being moved to host {moving}; "
                                       "try again once the move is done")
-                await self._create_here(name, created)
+                await self._create_here(record, created)
                 return
+            if record.creating(self.state.clock()):
+                raise Refuse(409, _being_created(BeingCreated(name, record.host)))
             try:
                 await self._move(record)
                 return
@@ -675,7 +782,8 @@ class Volumes:
                 continue  # moved by someone else meanwhile: look again
         raise Refuse(409, f"dataset {name} kept changing hosts; try again")
 
-    async def _create_here(self, name: str, claimed: bool) -> None:
+    async def _create_here(self, record: Dataset, claimed: bool) -> None:
+        name = record.name
         here = self._host(self.host_name, self.docker)
         try:
             # Creating a volume that exists is a no-op that answers it, so no look first.
@@ -685,6 +793,10 @@ class Volumes:
                 # No volume, so no dataset: another host asking for it must not try to move it.
                 await _settled(self.state.release(name, self.host_name))
             raise
+        if record.creating_until is not None:
+            # Ours: just claimed, or left by this host's adapter dying mid-create. The volume
+            # exists now, so other hosts may move it.
+            await _settled(self.state.finish_create(name, self.host_name))
         if claimed:
             log.info("dataset %s: created on host %s", name, self.host_name)
 
@@ -702,6 +814,8 @@ class Volumes:
             token = await _settled(self.state.begin_move(name, record.host, self.host_name))
         except MoveInProgress as exc:
             raise Refuse(409, f"{exc}; try again once the move is done") from None
+        except BeingCreated as exc:
+            raise Refuse(409, _being_created(exc)) from None
         started = time.monotonic()
         finished = False
         try:

@@ -1,34 +1,155 @@
 """Scenarios of the volumes adapter's etcd state, run in a process of their own (each needs a
 running reactor for treq): ``python etcd_scenarios.py SCENARIO ETCD_URL``; prints one JSON
-result on stdout."""
+result on stdout. The adapters' engines are fakes (``Engine``); etcd is real."""
 
 from __future__ import annotations
 
 import json
 import sys
+import uuid
+from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
-from twisted.internet import defer, task
+from twisted.internet import defer, reactor, task
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "adapters"))
 
 import network  # noqa: E402 - the example adapters, by their paths
 import volumes  # noqa: E402
 
+from powerstrip.kit.engine_api import EngineError  # noqa: E402
+
 
 def _async(coroutine: Any) -> defer.Deferred:
     return defer.ensureDeferred(coroutine)
 
 
+def _sleep(seconds: float) -> defer.Deferred:
+    return task.deferLater(reactor, seconds, lambda: None)
+
+
+def _unique(prefix: str) -> str:
+    # One etcd serves a whole test module: each scenario's datasets are its own.
+    return f"{prefix}-{uuid.uuid4().hex[:8]}"
+
+
+class Engine:
+    """Enough of a Docker Engine for the volumes adapter to make and move datasets: volumes
+    (their content as bytes), transfer containers and their archives, no other containers.
+    Every call is noted in ``calls``; volume creates take ``create_delay`` seconds, and
+    ``before_download``, when set, is awaited before an archive is read."""
+
+    def __init__(self, address: str, create_delay: float = 0.0) -> None:
+        self.address = address
+        self.create_delay = create_delay
+        self.volumes: dict[str, bytes] = {}
+        self.mounts: dict[str, str] = {}  # transfer container -> its volume
+        self.calls: list[str] = []
+        self.before_download: Callable[[], Awaitable[None]] | None = None
+
+    def request(self, method: str, path: str, query: Any = None, body: Any = None,
+                data: Any = None, content_type: str = "application/x-tar") -> defer.Deferred:
+        return _async(self._request(method, path, body, data))
+
+    async def _request(self, method: str, path: str, body: Any, data: Any) -> Any:
+        self.calls.append(f"{method} {path}")
+        kind, what = path.strip("/").split("/")[:2]
+        if (kind, what) == ("volumes", "create"):
+            await _sleep(self.create_delay)
+            self.volumes.setdefault(body["Name"], b"")
+            return {"Name": body["Name"]}
+        if kind == "volumes":
+            if what not in self.volumes:
+                raise EngineError(404, f"get {what}: no such volume")
+            if method == "DELETE":
+                del self.volumes[what]
+                return None
+            return {"Name": what}
+        if (kind, what) == ("containers", "json"):
+            return []
+        if (kind, what) == ("containers", "create"):
+            container = uuid.uuid4().hex
+            self.mounts[container] = body["HostConfig"]["Mounts"][0]["Source"]
+            return {"Id": container}
+        if method == "DELETE":
+            self.mounts.pop(what, None)
+            return None
+        if method == "PUT":
+            self.volumes[self.mounts[what]] += data.read()
+            return None
+        raise AssertionError(f"unexpected call {method} {path}")
+
+    def download(self, path: str, sink: IO[bytes], query: Any = None) -> defer.Deferred:
+        async def read() -> int:
+            self.calls.append(f"GET {path}")
+            if self.before_download is not None:
+                await self.before_download()
+            content = self.volumes[self.mounts[path.split("/")[2]]]
+            sink.write(content)
+            return len(content)
+
+        return _async(read())
+
+
+def _hosts(url: str, names: str, create_delay: float = 0.0
+           ) -> tuple[dict[str, Engine], dict[str, Any]]:
+    """A fake engine and a volumes adapter (with a store client of its own) per host."""
+    engines = {name: Engine(f"unix:///run/{name}.sock", create_delay) for name in names}
+    by_address = {engine.address: engine for engine in engines.values()}
+    adapters = {name: volumes.Volumes(volumes.EtcdState(url), name, engine.address,
+                                      connect=lambda address, timeout: by_address[address])
+                for name, engine in engines.items()}
+    return engines, adapters
+
+
+async def _outcome(call: Awaitable[None]) -> list[Any]:
+    """What a client would see: ``[200, ""]``, or the refusal's status and message."""
+    try:
+        await call
+    except volumes.Refuse as refusal:
+        return [refusal.status, refusal.message]
+    return [200, ""]
+
+
 async def race(url: str) -> dict[str, Any]:
-    """Two hosts claim one dataset at the same moment: one wins."""
-    a, b = volumes.EtcdState(url), volumes.EtcdState(url)
-    results = await defer.gatherResults([_async(a.claim("shared", "A")),
-                                         _async(b.claim("shared", "B"))])
-    record = await a.dataset("shared")
-    return {"won": [created for _, created in results], "owner": record.host,
-            "seen": [r.host for r, _ in results]}
+    """Two hosts' adapters make one new dataset at the same moment: one makes it; the other is
+    refused (409) while the volume is being made, then moves the dataset when it asks again."""
+    name = _unique("shared")
+    engines, adapters = _hosts(url, "AB", create_delay=0.5)
+    asked = [_async(_outcome(adapters[host].ensure(name))) for host in "AB"]
+    await _sleep(0.25)  # both claimed; the winner's volume is still being made
+    store = adapters["A"].state
+    during = await store.etcd.get(store._key("creating", name))
+    outcomes = dict(zip("AB", await defer.gatherResults(asked), strict=True))
+    owner = (await store.dataset(name)).host
+    after = await store.etcd.get(store._key("creating", name))
+    loser = "B" if owner == "A" else "A"
+    engines[owner].volumes[volumes.volume_name(name)] = b"made on " + owner.encode()
+    again = await _outcome(adapters[loser].ensure(name))
+    return {"name": name, "outcomes": outcomes, "owner": owner,
+            "during": None if during is None else {"host": json.loads(during.value)["host"],
+                                                   "leased": during.lease != 0},
+            "after": after is not None, "again": again,
+            "moved to": (await store.dataset(name)).host,
+            "content": engines[loser].volumes.get(volumes.volume_name(name), b"").decode()}
+
+
+async def abandoned(url: str) -> dict[str, Any]:
+    """Host A dies while making a dataset's volume (after making it): other hosts are refused
+    until its creating lease expires, then move the dataset as usual."""
+    name = _unique("abandoned")
+    engines, adapters = _hosts(url, "AB")
+    await adapters["A"].ready()
+    dying = volumes.EtcdState(url, create_seconds=2)
+    await dying.claim(name, "A", creating=True)
+    engines["A"].volumes[volumes.volume_name(name)] = b"made before dying"
+    during = await _outcome(adapters["B"].ensure(name))
+    await _sleep(4.0)
+    after = await _outcome(adapters["B"].ensure(name))
+    return {"name": name, "during": during, "after": after,
+            "owner": (await dying.dataset(name)).host,
+            "content": engines["B"].volumes.get(volumes.volume_name(name), b"").decode()}
 
 
 async def lease(url: str) -> dict[str, Any]:
@@ -45,8 +166,7 @@ async def lease(url: str) -> dict[str, Any]:
     except volumes.MoveInProgress as exc:
         refused = str(exc)
     del b  # the host dies: nothing renews its lease
-    await task.deferLater(__import__("twisted.internet.reactor").internet.reactor, 4.0,
-                          lambda: None)
+    await _sleep(4.0)
     after = (await a.dataset("leased")).moving(a.clock())
     token = await c.begin_move("leased", "A", "C")
     finished = await c.finish_move("leased", token, "A", "C")
@@ -74,13 +194,14 @@ async def down(url: str) -> dict[str, Any]:
 async def records(url: str) -> dict[str, Any]:
     """The rest of the interface: hosts, a release, the list."""
     state = volumes.EtcdState(url)
-    first = await state.register_host("A", "unix:///a.sock")
-    again = await state.register_host("A", "unix:///a2.sock")
-    await state.claim("one", "A")
-    await state.claim("two", "A")
+    host = _unique("A")  # other scenarios register hosts A and B in the same etcd
+    first = await state.register_host(host, "unix:///a.sock")
+    again = await state.register_host(host, "unix:///a2.sock")
+    await state.claim("one", host)
+    await state.claim("two", host)
     kept = await state.release("two", "B")
-    gone = await state.release("two", "A")
-    return {"first": first, "again": again, "engine": await state.engine_of("A"),
+    gone = await state.release("two", host)
+    return {"host": host, "first": first, "again": again, "engine": await state.engine_of(host),
             "hosts": await state.hosts(), "kept": kept, "gone": gone,
             "datasets": [d.name for d in await state.datasets()]}
 

@@ -1,7 +1,8 @@
 """The adapters' state in a real etcd (Debian's etcd-server, installed by the bootstrap): two
-hosts claiming one dataset at once (one wins), a host killed mid-move (its lease expires and the
-dataset can be taken again), the store stopped (a 503 naming it), and two hosts' IPAM drivers
-sharing one set of address reservations."""
+hosts making one new dataset at once (one makes it, the other is refused 409 until it is made),
+a host killed mid-create or mid-move (its lease expires and the dataset can be taken again), the
+store stopped (a 503 naming it), and two hosts' IPAM drivers sharing one set of address
+reservations."""
 
 from __future__ import annotations
 
@@ -41,8 +42,27 @@ def scenario(name: str, url: str) -> dict[str, Any]:
 
 def test_two_hosts_claiming_one_dataset_at_once(etcd) -> None:
     result = scenario("race", etcd.url)
-    assert sorted(result["won"]) == [False, True], result
-    assert result["seen"] == [result["owner"]] * 2
+    name, winner = result["name"], result["owner"]
+    loser = "B" if winner == "A" else "A"
+    assert result["outcomes"] == {
+        winner: [200, ""],
+        loser: [409, f"dataset {name} is being created on host {winner} at this moment; "
+                     "try again once it is made"],
+    }, result
+    # While the winner made the volume, the record said so, on a lease; once made, no more.
+    assert result["during"] == {"host": winner, "leased": True}
+    assert result["after"] is False
+    # Asked again once it is made, the loser moves it: a move right after a create.
+    assert result["again"] == [200, ""]
+    assert result["moved to"] == loser and result["content"] == f"made on {winner}"
+
+
+def test_a_host_killed_mid_create_holds_off_others_only_until_its_lease_expires(etcd) -> None:
+    result = scenario("abandoned", etcd.url)
+    assert result["during"][0] == 409
+    assert f"dataset {result['name']} is being created on host A" in result["during"][1]
+    assert result["after"] == [200, ""]
+    assert result["owner"] == "B" and result["content"] == "made before dying"
 
 
 def test_a_host_killed_mid_move_leaves_the_dataset_to_be_taken_again(etcd) -> None:
@@ -56,7 +76,8 @@ def test_a_host_killed_mid_move_leaves_the_dataset_to_be_taken_again(etcd) -> No
 def test_records_hosts_and_releases(etcd) -> None:
     result = scenario("records", etcd.url)
     assert result["first"] is None and result["again"] == "unix:///a.sock"
-    assert result["engine"] == "unix:///a2.sock" and result["hosts"]["A"] == "unix:///a2.sock"
+    assert result["engine"] == "unix:///a2.sock"
+    assert result["hosts"][result["host"]] == "unix:///a2.sock"
     assert result["kept"] is False and result["gone"] is True
     assert "one" in result["datasets"] and "two" not in result["datasets"]
 

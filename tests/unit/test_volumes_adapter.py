@@ -363,6 +363,54 @@ def test_abandon_drops_only_its_own_lease(state, clock):
     assert state.dataset("web") == volumes.Dataset("web", "A")
 
 
+def test_a_new_dataset_is_being_created_until_its_volume_exists(state, state_path, clock):
+    other = volumes.State(state_path, clock)
+    record, created = state.claim("web", "A", creating=True)
+    assert created and record.creating(clock())
+    record, created = other.claim("web", "B", creating=True)
+    assert (record.host, created) == ("A", False)
+    assert record.creating(clock()), "the loser sees that the winner is still making it"
+    with pytest.raises(volumes.BeingCreated, match="dataset web is being created on host A"):
+        other.begin_move("web", "A", "B")
+    other.finish_create("web", "B")
+    assert state.dataset("web").creating(clock()), "only the owner's word lifts it"
+    state.finish_create("web", "A")
+    assert state.dataset("web") == volumes.Dataset("web", "A")
+    other.begin_move("web", "A", "B")
+
+
+def test_a_create_whose_maker_died_stops_holding_off_other_hosts(state, clock):
+    state.claim("web", "A", creating=True)
+    clock.now += volumes.CREATE_SECONDS + 1
+    assert not state.dataset("web").creating(clock())
+    token = state.begin_move("web", "A", "B")
+    assert state.finish_move("web", token, "A", "B")
+
+
+def test_a_released_claim_takes_its_create_with_it(state, clock):
+    state.claim("web", "A", creating=True)
+    assert state.release("web", "A")
+    record, created = state.claim("web", "B", creating=True)
+    assert (record.host, created) == ("B", True)
+
+
+def test_a_state_file_of_an_older_adapter_is_brought_up_to_date(state_path, clock):
+    old = sqlite3.connect(state_path)
+    old.executescript("""
+        CREATE TABLE hosts (name TEXT PRIMARY KEY, engine TEXT NOT NULL, registered REAL NOT NULL);
+        CREATE TABLE datasets (name TEXT PRIMARY KEY, host TEXT NOT NULL, created REAL NOT NULL,
+            moved REAL, moving_to TEXT, lease TEXT, lease_until REAL);
+        INSERT INTO datasets (name, host, created) VALUES ('old', 'A', 1);
+    """)
+    old.close()
+    first, second = volumes.State(state_path, clock), volumes.State(state_path, clock)
+    assert second.dataset("old") == volumes.Dataset("old", "A")
+    record, created = first.claim("new", "B", creating=True)
+    assert created and second.dataset("new").creating(clock())
+    first.close()
+    second.close()
+
+
 def test_a_transaction_that_fails_changes_nothing(state):
     state.claim("web", "A")
     with pytest.raises(sqlite3.IntegrityError), state._transaction() as db:
@@ -387,6 +435,8 @@ class FakeEngine:
         self.failing: list[str] = []  # fnmatch patterns of "METHOD /path"
         self.calls: list[str] = []
         self.gate: defer.Deferred | None = None
+        #: fnmatch patterns of "METHOD /path" whose calls wait until their Deferred fires.
+        self.holds: dict[str, defer.Deferred] = {}
 
     def add_container(self, name: str, volume: str, state: str = "running") -> None:
         self.volumes.setdefault(volume, b"")
@@ -407,7 +457,17 @@ class FakeEngine:
 
     def request(self, method: str, path: str, query: Any = None, body: Any = None,
                 data: Any = None, content_type: str = "application/x-tar") -> defer.Deferred:
-        return defer.maybeDeferred(self._request, method, path, query or {}, body, data)
+        def call(_: Any = None) -> defer.Deferred:
+            return defer.maybeDeferred(self._request, method, path, query or {}, body, data)
+
+        held = [hold for pattern, hold in self.holds.items()
+                if fnmatch.fnmatch(f"{method} {path}", pattern)]
+        if not held:
+            return call()
+        answer: defer.Deferred = defer.Deferred()
+        # Made only once released, so that nothing of the call happens while it is held.
+        held[0].addCallback(lambda _: call().chainDeferred(answer) and None)
+        return answer
 
     def _request(self, method: str, path: str, query: dict, body: Any, data: Any) -> Any:
         self._check(method, path)
@@ -660,6 +720,41 @@ def test_a_new_dataset_whose_volume_cannot_be_made_is_not_recorded(cluster):
     assert status == 502
     assert message.startswith("dataset web: cannot create the volume on host A")
     assert cluster.state.dataset("web") is None
+
+
+def test_a_dataset_another_host_is_creating_is_refused_until_it_is_made(cluster, clock):
+    cluster.engines["A"].holds["POST /volumes/create"] = made = defer.Deferred()
+    creating = cluster.create("A", {"Image": "busybox",
+                                    "HostConfig": {"Binds": ["/flocker/web:/data"]}})
+    assert cluster.state.dataset("web").creating(clock())
+    status, message = cluster.run("B", "/flocker/web:/data")
+    assert (status, message) == (409, "dataset web is being created on host A at this moment; "
+                                      "try again once it is made")
+    assert cluster.engines["B"].calls == [], "nothing was tried on B"
+    made.callback(None)
+    assert fired(creating)[0] == 200
+    assert cluster.state.dataset("web") == volumes.Dataset("web", "A")
+    # Once made, asking for it on B moves it, as any dataset.
+    cluster.engines["A"].volumes["flocker-web"] = b"fresh"
+    assert cluster.run("B", "/flocker/web:/data")[0] == 200
+    assert cluster.engines["B"].volumes["flocker-web"] == b"fresh"
+    assert cluster.state.dataset("web").host == "B"
+
+
+def test_a_create_left_unfinished_by_this_host_is_finished(cluster, clock):
+    cluster.state.claim("web", "A", creating=True)  # A's adapter died before making the volume
+    assert cluster.run("A", "/flocker/web:/data")[0] == 200
+    assert cluster.state.dataset("web") == volumes.Dataset("web", "A")
+    assert "flocker-web" in cluster.engines["A"].volumes
+
+
+def test_a_create_whose_maker_died_after_making_the_volume_moves_once_it_expires(cluster, clock):
+    cluster.state.claim("web", "A", creating=True)
+    cluster.engines["A"].volumes["flocker-web"] = b"made"
+    assert cluster.run("B", "/flocker/web:/data")[0] == 409
+    clock.now += volumes.CREATE_SECONDS + 1
+    assert cluster.run("B", "/flocker/web:/data")[0] == 200
+    assert cluster.engines["B"].volumes["flocker-web"] == b"made"
 
 
 def test_a_bad_dataset_name_is_refused_before_anything_happens(cluster):
