@@ -475,14 +475,22 @@ class NetworkAdapter:
         self, engine: Engine, clock: Callable[[], float] = time.monotonic,
         ttl: float = RESERVATION_TTL, ipam_name: str | None = None,
         reservations: Reservations | None = None, manager: Engine | None = None,
+        address: str | None = None, connect: Callable[[str], Engine] | None = None,
     ) -> None:
         """``clock`` and ``ttl`` time reservations out (see ``RESERVATION_TTL``).
         ``ipam_name``: the adapter is also served as the IPAM driver of that name; the networks
         it makes use it, and the hook and the driver share one set of reservations.
         ``manager``: a swarm manager's engine, where the adapter finds and makes its overlay
-        networks while its own engine is a swarm worker (which can do neither)."""
+        networks while its own engine is a swarm worker (which can do neither).
+        ``address``: this engine's address as the adapters of other hosts reach it; on a swarm
+        the hold of an overlay address names it, so that another host can ask whether the
+        holder still exists (``connect(address)`` makes a client for such an engine)."""
         self.engine = engine
         self.manager = manager
+        self.address = address
+        self._connect = connect or (lambda where: EngineClient(where, timeout=ENGINE_TIMEOUT))
+        #: Overlay addresses whose creates are in flight, to hold once the daemon answers.
+        self.overlay: set[tuple[str, str]] = set()
         self.clock = clock
         self.ttl = ttl
         # One create at a time between reading the engine's state and reserving an address.
@@ -586,8 +594,10 @@ class NetworkAdapter:
         if network is not None:
             containers = await self._engine("listing containers", "GET", "/containers/json",
                                             query={"all": "1"})
-        if self.ipam_name is not None:
+        if self.ipam_name is not None and not in_swarm:
             await self._check_reservations(subnet, address, name, containers or [])
+        if in_swarm:
+            await self._check_overlay_hold(subnet, address, name, containers or [])
         if network is not None:
             holder = holder_of(containers or [], network, address)
             if holder is not None:
@@ -620,7 +630,43 @@ class NetworkAdapter:
             log.info("created network %s (%s, subnet %s, gateway %s)", name, body["Driver"],
                      subnet, gateway)
         self.claims[(name, str(address))] = _Claim(who, self.clock() + self.ttl)
+        if in_swarm:
+            self.overlay.add((str(subnet), str(address)))
         return name
+
+    async def _check_overlay_hold(self, subnet: ipaddress.IPv4Network,
+                                  address: ipaddress.IPv4Address, name: str,
+                                  containers: list[Mapping[str, Any]]) -> None:
+        """Refuse an overlay address a container of any host holds, as the reservations say
+        (``ID@ENGINE``); a hold whose container is gone is dropped. Swarm's allocator would
+        refuse it too, but only after its attach timeout (about 20 s), at start."""
+        try:
+            found = await self.ipam.reservations.get(str(subnet), str(address))
+        except StoreUnavailable as exc:
+            raise Refuse(503, f"{address} on network {name}: {exc}") from None
+        if found is None or found[0] != "held" or "@" not in found[1]:
+            return
+        container, engine = found[1].split("@", 1)
+        if engine == self.address:
+            exists = any(str(c.get("Id", "")).startswith(container) for c in containers)
+        else:
+            try:
+                await self._connect(engine).request("GET", f"/containers/{container}/json")
+                exists = True
+            except EngineError as exc:
+                if exc.status != 404:
+                    # Unknown, not free: Swarm's allocator still has the last word.
+                    log.warning("%s on network %s: cannot ask %s about its holder %s: %s",
+                                address, name, engine, container, exc.message)
+                    return
+                exists = False
+        if exists:
+            raise Refuse(409, f"{address} on network {name} is already held by container "
+                              f"{container} on the host whose engine is {engine}")
+        try:
+            await self.ipam.reservations.drop(str(subnet), str(address))
+        except StoreUnavailable as exc:
+            raise Refuse(503, f"{address} on network {name}: {exc}") from None
 
     async def _check_reservations(self, subnet: ipaddress.IPv4Network,
                                   address: ipaddress.IPv4Address, name: str,
@@ -656,6 +702,17 @@ class NetworkAdapter:
             for key in [k for k in self.claims if k[1] == str(interface.ip)]:
                 self.claims.pop(key, None)
             created = response.json if response.code == 201 else None
+            overlay = (str(interface.network), str(interface.ip))
+            if overlay in self.overlay:
+                self.overlay.discard(overlay)
+                if isinstance(created, dict) and created.get("Id") and self.address:
+                    # Held across hosts until a create that wants it finds the holder gone.
+                    who = f"{str(created['Id'])[:12]}@{self.address}"
+                    try:
+                        await self.ipam.reservations.take(*overlay, "held", who)
+                    except StoreUnavailable as exc:
+                        log.warning("%s not recorded as held: %s", interface.ip, exc)
+                return None
             # Held only where the IPAM driver serves: the daemon's release of the endpoint,
             # which ends the hold, reaches no one else.
             if self.ipam_name is not None and isinstance(created, dict) and created.get("Id"):
@@ -986,7 +1043,8 @@ def main(argv: list[str] | None = None) -> None:
             parser.error(str(exc))
         manager = EngineClient(args.manager, timeout=ENGINE_TIMEOUT)
     adapter = NetworkAdapter(EngineClient(args.docker, timeout=ENGINE_TIMEOUT),
-                             ipam_name=args.plugin, reservations=reservations, manager=manager)
+                             ipam_name=args.plugin, reservations=reservations, manager=manager,
+                             address=args.docker)
     adapter.app.serve(args)
 
 

@@ -818,3 +818,84 @@ def test_state_names_each_store():
     assert type(net.open_reservations(None)) is net.Reservations
     assert isinstance(net.open_reservations("etcd://127.0.0.1:2379,127.0.0.2:2379"),
                       net.EtcdReservations)
+
+
+# -- overlay addresses held across hosts --------------------------------------------------------
+
+
+class Engines:
+    """The engines of other hosts, by address, as ``connect`` gives them."""
+
+    def __init__(self) -> None:
+        self.by_address: dict[str, FakeEngine] = {}
+
+    def __call__(self, address: str) -> FakeEngine:
+        return self.by_address[address]
+
+
+def _swarm_hosts() -> tuple[Any, FakeEngine, Any, FakeEngine, Engines]:
+    """Host A (manager) and host B (worker), sharing reservations, as in the demo."""
+    shared = net.Reservations()
+    engines = Engines()
+    a_engine, b_engine = FakeEngine(), FakeEngine()
+    a_engine.swarm = {"LocalNodeState": "active", "ControlAvailable": True}
+    b_engine.swarm = {"LocalNodeState": "active", "ControlAvailable": False}
+    engines.by_address = {"tcp://a:2375": a_engine, "tcp://b:2375": b_engine}
+    a = net.NetworkAdapter(a_engine, clock=Clock(), reservations=shared, address="tcp://a:2375",
+                           connect=engines)
+    b = net.NetworkAdapter(b_engine, clock=Clock(), reservations=shared, manager=a_engine,
+                           address="tcp://b:2375", connect=engines)
+    return a, a_engine, b, b_engine, engines
+
+
+def _created(adapter: Any, request: ClientRequest, ident: str) -> None:
+    sent = ServerResponse("application/json", json.dumps({"Id": ident, "Warnings": []}), 201)
+    status, answer = fired(adapter.app.handle(post_hook_call(request, sent)))
+    assert status == 200, answer
+
+
+def test_an_overlay_address_held_on_another_host_is_refused_at_once():
+    a, a_engine, b, b_engine, _ = _swarm_hosts()
+    request = create_call(CLI_BODY, "db")
+    accepted(a, request)
+    _created(a, request, "aaaaaaaaaaaa1234")
+    a_engine.inspect["aaaaaaaaaaaa"] = {"Id": "aaaaaaaaaaaa1234"}
+    message = refused(b, create_call(CLI_BODY, "db"))
+    assert "10.2.1.5" in message and "aaaaaaaaaaaa" in message and "tcp://a:2375" in message
+
+
+def test_a_hold_whose_container_is_gone_is_dropped_and_the_address_moves():
+    a, a_engine, b, b_engine, _ = _swarm_hosts()
+    request = create_call(CLI_BODY, "db")
+    accepted(a, request)
+    _created(a, request, "aaaaaaaaaaaa1234")
+    # Removed on host A: its engine answers 404 for it (FakeEngine raises for unknown ids).
+    a_engine.inspect.clear()
+    original = a_engine._answer
+
+    def answer(method, path, query, body):
+        if path == "/containers/aaaaaaaaaaaa/json":
+            raise EngineError(404, "No such container: aaaaaaaaaaaa")
+        return original(method, path, query, body)
+
+    a_engine._answer = answer
+    moved = create_call(CLI_BODY, "db")
+    answer_b = accepted(b, moved)
+    assert json.loads(answer_b.body) == net.rewrite_create(CLI_BODY, IFACE, OVERLAY)
+    _created(b, moved, "bbbbbbbbbbbb5678")
+    found = fired(defer.ensureDeferred(b.ipam.reservations.get("10.2.1.0/24", "10.2.1.5")))
+    assert found == ("held", "bbbbbbbbbbbb@tcp://b:2375")
+
+
+def test_a_holder_whose_engine_cannot_be_asked_leaves_it_to_swarm():
+    a, a_engine, b, b_engine, engines = _swarm_hosts()
+    request = create_call(CLI_BODY, "db")
+    accepted(a, request)
+    _created(a, request, "aaaaaaaaaaaa1234")
+    a_engine.failure = EngineError(502, "Docker Engine at tcp://a:2375 unreachable")
+    # B's own calls go to its engine and the manager (a_engine, failing): use a reachable
+    # manager for the networks and an unreachable host A for the holder.
+    manager = FakeEngine()
+    manager.networks = [network(OVERLAY, "10.2.1.0/24", "10.2.1.1", driver="overlay")]
+    b.manager = manager
+    accepted(b, create_call(CLI_BODY, "db"))
