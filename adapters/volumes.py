@@ -685,6 +685,21 @@ def _connect(address: str, timeout: float) -> EngineClient:
     return EngineClient(address, timeout=timeout)
 
 
+#: Container states in which nothing runs, nor is about to (GET /containers/json ``State``).
+STOPPED = frozenset({"created", "exited", "dead"})
+
+
+def _through_driver_only(container: dict[str, Any], name: str) -> bool:
+    """Whether ``container`` (an entry of GET /containers/json) has dataset ``name`` only as
+    the volume driver's volume ``name``, never as the hook's local volume."""
+    mounts = [mount for mount in container.get("Mounts") or []
+              if isinstance(mount, dict) and mount.get("Name") in (name, volume_name(name))]
+    # No mounts listed (an engine that does not say): not known to be the driver's.
+    return bool(mounts) and all(
+        mount.get("Name") == name and mount.get("Driver") not in (None, "", "local")
+        for mount in mounts)
+
+
 @dataclass(frozen=True)
 class _Host:
     """A host's engine, with a client for control calls and one for archive transfers."""
@@ -897,10 +912,14 @@ class Volumes:
         made.append((host, created["Id"]))
         return created["Id"]
 
-    async def _refuse_if_used(self, host: _Host, name: str, purpose: str) -> None:
-        """Refuse 409 if any container on ``host``, running or not, has the dataset's volume:
-        a stopped one would start again on a copy that is no longer the dataset. ``purpose``
-        completes "it ...", e.g. "cannot move to host B"."""
+    async def _refuse_if_used(self, host: _Host, name: str, purpose: str,
+                              stopped_driver_users_block: bool = False) -> None:
+        """Refuse 409 if a container on ``host`` has the dataset's volume. One that has it as
+        the hook's volume blocks running or not: started again, it would run on a copy that is
+        no longer the dataset. One that has it only through the volume driver blocks only
+        while it runs (or is paused, or restarting), unless ``stopped_driver_users_block``: its
+        engine asks the driver to mount it again at its next start, which brings the dataset
+        back, or refuses. ``purpose`` completes "it ...", e.g. "cannot move to host B"."""
         # Its volume under either name: the hook's (flocker-NAME) or the volume driver's
         # (NAME, with driver powerstrip-volumes), which mounts the same data.
         users = await self._call(host, name, "list the containers using it", host.control.request(
@@ -910,9 +929,16 @@ class Volumes:
             names = [n.lstrip("/") for n in container.get("Names") or []]
             label = names[0] if names else str(container.get("Id", "?"))[:12]
             state = container.get("State") or "?"
+            driver_only = not stopped_driver_users_block and _through_driver_only(container, name)
+            if driver_only and state in STOPPED:
+                # With Swarm, the task a service rescheduled elsewhere: left here, exited.
+                continue
             if state == "running":
                 raise Refuse(409, f"dataset {name} is in use on host {host.name} by running "
                                   f"container {label}: it {purpose} while that container runs")
+            if driver_only:
+                raise Refuse(409, f"dataset {name} is in use on host {host.name} by container "
+                                  f"{label} ({state}): it {purpose} until that container stops")
             raise Refuse(409, f"dataset {name} is attached on host {host.name} to container "
                               f"{label} ({state}): it {purpose} until that container is removed")
 
@@ -1023,7 +1049,10 @@ class VolumeDriver:
         engine = await _settled(volumes.state.engine_of(record.host))
         if engine is not None:
             owner = volumes._host(record.host, engine)
-            await volumes._refuse_if_used(owner, name, "cannot be removed")
+            # A stopped container's next start would make the dataset again, empty: removing
+            # it is refused until that container is removed too.
+            await volumes._refuse_if_used(owner, name, "cannot be removed",
+                                          stopped_driver_users_block=True)
             await volumes._call(owner, name, "remove the volume", owner.control.request(
                 "DELETE", f"/volumes/{volume_name(name)}"), missing_ok=True)
         await _settled(volumes.state.release(name, record.host))

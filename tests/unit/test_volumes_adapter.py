@@ -438,10 +438,17 @@ class FakeEngine:
         #: fnmatch patterns of "METHOD /path" whose calls wait until their Deferred fires.
         self.holds: dict[str, defer.Deferred] = {}
 
-    def add_container(self, name: str, volume: str, state: str = "running") -> None:
-        self.volumes.setdefault(volume, b"")
-        self.containers[uuid.uuid4().hex] = {"Name": name, "Volume": volume, "State": state,
-                                             "Labels": {}}
+    def add_container(self, name: str, volume: str, state: str = "running",
+                      driver: str = "local", more: tuple[tuple[str, str], ...] = ()) -> None:
+        """A container mounting ``volume`` of ``driver`` (and the (volume, driver) pairs of
+        ``more``); a driver's volume has no local volume of its own here."""
+        mounts = [(volume, driver), *more]
+        for mounted, by in mounts:
+            if by == "local":
+                self.volumes.setdefault(mounted, b"")
+        self.containers[uuid.uuid4().hex] = {
+            "Name": name, "Volume": volume, "State": state, "Labels": {},
+            "Mounts": [{"Type": "volume", "Name": mounted, "Driver": by} for mounted, by in mounts]}
 
     def transfer_containers(self) -> list[dict[str, Any]]:
         return [c for c in self.containers.values() if volumes.HELPER_LABEL in c["Labels"]]
@@ -482,7 +489,9 @@ class FakeEngine:
             if method == "GET":
                 return {"Name": name}
             if method == "DELETE":
-                users = [c for c in self.containers.values() if c["Volume"] == name]
+                users = [c for c in self.containers.values()
+                         if any(m["Name"] == name and m["Driver"] == "local"
+                                for m in c["Mounts"])]
                 if users:
                     raise EngineError(409, f"remove {name}: volume is in use")
                 del self.volumes[name]
@@ -490,8 +499,10 @@ class FakeEngine:
         if parts[0] == "containers":
             if parts[1] == "json":
                 wanted = query["filters"]["volume"]
-                return [{"Id": cid, "Names": ["/" + c["Name"]], "State": c["State"]}
-                        for cid, c in self.containers.items() if c["Volume"] in wanted]
+                return [{"Id": cid, "Names": ["/" + c["Name"]], "State": c["State"],
+                         "Mounts": c["Mounts"]}
+                        for cid, c in self.containers.items()
+                        if any(m["Name"] in wanted for m in c["Mounts"])]
             if parts[1] == "create":
                 if body["Image"] not in self.images:
                     raise EngineError(404, f"No such image: {body['Image']}")
@@ -500,7 +511,9 @@ class FakeEngine:
                 cid = uuid.uuid4().hex
                 self.containers[cid] = {"Name": cid[:8], "Volume": mount["Source"],
                                         "State": "created", "Labels": body["Labels"],
-                                        "ReadOnly": mount["ReadOnly"]}
+                                        "ReadOnly": mount["ReadOnly"],
+                                        "Mounts": [{"Type": "volume", "Name": mount["Source"],
+                                                    "Driver": "local"}]}
                 return {"Id": cid, "Warnings": []}
             cid = parts[1]
             if cid not in self.containers:
@@ -634,6 +647,65 @@ def test_a_dataset_a_container_uses_does_not_move(cluster, state, words):
     assert message.startswith(f"dataset web is {words}: it cannot move to host B")
     assert cluster.state.dataset("web") == volumes.Dataset("web", "A")
     assert "flocker-web" not in cluster.engines["B"].volumes
+
+
+DRIVER = "powerstrip-volumes"
+
+
+@pytest.mark.parametrize("state", ["exited", "created", "dead"])
+def test_a_stopped_container_using_the_dataset_through_the_driver_does_not_block_a_move(
+        cluster, state):
+    # With Swarm: a service's task rescheduled from A to B leaves its old container on A.
+    cluster.run("A", "/flocker/web:/data")
+    cluster.engines["A"].volumes["flocker-web"] = b"hello"
+    cluster.engines["A"].add_container("store.1.old", "web", state, driver=DRIVER)
+    status, body = cluster.run("B", "/flocker/web:/data")
+    assert status == 200, body
+    assert cluster.engines["B"].volumes["flocker-web"] == b"hello"
+    assert cluster.state.dataset("web").host == "B"
+    assert "flocker-web" not in cluster.engines["A"].volumes
+
+
+@pytest.mark.parametrize(("state", "words"), [
+    ("running", "in use on host A by running container store.1.old: it cannot move to host B "
+                "while that container runs"),
+    ("paused", "in use on host A by container store.1.old (paused): it cannot move to host B "
+               "until that container stops"),
+    ("restarting", "in use on host A by container store.1.old (restarting)"),
+])
+def test_a_container_running_on_the_dataset_through_the_driver_blocks_a_move(
+        cluster, state, words):
+    cluster.run("A", "/flocker/web:/data")
+    cluster.engines["A"].add_container("store.1.old", "web", state, driver=DRIVER)
+    status, message = cluster.run("B", "/flocker/web:/data")
+    assert status == 409
+    assert message.startswith(f"dataset web is {words}")
+    assert cluster.state.dataset("web") == volumes.Dataset("web", "A")
+
+
+@pytest.mark.parametrize("mounts", [
+    pytest.param((("web", DRIVER), ("flocker-web", "local")), id="the hook's volume too"),
+    pytest.param((("web", "local"),), id="a local volume of the dataset's name"),
+])
+def test_a_stopped_container_not_only_on_the_driver_still_blocks_a_move(cluster, mounts):
+    cluster.run("A", "/flocker/web:/data")
+    (volume, driver), *more = mounts
+    cluster.engines["A"].add_container("old", volume, "exited", driver=driver, more=tuple(more))
+    status, message = cluster.run("B", "/flocker/web:/data")
+    assert (status, message) == (409, "dataset web is attached on host A to container old "
+                                      "(exited): it cannot move to host B until that container "
+                                      "is removed")
+
+
+def test_a_dataset_a_stopped_container_mounts_through_the_driver_is_not_removed(cluster):
+    cluster.run("A", "/flocker/web:/data")
+    cluster.engines["A"].add_container("old", "web", "exited", driver=DRIVER)
+    driver = cluster.apps["B"].drivers["VolumeDriver"]
+    failure = fired(defer.ensureDeferred(driver.call("Remove", {"Name": "web"})))
+    assert failure.value.status == 409
+    assert "attached on host A to container old (exited): it cannot be removed" in \
+        failure.value.message
+    assert "flocker-web" in cluster.engines["A"].volumes
 
 
 def test_an_unreachable_owner_fails_closed(cluster):
