@@ -159,7 +159,6 @@ class Cluster:
 
     def __init__(self, workdir: Path) -> None:
         self.workdir = workdir
-        self.logdir = workdir / "logs"
         self.fabric = Fabric()
         self.etcd: EtcdServer | None = None
         self.hosts: dict[str, Host] = {}
@@ -213,11 +212,13 @@ class Cluster:
 
     def _start_host(self, host: Host, policy: Path) -> None:
         prefix = f"{host.name.lower()}-"
+        # Each host's logs in its own run directory, like the rest of what it writes.
+        logdir = host.home / "logs"
         wrap = host.net.command([])
         listen = "127.0.0.1:0"
         argv = {
             "debug": python(str(rig.ADAPTERS / "debug.py"), "--listen", listen,
-                            "--output", str(rig.debug_log(self.logdir, prefix))),
+                            "--output", str(rig.debug_log(logdir, prefix))),
             "volumes": python(str(rig.ADAPTERS / "volumes.py"), "--listen", listen,
                               "--host-name", host.name, "--docker", host.engine_address,
                               "--state", self.etcd_url, "--plugin", VOLUME_PLUGIN,
@@ -231,10 +232,10 @@ class Cluster:
         if host is not manager:
             argv["network"] += ["--manager", manager.engine_address]
         for name, command in argv.items():
-            host.services[name] = start_service(prefix + name, command, self.logdir, wrap=wrap)
+            host.services[name] = start_service(prefix + name, command, logdir, wrap=wrap)
         config = host.home / "adapters.yml"
         config.write_text(rig.chain_config({n: s.url for n, s in host.services.items()}))
-        host.proxy = start_proxy(host.engine.host, config=config, logdir=self.logdir,
+        host.proxy = start_proxy(host.engine.host, config=config, logdir=logdir,
                                  listen=f"unix://{host.home}/powerstrip.sock",
                                  name=f"{prefix}powerstrip", wrap=wrap)
         say(f"- host {host.name}: {host.net.address}, engine {host.engine_address}, "
@@ -372,6 +373,10 @@ def compose_step(a: Host, b: Host, cluster: Cluster) -> None:
     result = compose(a, "run", "--rm", "client")
     expect("written on host A" in result.stdout,
            "client, now on host A, reaches db on host B at the same address")
+    result = on(a, "docker", "run", "--rm", "-e", f"WEAVE_CIDR={DB_ADDRESS}/{PREFIXLEN}",
+                "busybox", "true")
+    expect(result.returncode != 0 and "already held" in result.stderr,
+           f"network (host A): {DB_ADDRESS}, held by db on host B, is refused on host A")
     expect(cluster.dataset_owner("db") == "B", "etcd says host B owns dataset db")
     result = compose(b, "down")
     expect(result.returncode == 0, "db is down on host B")
@@ -457,7 +462,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (StepFailed, ServiceError, engine.ThrowawayEngineError, EtcdError, FabricError,
             subprocess.TimeoutExpired, OSError) as exc:
         say(f"  ✗ {exc}")
-        say(f"demo FAILED; logs in {workdir / 'logs'}")
+        say(f"demo FAILED; logs in {workdir}/a/logs and {workdir}/b/logs")
         args.keep = True
         return 1
     finally:
