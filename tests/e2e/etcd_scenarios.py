@@ -1,6 +1,9 @@
 """Scenarios of the volumes adapter's etcd state, run in a process of their own (each needs a
 running reactor for treq): ``python etcd_scenarios.py SCENARIO ETCD_URL``; prints one JSON
-result on stdout. The adapters' engines are fakes (``Engine``); etcd is real."""
+result on stdout. The adapters' engines are fakes (``Engine``); etcd is real.
+
+A scenario that needs the test to act on etcd midway (``stopped``) prints a word on a line of
+its own and waits for a line on stdin before going on; its result is then the last line."""
 
 from __future__ import annotations
 
@@ -11,7 +14,7 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import IO, Any
 
-from twisted.internet import defer, reactor, task
+from twisted.internet import defer, reactor, task, threads
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "adapters"))
 
@@ -32,6 +35,12 @@ def _sleep(seconds: float) -> defer.Deferred:
 def _unique(prefix: str) -> str:
     # One etcd serves a whole test module: each scenario's datasets are its own.
     return f"{prefix}-{uuid.uuid4().hex[:8]}"
+
+
+async def _tell(word: str) -> None:
+    """Say ``word`` to the test, and wait until it has done its part."""
+    print(word, flush=True)
+    await threads.deferToThread(sys.stdin.readline)
 
 
 class Engine:
@@ -150,6 +159,35 @@ async def abandoned(url: str) -> dict[str, Any]:
     return {"name": name, "during": during, "after": after,
             "owner": (await dying.dataset(name)).host,
             "content": engines["B"].volumes.get(volumes.volume_name(name), b"").decode()}
+
+
+async def stopped(url: str) -> dict[str, Any]:
+    """etcd stops while host B moves a dataset from host A (the test stops it while A's archive
+    is being read, and starts it again once B has answered): B refuses with 503 naming the
+    store and keeps no partial copy; A keeps the dataset; once etcd is back, B moves it."""
+    name = _unique("moving")
+    volume = volumes.volume_name(name)
+    engines, adapters = _hosts(url, "AB")
+    await adapters["A"].ensure(name)
+    engines["A"].volumes[volume] = b"precious"
+
+    async def stop_etcd() -> None:
+        await _tell("downloading")
+
+    engines["A"].before_download = stop_etcd
+    refused = await _outcome(adapters["B"].ensure(name))
+    engines["A"].before_download = None
+    left = {"B volumes": sorted(engines["B"].volumes), "B calls": list(engines["B"].calls),
+            "A content": engines["A"].volumes.get(volume, b"").decode()}
+    await _tell("refused")
+    store = adapters["A"].state
+    owner = (await store.dataset(name)).host
+    again = await _outcome(adapters["B"].ensure(name))
+    record = await store.dataset(name)
+    return {"name": name, "refused": refused, **left, "owner": owner, "again": again,
+            "owner after": record.host, "moving after": record.moving(store.clock()),
+            "B content": engines["B"].volumes.get(volume, b"").decode(),
+            "A volumes": sorted(engines["A"].volumes)}
 
 
 async def lease(url: str) -> dict[str, Any]:

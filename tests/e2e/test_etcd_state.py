@@ -1,8 +1,9 @@
 """The adapters' state in a real etcd (Debian's etcd-server, installed by the bootstrap): two
 hosts making one new dataset at once (one makes it, the other is refused 409 until it is made),
 a host killed mid-create or mid-move (its lease expires and the dataset can be taken again), the
-store stopped (a 503 naming it), and two hosts' IPAM drivers sharing one set of address
-reservations."""
+store stopped, before a request or in the middle of a move (a 503 naming it, nothing
+half-moved, and back to work once it returns), and two hosts' IPAM drivers sharing one set of
+address reservations."""
 
 from __future__ import annotations
 
@@ -94,6 +95,45 @@ def test_a_store_that_is_away_is_a_503_naming_it(etcd) -> None:
     assert result["ensure"][1].startswith("dataset web: ")
     # And back: the store answers again.
     assert scenario("records", etcd.url)["engine"] == "unix:///a2.sock"
+
+
+@pytest.mark.timeout(30)
+def test_the_store_stopped_mid_move_leaves_nothing_half_moved(etcd) -> None:
+    proc = subprocess.Popen([sys.executable, str(SCENARIOS), "stopped", etcd.url],
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    try:
+        # Host B is reading A's archive: the store goes away before the move is recorded.
+        assert proc.stdout.readline() == "downloading\n"
+        etcd.stop()
+        proc.stdin.write("\n")
+        proc.stdin.flush()
+        assert proc.stdout.readline() == "refused\n"
+        etcd.start()
+        proc.stdin.write("\n")
+        proc.stdin.flush()
+        out, err = proc.communicate(timeout=20)
+    finally:
+        if etcd.proc is None:
+            etcd.start()
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 0, err
+    result = json.loads(out.splitlines()[-1])
+    name, volume = result["name"], f"flocker-{result['name']}"
+    status, message = result["refused"]
+    assert status == 503, result
+    assert message.startswith(f"dataset {name}: etcd at {etcd.url} unreachable"), message
+    # Nothing half-moved: B's partial copy was removed, A's is whole and still A's.
+    assert f"DELETE /volumes/{volume}" in result["B calls"]
+    assert result["B volumes"] == []
+    assert result["A content"] == "precious"
+    assert result["owner"] == "A"
+    # The store back, the same request moves it.
+    assert result["again"] == [200, ""]
+    assert result["owner after"] == "B" and result["moving after"] is None
+    assert result["B content"] == "precious" and result["A volumes"] == []
 
 
 def test_two_hosts_ipam_drivers_never_give_one_address_twice(etcd) -> None:
