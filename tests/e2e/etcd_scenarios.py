@@ -21,6 +21,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "adapters"))
 import network  # noqa: E402 - the example adapters, by their paths
 import volumes  # noqa: E402
 
+from powerstrip.hooks.wire import ClientRequest, pre_hook_call  # noqa: E402
 from powerstrip.kit.engine_api import EngineError  # noqa: E402
 
 
@@ -226,7 +227,32 @@ async def down(url: str) -> dict[str, Any]:
         await volumes.VolumeDriver(adapter).call("Get", {"Name": "web"})
     except volumes.Refuse as refusal:
         answers["get"] = [refusal.status, refusal.message]
+    # The network adapter: its IPAM driver, and a WEAVE_CIDR create on a swarm manager, whose
+    # overlay addresses are held in the store.
+    net = network.NetworkAdapter(_SwarmManager(), ipam_name="powerstrip-ipam",
+                                 reservations=network.EtcdReservations(url),
+                                 address="tcp://a:2375")
+    await net.ipam.call("RequestPool", {"Pool": "10.8.0.0/24"})
+    try:
+        await net.ipam.call("RequestAddress", {"PoolID": "10.8.0.0/24"})
+    except network.Refuse as refusal:
+        answers["ipam"] = [refusal.status, refusal.message]
+    call = pre_hook_call(ClientRequest("POST", "/v1.41/containers/create?name=web", json.dumps(
+        {"Image": "busybox", "Env": ["WEAVE_CIDR=10.2.1.5/24"]})))
+    status, answer = await net.app.handle(call)
+    answers["weave"] = [status, json.loads(answer)["message"]]
     return answers
+
+
+class _SwarmManager:
+    """An engine that is a swarm manager with no networks or containers yet."""
+
+    def request(self, method: str, path: str, query: Any = None, body: Any = None
+                ) -> defer.Deferred[Any]:
+        answers = {("GET", "/info"): {"Swarm": {"LocalNodeState": "active",
+                                                "ControlAvailable": True}},
+                   ("GET", "/networks"): [], ("GET", "/containers/json"): []}
+        return defer.succeed(answers[(method, path)])
 
 
 async def records(url: str) -> dict[str, Any]:

@@ -93,6 +93,8 @@ def test_a_store_that_is_away_is_a_503_naming_it(etcd) -> None:
         assert status == 503, result
         assert f"etcd at {etcd.url} unreachable" in message, message
     assert result["ensure"][1].startswith("dataset web: ")
+    assert set(result) == {"ensure", "get", "ipam", "weave"}, result
+    assert result["weave"][1].startswith("10.2.1.5 on network weave-10-2-1-0-24: "), result
     # And back: the store answers again.
     assert scenario("records", etcd.url)["engine"] == "unix:///a2.sock"
 
