@@ -39,6 +39,17 @@ def _ip(*args: str) -> None:
         raise FabricError(f"ip {' '.join(args)}: {result.stderr.strip() or result.returncode}")
 
 
+def _free_subnet() -> str:
+    """A 10.77.X.0/24 that no address of this machine is on: another fabric's operator link
+    (a demo beside a test) would otherwise route the same subnet twice."""
+    listed = subprocess.run(["ip", "-o", "-4", "addr", "show"], capture_output=True, text=True,
+                            timeout=30).stdout
+    while True:
+        candidate = f"10.77.{secrets.randbelow(200) + 20}."
+        if f" {candidate}" not in listed:
+            return candidate + "0/24"
+
+
 def nsenter(netns: str, argv: Sequence[str]) -> list[str]:
     """``argv`` run in network namespace ``netns`` (and only that: the file system stays the
     machine's)."""
@@ -67,7 +78,7 @@ class Fabric:
         short name every namespace and link of this fabric starts with."""
         self.tag = tag or "ps" + secrets.token_hex(2)
         if subnet is None:
-            subnet = f"10.77.{secrets.randbelow(200) + 20}.0/24"
+            subnet = _free_subnet()
         self.subnet = ipaddress.IPv4Network(subnet)
         self.hosts: dict[str, FabricHost] = {}
         self._bridge_ns = f"{self.tag}-lan"
