@@ -186,7 +186,7 @@ class Cluster:
                 home / "engine", netns=net.netns, hostname=name, plugin_dir=home / "plugins",
                 # Plain TCP on the demo's own bridge: the other host's adapters reach this
                 # engine there. --tls=false says so, which also spares dockerd's 15 s warning
-                # pause; docs/cluster.md says how to run it with TLS on real machines.
+                # pause; docs/cluster.md says how to keep that port private on real machines.
                 args=["--host", f"tcp://{net.address}:{ENGINE_PORT}", "--tls=false"])
             self.hosts[name] = Host(name, net, home, eng)
         errors: list[BaseException] = []
