@@ -356,12 +356,16 @@ class ClientConnection(Protocol):
         self.machine.hooks_failed(exchange, status, message)
 
     def _connect(self) -> None:
-        self.pauser.pause("connecting")
         # Not connectProtocol: it builds a factory class on every call, a share of each
         # connection's cost that shows in a burst.
-        self.connecting = self.factory.upstream_endpoint.connect(
-            _OneDaemon(DaemonConnection(self)))
-        self.connecting.addCallbacks(self._connected, self._connect_failed)
+        connecting = self.factory.upstream_endpoint.connect(_OneDaemon(DaemonConnection(self)))
+        self.connecting = connecting
+        connecting.addCallbacks(self._connected, self._connect_failed)
+        # A unix connect usually completes in this call, and its callbacks have run: only a
+        # connection still being made holds the client's reading back (a pause now would
+        # cost two epoll_ctl calls per connection for nothing).
+        if self.connecting is connecting:
+            self.pauser.pause("connecting")
 
     def _connected(self, daemon: DaemonConnection) -> None:
         self.connecting = None
@@ -372,7 +376,10 @@ class ClientConnection(Protocol):
         daemon.transport.registerProducer(self.pauser, True)
         self.transport.registerProducer(daemon.pauser, True)
         pending, self.pending = self.pending, []
-        daemon.transport.writeSequence(pending)
+        if pending:
+            # Straight to the socket, like every later write: through the transport's buffer
+            # the request would wait a reactor turn (and two epoll_ctl calls) to leave.
+            send(daemon.transport, pending[0] if len(pending) == 1 else b"".join(pending))
         if self.daemon_half_closed:
             self._end_daemon_input(daemon)
         self.pauser.resume("connecting")
