@@ -157,6 +157,10 @@ class Effects(Protocol):
     def close(self) -> None:
         """Close both connections once what was sent has left."""
 
+    def close_lingering(self) -> None:
+        """Close the daemon connection; end the client's output once what was sent has left,
+        and read and drop what the client still sends (for a bounded time) before closing."""
+
     def abort(self) -> None:
         """Reset both connections now."""
 
@@ -1019,7 +1023,7 @@ class Machine:
             self._forward_eof()
 
     def _refuse(self, status: int, message: str) -> None:
-        """Answer with a Docker-style error and close: nothing more is read from this client."""
+        """Answer with a Docker-style error and close: nothing more from this client is used."""
         exchange = self.exchange
         if self.report is not None and exchange is not None and not exchange.reported:
             if exchange.forwarded:  # a response half sent: the client had its status
@@ -1029,9 +1033,16 @@ class Machine:
                 exchange.head_at = self.clock()
             self._report(exchange, status_sent)
         self._set_closed()
-        self.effects.pause("closing")
         self._to_client(error_response(status, message))
-        self.effects.close()
+        if self.client_eof:
+            self.effects.close()
+        else:
+            # The client may still be sending (the body of a refused upload, say). Closing
+            # with its bytes unread would make the kernel reset the connection, and a client
+            # still writing hears that reset instead of the answer (the docker CLI printed
+            # "broken pipe" for a refused plugin create): the answer is followed by a
+            # half-close, and the rest of the client's input is read and dropped.
+            self.effects.close_lingering()
 
     def _close(self) -> None:
         self._set_closed()

@@ -16,6 +16,7 @@ import logging
 from collections.abc import Callable
 
 from twisted.internet import defer, interfaces
+from twisted.internet.interfaces import IDelayedCall
 from twisted.internet.protocol import Factory, Protocol
 from twisted.python.failure import Failure
 from zope.interface import implementer
@@ -97,6 +98,8 @@ class ClientConnection(Protocol):
         self.sent_client = 0
         self._marks = (0, 0)
         self._listener: str | None = None
+        #: The deadline of a lingering close (``close_lingering``), once one began.
+        self.lingering: IDelayedCall | None = None
 
     @property
     def listener(self) -> str:
@@ -145,12 +148,17 @@ class ClientConnection(Protocol):
         factory.connections.add(self)
 
     def readConnectionLost(self) -> None:  # noqa: N802
+        if self.lingering is not None:
+            self.transport.loseConnection()
+            return
         self.machine.client_ended()
 
     def writeConnectionLost(self) -> None:  # noqa: N802
         pass
 
     def connectionLost(self, reason: Failure = None) -> None:  # noqa: N802
+        if self.lingering is not None and self.lingering.active():
+            self.lingering.cancel()
         self.machine.client_gone()
         self.factory.connections.discard(self)
         self.factory.bytes_closed[0] += self.sent_daemon
@@ -297,6 +305,20 @@ class ClientConnection(Protocol):
         if self.daemon is not None:
             self._drop_daemon(self.daemon)
 
+    def close_lingering(self) -> None:
+        """Close the daemon connection, half-close the client's once the answer has left, and
+        drop what the client still sends until it ends its side or ``LINGER`` seconds pass
+        (as a web server's lingering close: the answer must not be lost to a reset)."""
+        if self.daemon is not None:
+            self._drop_daemon(self.daemon)
+        transport = self.transport
+        if transport.disconnected:
+            return
+        # The machine is closed: what is read now goes to it and is ignored.
+        self.lingering = self.factory.reactor.callLater(LINGER, transport.abortConnection)
+        transport.loseWriteConnection()
+        self.pauser.release()
+
     def abort(self) -> None:
         """Reset both connections."""
         self.transport.abortConnection()
@@ -435,6 +457,10 @@ _OWED = frozenset({ResponseState.WAITING, ResponseState.STREAMING, ResponseState
 #: The methods the metrics name; any other is counted as "other", so that a client cannot make
 #: the label's values grow without bound.
 _METHODS = {m.encode(): m for m in ("GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS")}
+
+#: How long a lingering close reads and drops what a refused client still sends: its answer
+#: went out before, so the client has had this long to read it before a reset could spoil it.
+LINGER = 2.0
 
 #: How often the timers look at the connections: timeouts end within this much of their time.
 TIMER_INTERVAL = 1.0

@@ -41,6 +41,12 @@ class Pauser:
             if not self.reasons:
                 self.transport.resumeProducing()
 
+    def release(self) -> None:
+        """Drop every reason and read again (a connection that only drains what is left)."""
+        if self.reasons:
+            self.reasons.clear()
+            self.transport.resumeProducing()
+
     def pauseProducing(self) -> None:  # noqa: N802 - Twisted's interface
         """The consumer's write buffer is full."""
         self.pause("flow")

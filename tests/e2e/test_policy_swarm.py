@@ -16,6 +16,7 @@ end; the tests that expect the swarm refused run first, while the engine is in n
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import sys
 import tempfile
@@ -207,6 +208,9 @@ def test_plugins_are_refused(guarded: Guarded, tmp_path: Path) -> None:
     refused(docker(host, "plugin", "install", "--grant-all-permissions", "vieux/sshfs",
                    timeout=30), "plugins")
     (tmp_path / "rootfs").mkdir()
+    # Big enough that the CLI is still sending the tar when the refusal comes: it must print
+    # the refusal, not a broken pipe from a connection reset under its writes.
+    (tmp_path / "rootfs" / "payload").write_bytes(os.urandom(16 << 20))
     (tmp_path / "config.json").write_text(json.dumps(PLUGIN_CONFIG))
     through, direct = unique("plugin-p"), unique("plugin-d")
     refused(docker(host, "plugin", "create", through, str(tmp_path)), "plugins")

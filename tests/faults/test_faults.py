@@ -154,6 +154,27 @@ def test_malformed_request_gets_400_and_reaches_nobody(proxy_factory, tmp_path):
     assert daemon.connections == 0
 
 
+def test_a_refused_client_that_goes_on_sending_reads_its_answer_and_no_reset(
+        proxy_factory, tmp_path):
+    # An upload refused before its body was read: the client is still writing when the answer
+    # comes, as the docker CLI writes a plugin's or a build's tar. Had the proxy closed with
+    # the body unread, the kernel would reset the connection and the client's next write
+    # would fail (the CLI then prints "broken pipe", not the answer).
+    daemon = FakeDaemon(tmp_path / "d.sock", lambda conn: conn.close())
+    proxy = proxy_factory(daemon.host)
+    for _ in range(5):
+        sock = proxy.connect()
+        sock.sendall(b"POST /v1.41/build HTTP/1.1\r\nHost: x\r\nContent-Length: 9000000\r\n"
+                     b"Transfer-Encoding: chunked\r\n\r\n" + b"x" * 200_000)
+        time.sleep(0.2)  # the answer and the proxy's close are made by now
+        sock.sendall(b"y" * 400_000)  # raised BrokenPipeError or ConnectionResetError
+        head, body = read_response(sock)
+        assert head.startswith(b"HTTP/1.1 400 ") and b"Connection: close" in head
+        assert sock.recv(100) == b"", "the proxy half-closed after its answer"
+        sock.close()
+    assert daemon.connections == 0
+
+
 def streaming_daemon(closed: threading.Event) -> Callable[[socket.socket], None]:
     def handle(conn: socket.socket) -> None:
         conn.recv(65536)

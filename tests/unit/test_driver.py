@@ -12,13 +12,14 @@ import json
 from dataclasses import dataclass, field
 
 from twisted.internet import defer
+from twisted.internet.error import ConnectionDone
 from twisted.internet.testing import MemoryReactorClock, StringTransport
 from twisted.python.failure import Failure
 
 from powerstrip.hooks.client import HookError
 from powerstrip.hooks.wire import ClientRequest
 from powerstrip.proxy.addresses import parse_address
-from powerstrip.proxy.connection import ClientConnection, ProxyFactory
+from powerstrip.proxy.connection import LINGER, ClientConnection, ProxyFactory
 from powerstrip.proxy.limits import Limits
 
 PING = b"GET /v1.41/_ping HTTP/1.1\r\nHost: x\r\n\r\n"
@@ -215,7 +216,7 @@ def test_the_shutdown_deadline_answers_a_waiting_request_with_503():
     rig.reactor.pump([0.05] * 101)
     status, message = error_of(rig.answers())
     assert status == 503 and "5 s shutdown grace" in message
-    assert rig.client_transport.disconnecting
+    assert_lingering(rig)
 
 
 def test_an_unreachable_daemon_is_a_502_naming_it():
@@ -225,7 +226,38 @@ def test_an_unreachable_daemon_is_a_502_naming_it():
     wrapping.clientConnectionFailed(None, Failure(ConnectionRefusedError("refused")))
     status, message = error_of(rig.answers())
     assert status == 502 and "unix:///nowhere/docker.sock" in message
-    assert rig.client_transport.disconnecting
+    assert_lingering(rig)
+
+
+def assert_lingering(rig: Rig) -> None:
+    """The client's connection, refused, is half-closed after its answer and read until it
+    ends; past ``LINGER`` seconds it is reset."""
+    transport = rig.client_transport
+    assert transport.write_closed and not transport.disconnecting
+    rig.reactor.advance(LINGER)
+    assert transport.disconnected
+
+
+def test_a_refused_client_still_sending_is_read_until_it_ends_then_closed():
+    rig = Rig(_Hooks())
+    # A body the hooks are not shown: the pre-hook is asked on the head alone, and the rest of
+    # the upload is still on its way when the refusal comes.
+    rig.send(b"POST /v1.41/containers/create HTTP/1.1\r\nHost: x\r\n"
+             b"Content-Type: application/x-tar\r\nContent-Length: 1000000\r\n\r\n" + b"x" * 10)
+    _, done = rig.factory.hooks.adapters.pre[0]
+    done.errback(Failure(HookError(403, "refused by policy")))
+    status, message = error_of(rig.answers())
+    assert status == 403 and message == "refused by policy"
+    transport = rig.client_transport
+    assert transport.write_closed and not transport.disconnecting
+    assert not transport.producerState == "paused", "the rest is read, to be dropped"
+    rig.send(b"y" * 100_000)
+    assert error_of(rig.answers())[0] == 403, "nothing more is written"
+    rig.client.readConnectionLost()
+    assert transport.disconnecting and not transport.disconnected
+    rig.client.connectionLost(Failure(ConnectionDone()))
+    lingering = rig.client.lingering
+    assert lingering is not None and lingering.cancelled, "the deadline goes with the close"
 
 
 def limited_rig(**limits: float) -> Rig:
@@ -248,7 +280,8 @@ def test_a_head_still_unfinished_after_the_head_timeout_gets_408():
     assert not rig.client_transport.disconnecting
     rig.reactor.pump([1.0] * 2)
     status, message = error_of(rig.answers())
-    assert status == 408 and "3 s" in message and rig.client_transport.disconnecting
+    assert status == 408 and "3 s" in message
+    assert_lingering(rig)
 
 
 def test_an_idle_connection_is_closed_after_the_idle_timeout_but_not_before():

@@ -94,6 +94,7 @@ class Recorder:
         self.daemon_all = bytearray()  # on every daemon connection, in order
         self.client = bytearray()
         self.closed = False
+        self.lingered = False
         self.aborted = False
         self.after_close: list[str] = []
         self.paused: set[str] = set()
@@ -127,6 +128,10 @@ class Recorder:
 
     def close(self) -> None:
         self.closed = True
+
+    def close_lingering(self) -> None:
+        self.closed = True
+        self.lingered = True
 
     def abort(self) -> None:
         self.aborted = True
