@@ -342,6 +342,14 @@ class Machine:
         """The client connection is gone: nothing more is sent or read."""
         REQUEST_TABLE["client_gone"][self.request_state](self)
 
+    def release(self) -> None:
+        """Both connections are gone and nothing more will happen: free the response parsers
+        now (each holds its reader in a cycle). Only ``CLOSED``'s events may follow."""
+        exchange = self.exchange
+        if exchange is not None and exchange.response is not self.framing:
+            exchange.response.release()
+        self.framing.release()
+
     def daemon_unreachable(self, reason: str) -> None:
         """A connection to the daemon could not be made."""
         REQUEST_TABLE["daemon_unreachable"][self.request_state](self, reason)

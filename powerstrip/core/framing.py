@@ -583,7 +583,14 @@ class ResponseReader(_Callbacks):
         llhttp, which keeps it until the next response begins; None before any."""
         if self.head is not None:
             return self.head.status
-        return self._parser.get_status_code() or None
+        parser = self._parser
+        return (parser.get_status_code() or None) if parser is not None else None
+
+    def release(self) -> None:
+        """Nothing more will be read: drop the parser, which holds this reader through its
+        callbacks (a cycle only the garbage collector would otherwise free)."""
+        self._parser = None  # type: ignore[assignment]
+        self._target = None
 
     def restart(self) -> ResponseReader:
         """Follow the next response on the same connection (a framing-only reader, after a

@@ -167,6 +167,8 @@ class ClientConnection(Protocol):
             self._drop_daemon(self.daemon)
         elif self.connecting is not None:
             self.connecting.cancel()
+        if self.daemon is None and self.connecting is None:
+            self._release()
 
     def _report(self, exchange: Exchange, status: int) -> None:
         """The machine's report of an exchange that ended: counted, and recorded in full
@@ -227,6 +229,21 @@ class ClientConnection(Protocol):
             # response is whole by then).
             observer.stats.upstream_errors["lost"] += 1
         self.machine.daemon_gone()
+        if self.transport.disconnected and self.daemon is None and self.connecting is None:
+            self._release()
+
+    def _release(self) -> None:
+        """Both connections are gone: untie this connection, its machine and its transport.
+
+        The machine calls back into this connection, and the transport's reads go straight to
+        the machine (``direct_reads``): a cycle, which only the garbage collector would free.
+        In a burst of connections that made it run often enough to cost a tenth of the proxy's
+        time; without the cycle, each connection's objects go the moment it ends.
+        """
+        self.transport.__dict__.pop("doRead", None)
+        self.__dict__.pop("dataReceived", None)
+        self.machine.release()
+        self.machine = None
 
     def shutdown(self) -> None:
         """Close once idle; called when the proxy stops."""
@@ -362,13 +379,19 @@ class ClientConnection(Protocol):
         done.addCallbacks(self._post_hooks_done, self._hooks_failed,
                           callbackArgs=(exchange,), errbackArgs=(exchange,))
 
+    # A hook's answer may come after both connections are gone (and the machine released).
+
     def _pre_hooks_done(self, changed: ClientRequest, exchange: Exchange) -> None:
-        self.machine.pre_hooks_done(exchange, changed)
+        if self.machine is not None:
+            self.machine.pre_hooks_done(exchange, changed)
 
     def _post_hooks_done(self, changed: ServerResponse, exchange: Exchange) -> None:
-        self.machine.post_hooks_done(exchange, changed)
+        if self.machine is not None:
+            self.machine.post_hooks_done(exchange, changed)
 
     def _hooks_failed(self, failure: Failure, exchange: Exchange) -> None:
+        if self.machine is None:
+            return
         if failure.check(HookError):
             status, message = failure.value.status, failure.value.message
         else:
