@@ -16,7 +16,6 @@ import logging
 from collections.abc import Callable
 
 from twisted.internet import defer, interfaces
-from twisted.internet.interfaces import IDelayedCall
 from twisted.internet.protocol import Factory, Protocol
 from twisted.python.failure import Failure
 from zope.interface import implementer
@@ -99,7 +98,7 @@ class ClientConnection(Protocol):
         self._marks = (0, 0)
         self._listener: str | None = None
         #: The deadline of a lingering close (``close_lingering``), once one began.
-        self.lingering: IDelayedCall | None = None
+        self.lingering: interfaces.IDelayedCall | None = None
 
     @property
     def listener(self) -> str:
@@ -167,8 +166,7 @@ class ClientConnection(Protocol):
             self._drop_daemon(self.daemon)
         elif self.connecting is not None:
             self.connecting.cancel()
-        if self.daemon is None and self.connecting is None:
-            self._release()
+        self._release_if_done()
 
     def _report(self, exchange: Exchange, status: int) -> None:
         """The machine's report of an exchange that ended: counted, and recorded in full
@@ -229,17 +227,20 @@ class ClientConnection(Protocol):
             # response is whole by then).
             observer.stats.upstream_errors["lost"] += 1
         self.machine.daemon_gone()
-        if self.transport.disconnected and self.daemon is None and self.connecting is None:
-            self._release()
+        if self.transport.disconnected:
+            self._release_if_done()
 
-    def _release(self) -> None:
-        """Both connections are gone: untie this connection, its machine and its transport.
+    def _release_if_done(self) -> None:
+        """Once the client's connection is gone (the caller knows), and no daemon connection
+        is left or being made: untie this connection, its machine and its transport.
 
         The machine calls back into this connection, and the transport's reads go straight to
         the machine (``direct_reads``): a cycle, which only the garbage collector would free.
         In a burst of connections that made it run often enough to cost a tenth of the proxy's
         time; without the cycle, each connection's objects go the moment it ends.
         """
+        if self.daemon is not None or self.connecting is not None:
+            return
         self.transport.__dict__.pop("doRead", None)
         self.__dict__.pop("dataReceived", None)
         self.machine.release()
@@ -334,7 +335,7 @@ class ClientConnection(Protocol):
         # The machine is closed: what is read now goes to it and is ignored.
         self.lingering = self.factory.reactor.callLater(LINGER, transport.abortConnection)
         transport.loseWriteConnection()
-        self.pauser.release()
+        self.pauser.resume_all()
 
     def abort(self) -> None:
         """Reset both connections."""

@@ -41,7 +41,7 @@ class Pauser:
             if not self.reasons:
                 self.transport.resumeProducing()
 
-    def release(self) -> None:
+    def resume_all(self) -> None:
         """Drop every reason and read again (a connection that only drains what is left)."""
         if self.reasons:
             self.reasons.clear()
